@@ -1,0 +1,179 @@
+"""The ``tailsift`` command: run, validate, trace, traces.
+
+``run`` owns the process: it installs SIGTERM/SIGINT handlers that shut the pipeline down
+in order (see :mod:`collector.pipeline`) and exits 0. ``trace`` and ``traces`` are thin
+clients of the query API, so they work against any running collector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from collector.config import ConfigError, Settings, load_config
+from collector.units import format_duration_ns, parse_duration_ns
+
+DEFAULT_API = "http://127.0.0.1:3200"
+log = logging.getLogger("tailsift")
+
+
+def _load(path: str | None) -> Settings | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"tailsift: invalid configuration{f' in {path}' if path else ''}:", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return None
+
+
+async def _run(settings: Settings) -> int:
+    from collector.pipeline import Pipeline
+    from collector.storage import safe_dsn
+
+    pipeline = Pipeline(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await pipeline.start()
+    except Exception as exc:  # noqa: BLE001 - startup failures are reported, not tracebacks
+        log.error("tailsift cannot start: %s", exc)
+        await pipeline.shutdown()
+        return 1
+    otlp = settings.receivers.otlp
+    log.info(
+        "tailsift running: OTLP gRPC %s, OTLP HTTP %s, query API %s, storage %s",
+        f"{otlp.grpc.endpoint.rpartition(':')[0]}:{pipeline.grpc.port}" if otlp.grpc and pipeline.grpc else "off",
+        f"{otlp.http.endpoint.rpartition(':')[0]}:{pipeline.http.port}" if otlp.http and pipeline.http else "off",
+        f"{settings.query.endpoint.rpartition(':')[0]}:{pipeline.query.port}",
+        safe_dsn(pipeline.writer.store.dsn),
+    )
+    await stop.wait()
+    log.info("tailsift stopping: deciding buffered traces and flushing storage")
+    started = time.monotonic()
+    await asyncio.wait_for(pipeline.shutdown(), settings.shutdown_timeout / 1e9)
+    log.info("tailsift stopped in %.2fs", time.monotonic() - started)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    try:
+        import uvloop
+
+        return uvloop.run(_run(settings))
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
+        return asyncio.run(_run(settings))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    if _load(args.config) is None:
+        return 2
+    print(f"{args.config}: ok")
+    return 0
+
+
+def _get(api: str, path: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    url = api.rstrip("/") + path + (f"?{urlencode(params)}" if params else "")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return exc.code, {"error": body.decode(errors="replace")}
+    except urllib.error.URLError as exc:
+        print(f"tailsift: cannot reach the query API at {api}: {exc.reason}", file=sys.stderr)
+        return 0, None
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from collector.waterfall import render
+
+    status, body = _get(args.api, f"/api/traces/{args.trace_id}")
+    if status != 200:
+        if body is not None:
+            print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
+        return 1
+    print("\n".join(render(body)))
+    return 0
+
+
+def cmd_traces(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.service:
+        params["service"] = args.service
+    if args.error:
+        params["error"] = "true"
+    if args.min_duration:
+        params["min_duration_ms"] = parse_duration_ns(args.min_duration) / 1e6
+    if args.since:
+        params["since"] = args.since
+    status, body = _get(args.api, "/api/traces", params)
+    if status != 200:
+        if body is not None:
+            print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
+        return 1
+    print(f"{'trace id':<32}  {'start (UTC)':<19}  {'duration':>9}  {'spans':>5}  {'err':<3}  {'rate':>6}  root")
+    for t in body["traces"]:
+        start = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t["start_time_unix_nano"] / 1e9))
+        print(
+            f"{t['trace_id']:<32}  {start:<19}  {format_duration_ns(t['duration_ns']):>9}  {t['span_count']:>5}  "
+            f"{'yes' if t['error'] else '':<3}  {'1/' + format(t['sample_rate'], 'g'):>6}  "
+            f"{t['root_service']}: {t['root_name']}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailsift", description="OTLP trace ingestion and tail sampling")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start the collector")
+    run.add_argument("--config", help="YAML configuration (defaults apply without one)")
+    run.set_defaults(func=cmd_run)
+    val = sub.add_parser("validate", help="check a configuration file and print every error")
+    val.add_argument("--config", required=True)
+    val.set_defaults(func=cmd_validate)
+    api = os.environ.get("TAILSIFT_API", DEFAULT_API)
+    tr = sub.add_parser("trace", help="show one trace as a waterfall")
+    tr.add_argument("trace_id")
+    tr.add_argument("--api", default=api, help=f"query API address (default {api}, env TAILSIFT_API)")
+    tr.set_defaults(func=cmd_trace)
+    ts = sub.add_parser("traces", help="list recent kept traces")
+    ts.add_argument("--service")
+    ts.add_argument("--error", action="store_true", help="only traces with an error")
+    ts.add_argument("--min-duration", help="e.g. 2s or 150ms")
+    ts.add_argument("--since", help="RFC 3339 time or a duration ago, e.g. 15m")
+    ts.add_argument("--limit", type=int, default=20)
+    ts.add_argument("--api", default=api, help=f"query API address (default {api}, env TAILSIFT_API)")
+    ts.set_defaults(func=cmd_traces)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

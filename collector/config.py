@@ -1,0 +1,221 @@
+"""The YAML configuration: models, loading, environment overrides, and readable errors.
+
+Every key here is a public contract. Unknown keys are errors (a typo must not silently
+fall back to a default), and every error is reported with its key path, for example
+``sampling.rules[2].keep: must be between 0% and 100%``.
+
+Environment variables override YAML: ``TAILSIFT_STORAGE__CLICKHOUSE__DSN=http://...``
+(prefix ``TAILSIFT_``, ``__`` between levels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from collector.units import parse_duration_ns, parse_size
+from processors.sampling.rules import Rule, validate_rule_list
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run. ``errors`` holds one ``key.path: message`` per problem."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+class Endpoint(_Strict):
+    endpoint: str
+
+    _check = field_validator("endpoint")(classmethod(lambda cls, v: _host_port(v)))
+
+
+class GrpcReceiver(Endpoint):
+    endpoint: str = "127.0.0.1:4317"
+
+
+class HttpReceiver(Endpoint):
+    endpoint: str = "127.0.0.1:4318"
+
+
+class OtlpReceiver(_Strict):
+    grpc: GrpcReceiver | None = Field(default_factory=GrpcReceiver)
+    http: HttpReceiver | None = Field(default_factory=HttpReceiver)
+    max_request_size: int = 16 * 1024 * 1024
+    """Largest request body, checked before and after decompression."""
+
+    _size = field_validator("max_request_size", mode="before")(classmethod(lambda cls, v: parse_size(v)))
+
+
+class Receivers(_Strict):
+    otlp: OtlpReceiver = Field(default_factory=OtlpReceiver)
+
+
+class KafkaQueue(_Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "tailsift-spans"
+
+
+class QueueSettings(_Strict):
+    kind: Literal["memory", "kafka"] = "memory"
+    max_size: int = 256 * 1024 * 1024
+    """Bytes of span data the in-process queue holds before receivers push back (429)."""
+    retry_after: float = 1.0
+    """Seconds clients are told to wait when the queue is full."""
+    kafka: KafkaQueue = Field(default_factory=KafkaQueue)
+
+    _size = field_validator("max_size", mode="before")(classmethod(lambda cls, v: parse_size(v)))
+
+
+def _default_rules() -> list[Rule]:
+    return [
+        Rule.model_validate({"name": "errors", "when": [{"status": "error"}], "keep": "100%"}),
+        Rule.model_validate({"name": "slow", "when": [{"duration": ">= 2s"}], "keep": "100%"}),
+        Rule.model_validate({"name": "default", "keep": "5%"}),
+    ]
+
+
+class SamplingSettings(_Strict):
+    decision_wait: int = 10_000_000_000
+    """Nanoseconds to wait after a trace's first span before deciding it."""
+    quiet_period: int = 2_000_000_000
+    """Once the root span has arrived, decide after this long without new spans."""
+    max_traces: int = Field(default=100_000, ge=1)
+    max_spans_per_trace: int = Field(default=10_000, ge=1)
+    max_buffered_spans: int = Field(default=1_000_000, ge=1)
+    decision_cache_size: int = Field(default=200_000, ge=0)
+    rules: list[Rule] = Field(default_factory=_default_rules)
+
+    _durations = field_validator("decision_wait", "quiet_period", mode="before")(
+        classmethod(lambda cls, v: parse_duration_ns(v))
+    )
+    _rules = field_validator("rules")(classmethod(lambda cls, v: validate_rule_list(v)))
+
+
+class ClickHouseSettings(_Strict):
+    dsn: SecretStr = SecretStr("chdb://./tailsift-data")
+    """``chdb://PATH`` (embedded engine) or ``http(s)://user:pass@host:8123/db``. Secret: it may hold a password."""
+    ttl_days: int = Field(default=7, ge=0)
+    """Days spans are kept; 0 keeps them forever."""
+    batch_rows: int = Field(default=20_000, ge=1)
+    flush_interval: int = 1_000_000_000
+    max_pending_rows: int = Field(default=200_000, ge=1)
+    """Rows waiting for insert before the sampler is made to wait (which fills the queue)."""
+
+    _flush = field_validator("flush_interval", mode="before")(classmethod(lambda cls, v: parse_duration_ns(v)))
+
+    @field_validator("dsn")
+    @classmethod
+    def _scheme(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if not text.startswith(("chdb://", "http://", "https://")):
+            raise ValueError("must start with chdb://, http:// or https://")
+        return value
+
+
+class StorageSettings(_Strict):
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+
+
+class QuerySettings(Endpoint):
+    endpoint: str = "127.0.0.1:3200"
+
+
+class RedactionSettings(_Strict):
+    enabled: bool = True
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(env_prefix="TAILSIFT_", env_nested_delimiter="__", extra="forbid")
+
+    receivers: Receivers = Field(default_factory=Receivers)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    redaction: RedactionSettings = Field(default_factory=RedactionSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    query: QuerySettings = Field(default_factory=QuerySettings)
+    shutdown_timeout: int = 8_000_000_000
+
+    _timeout = field_validator("shutdown_timeout", mode="before")(classmethod(lambda cls, v: parse_duration_ns(v)))
+
+    @model_validator(mode="after")
+    def _queue_fits_request(self) -> Settings:
+        if self.queue.kind == "memory" and self.queue.max_size < self.receivers.otlp.max_request_size:
+            raise ValueError("queue.max_size must be at least receivers.otlp.max_request_size")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML arrives as init kwargs; environment variables win over it.
+        return env_settings, init_settings
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith("function-") or part in ("literal", "str", "float", "int"):
+            continue  # pydantic's internal validator names, not user keys
+        else:
+            path += f".{part}" if path else part
+    return path or "(top level)"
+
+
+def _messages(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(f"{_key_path(tuple(err['loc']))}: {msg}")
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read YAML (if given), apply env overrides and validate. Raises :class:`ConfigError`."""
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError([f"{path}: invalid YAML{where}: {problem}"]) from None
+        if not isinstance(data, dict):
+            raise ConfigError([f"{path}: the top level must be a mapping of keys"])
+    data.update(overrides or {})
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_messages(exc)) from None

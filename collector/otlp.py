@@ -1,0 +1,181 @@
+"""Decoding OTLP requests and cutting them into per-trace fragments.
+
+A *fragment* is the spans of one trace from one request, kept as serialized OTLP
+``TracesData`` bytes plus the few facts the sampler needs to decide without parsing them
+again (span count, time range, error, root span). Keeping bytes, not objects, is what
+keeps buffered memory close to the wire size: a span is only turned into Python objects
+and rows once its trace is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from collector.errors import InvalidRequest
+from processors.otlp_values import find_attribute
+
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+STATUS_ERROR = 2
+
+
+@dataclass(slots=True)
+class RootInfo:
+    """The root span of a trace (the one with no parent), as the sampler sees it."""
+
+    service: str
+    name: str
+    start_ns: int
+    end_ns: int
+
+
+@dataclass(slots=True)
+class Fragment:
+    """The spans of one trace from one request. See the module docstring."""
+
+    trace_id: bytes
+    payload: bytes
+    span_count: int
+    start_ns: int
+    end_ns: int
+    has_error: bool
+    root: RootInfo | None
+    received_ns: int = field(default_factory=time.time_ns)
+
+    @property
+    def size(self) -> int:
+        """Bytes this fragment costs in a queue: the payload dominates."""
+        return len(self.payload) + 64
+
+
+@dataclass(slots=True)
+class SplitResult:
+    fragments: list[Fragment]
+    rejected_spans: int
+    error_message: str
+
+
+def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
+    """Parse an OTLP/protobuf request body; malformed input is an :class:`InvalidRequest`."""
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InvalidRequest(f"malformed OTLP protobuf: {exc}") from None
+    return request
+
+
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def _hex_ids_to_base64(obj: dict[str, Any]) -> None:
+    """OTLP/JSON writes ids as hex, protobuf's JSON mapping expects base64: convert.
+
+    An id that is not valid hex becomes an 8-byte marker of the wrong length so that
+    validation rejects that one span through ``partial_success`` instead of the request.
+    """
+    for key in _ID_FIELDS:
+        value = obj.get(key)
+        if isinstance(value, str) and value:
+            try:
+                raw = bytes.fromhex(value)
+            except ValueError:
+                raw = b"\xff"  # invalid length on purpose: rejected per span later
+            obj[key] = base64.b64encode(raw).decode()
+
+
+def decode_json(body: bytes) -> ExportTraceServiceRequest:
+    """Parse an OTLP/JSON request body (hex ids, integer enums, camelCase keys)."""
+    try:
+        doc = orjson.loads(body)
+        if not isinstance(doc, dict):
+            raise InvalidRequest("OTLP/JSON body must be an object with resourceSpans")
+        for rs in _list(doc, "resourceSpans", "resource_spans"):
+            for ss in _list(rs, "scopeSpans", "scope_spans"):
+                for span in _list(ss, "spans"):
+                    _hex_ids_to_base64(span)
+                    for link in _list(span, "links"):
+                        _hex_ids_to_base64(link)
+        request = ExportTraceServiceRequest()
+        json_format.ParseDict(doc, request, ignore_unknown_fields=True)
+    except InvalidRequest:
+        raise
+    except (orjson.JSONDecodeError, json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidRequest(f"malformed OTLP JSON: {exc}") from None
+    return request
+
+
+def _list(obj: Any, *keys: str) -> list[Any]:
+    if not isinstance(obj, dict):
+        raise InvalidRequest("OTLP/JSON: expected an object")
+    for key in keys:
+        value = obj.get(key)
+        if value is not None:
+            if not isinstance(value, list):
+                raise InvalidRequest(f"OTLP/JSON: {key} must be a list")
+            return value
+    return []
+
+
+def _invalid_id_reason(span: Any) -> str | None:
+    if len(span.trace_id) != 16 or span.trace_id == _ZERO_TRACE:
+        return "trace_id must be 16 bytes and not all zero"
+    if len(span.span_id) != 8 or span.span_id == _ZERO_SPAN:
+        return "span_id must be 8 bytes and not all zero"
+    if span.parent_span_id and len(span.parent_span_id) != 8:
+        return "parent_span_id must be empty or 8 bytes"
+    return None
+
+
+def split_by_trace(request: ExportTraceServiceRequest, received_ns: int | None = None) -> SplitResult:
+    """Validate ids and group spans by trace id into fragments.
+
+    Spans with invalid ids are dropped and counted, so that the rest of the request is
+    accepted (OTLP ``partial_success``).
+    """
+    now = received_ns or time.time_ns()
+    groups: dict[bytes, dict[tuple[int, int], list[Any]]] = {}
+    rejected, reason = 0, ""
+    services: list[str] = []
+    for ri, rs in enumerate(request.resource_spans):
+        found, svc = find_attribute(rs.resource.attributes, "service.name")
+        services.append(str(svc) if found else "unknown_service")
+        for si, ss in enumerate(rs.scope_spans):
+            for span in ss.spans:
+                why = _invalid_id_reason(span)
+                if why is not None:
+                    rejected += 1
+                    reason = reason or why
+                    continue
+                groups.setdefault(span.trace_id, {}).setdefault((ri, si), []).append(span)
+    fragments = []
+    for trace_id, parts in groups.items():
+        data = TracesData()
+        count, start, end, error, root = 0, 2**63, 0, False, None
+        for (ri, si), spans in parts.items():
+            rs = request.resource_spans[ri]
+            ss = rs.scope_spans[si]
+            out_rs = data.resource_spans.add(schema_url=rs.schema_url)
+            out_rs.resource.CopyFrom(rs.resource)
+            out_ss = out_rs.scope_spans.add(schema_url=ss.schema_url)
+            out_ss.scope.CopyFrom(ss.scope)
+            out_ss.spans.extend(spans)
+            for span in spans:
+                count += 1
+                start = min(start, span.start_time_unix_nano)
+                end = max(end, span.end_time_unix_nano)
+                error = error or span.status.code == STATUS_ERROR
+                if not span.parent_span_id:
+                    root = RootInfo(services[ri], span.name, span.start_time_unix_nano, span.end_time_unix_nano)
+        fragments.append(Fragment(trace_id, data.SerializeToString(), count, start, end, error, root, now))
+    message = f"{rejected} spans rejected: {reason}" if rejected else ""
+    return SplitResult(fragments, rejected, message)

@@ -1,0 +1,133 @@
+"""The query API (HTTP JSON), a public contract; also serves ``/metrics`` and ``/healthz``.
+
+- ``GET /api/traces/{trace_id}``: every stored span of a trace (404 unknown, 400 malformed).
+- ``GET /api/traces?service=&name=&error=&min_duration_ms=&max_duration_ms=&since=&until=&limit=``:
+  recent kept traces, newest first.
+
+``since``/``until`` take RFC 3339 (``2026-11-24T10:00:00Z``), unix nanoseconds, or a
+duration back from now (``15m``). Bad parameters get 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from collector.http_server import serve
+from collector.units import parse_duration_ns
+
+if TYPE_CHECKING:
+    from collector.pipeline import Pipeline
+
+_TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+class BadParameter(Exception):
+    pass
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def parse_time_ns(value: str) -> int:
+    """RFC 3339, unix nanoseconds, or a duration ago ("15m")."""
+    if value.isdigit():
+        return int(value)
+    try:
+        return time.time_ns() - parse_duration_ns(value)
+    except ValueError:
+        pass
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
+    except ValueError:
+        raise BadParameter("must be RFC 3339, unix nanoseconds, or a duration ago such as 15m") from None
+
+
+def _search_params(query: Any) -> dict[str, Any]:
+    known = {"service", "name", "error", "min_duration_ms", "max_duration_ms", "since", "until", "limit"}
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise BadParameter(f"unknown parameter {unknown[0]!r}")
+    out: dict[str, Any] = {"service": query.get("service") or None, "name": query.get("name") or None}
+    err = query.get("error")
+    if err:
+        if err.lower() not in ("true", "false", "1", "0"):
+            raise BadParameter("error: must be true or false")
+        out["error"] = 1 if err.lower() in ("true", "1") else 0
+    for key, target in (("min_duration_ms", "min_duration_ns"), ("max_duration_ms", "max_duration_ns")):
+        if query.get(key):
+            try:
+                out[target] = int(float(query[key]) * 1_000_000)
+            except ValueError:
+                raise BadParameter(f"{key}: must be a number of milliseconds") from None
+    for key in ("since", "until"):
+        if query.get(key):
+            try:
+                out[f"{key}_ns"] = parse_time_ns(query[key])
+            except BadParameter as exc:
+                raise BadParameter(f"{key}: {exc}") from None
+    limit = query.get("limit") or "20"
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise BadParameter("limit: must be an integer from 1 to 1000")
+    out["limit"] = int(limit)
+    return out
+
+
+class QueryApi:
+    """Component serving the query API; reads storage through the writer's storage thread."""
+
+    def __init__(self, endpoint: str, pipeline: Pipeline):
+        self.endpoint = endpoint
+        self.pipeline = pipeline
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        from collector.telemetry import build_registry
+
+        self._registry = build_registry(self.pipeline)
+        app = web.Application()
+        app.router.add_get("/api/traces/{trace_id}", self._trace)
+        app.router.add_get("/api/traces", self._search)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._health)
+        self._runner, self.port = await serve(app, self.endpoint)
+
+    async def shutdown(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _trace(self, request: web.Request) -> web.Response:
+        trace_id = request.match_info["trace_id"]
+        if not _TRACE_ID.match(trace_id) or int(trace_id, 16) == 0:
+            return _json({"error": "trace id must be 32 hex characters, not all zero"}, 400)
+        trace_id = trace_id.lower()
+        writer = self.pipeline.writer
+        spans = await writer.run(writer.store.get_trace, trace_id)
+        if not spans:
+            return _json({"error": f"trace {trace_id} not found"}, 404)
+        return _json({"trace_id": trace_id, "spans": spans})
+
+    async def _search(self, request: web.Request) -> web.Response:
+        try:
+            params = _search_params(request.query)
+        except BadParameter as exc:
+            return _json({"error": str(exc)}, 400)
+        writer = self.pipeline.writer
+        traces = await writer.run(lambda: writer.store.search_traces(**params))
+        return _json({"traces": traces})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})

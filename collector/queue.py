@@ -1,0 +1,95 @@
+"""The queue between receivers and the sampler.
+
+Receivers ``publish`` fragments; the sampler ``consume``s them. The interface is what the
+Kafka transport implements too, so swapping the in-process queue for Kafka changes no
+processor. A publish either takes the whole batch or raises: :class:`Backpressure` when
+full (the client retries later), :class:`Unavailable` once closed. Memory is bounded by
+bytes, because spans vary in size by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Protocol
+
+from collector.errors import Backpressure, Unavailable
+from collector.otlp import Fragment
+
+
+class Queue(Protocol):
+    """Receivers → sampler transport. Every implementation passes ``tests/test_queue_contract.py``."""
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None:
+        """Stop taking data; what was accepted can still be consumed. Safe twice, safe without start."""
+        ...
+
+    async def publish(self, fragments: list[Fragment]) -> None:
+        """Take all fragments or raise Backpressure/Unavailable; nothing is half-taken."""
+        ...
+
+    async def consume(self, max_items: int, timeout: float) -> list[Fragment] | None:
+        """Up to ``max_items`` fragments; ``[]`` when none arrived within ``timeout``;
+        ``None`` once shut down and drained."""
+        ...
+
+    @property
+    def depth_bytes(self) -> int: ...
+
+
+class MemoryQueue:
+    """The embedded default: a byte-bounded in-process FIFO."""
+
+    def __init__(self, max_bytes: int, retry_after: float = 1.0):
+        self.max_bytes = max_bytes
+        self.retry_after = retry_after
+        self._items: deque[Fragment] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._ready = asyncio.Event()
+        self.refused_batches = 0
+
+    async def start(self) -> None:
+        self._closed = False
+
+    async def shutdown(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    @property
+    def depth_bytes(self) -> int:
+        return self._bytes
+
+    async def publish(self, fragments: list[Fragment]) -> None:
+        if self._closed:
+            raise Unavailable("tailsift is shutting down", retry_after=self.retry_after)
+        size = sum(f.size for f in fragments)
+        if self._bytes + size > self.max_bytes:
+            self.refused_batches += 1
+            raise Backpressure(
+                f"queue full ({self._bytes} of {self.max_bytes} bytes used); retry later",
+                retry_after=self.retry_after,
+            )
+        self._items.extend(fragments)
+        self._bytes += size
+        self._ready.set()
+
+    async def consume(self, max_items: int, timeout: float) -> list[Fragment] | None:
+        if not self._items:
+            if self._closed:
+                return None
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return []
+        out: list[Fragment] = []
+        while self._items and len(out) < max_items:
+            item = self._items.popleft()
+            self._bytes -= item.size
+            out.append(item)
+        if not out and self._closed:
+            return None
+        return out

@@ -1,0 +1,127 @@
+"""Every SQL statement tailsift runs, in one place.
+
+The same text goes to the embedded chDB engine and to a ClickHouse server over HTTP; only
+the clickhouse-connect client differs. ``tests/test_sql_shared.py`` checks that a server
+receives exactly these statements.
+
+``otel_traces`` keeps the column names of the OTel Collector ClickHouse exporter, so
+Grafana's ClickHouse trace view reads it as is; ``SampleRate`` and ``SampledBy`` are
+ours. ``tailsift_traces`` is one row per kept trace, written when it is decided (and
+replaced by a newer version if late spans arrive).
+"""
+
+from __future__ import annotations
+
+SPANS_TABLE = "otel_traces"
+TRACES_TABLE = "tailsift_traces"
+
+
+def _ttl(column: str, days: int) -> str:
+    return f"TTL toDateTime({column}) + toIntervalDay({days})" if days > 0 else ""
+
+
+def create_spans_table(ttl_days: int) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {SPANS_TABLE} (
+    Timestamp DateTime64(9) CODEC(Delta, ZSTD(1)),
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    ParentSpanId String CODEC(ZSTD(1)),
+    TraceState String CODEC(ZSTD(1)),
+    SpanName LowCardinality(String) CODEC(ZSTD(1)),
+    SpanKind LowCardinality(String) CODEC(ZSTD(1)),
+    ServiceName LowCardinality(String) CODEC(ZSTD(1)),
+    ResourceAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    ScopeName String CODEC(ZSTD(1)),
+    ScopeVersion String CODEC(ZSTD(1)),
+    SpanAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    Duration UInt64 CODEC(ZSTD(1)),
+    StatusCode LowCardinality(String) CODEC(ZSTD(1)),
+    StatusMessage String CODEC(ZSTD(1)),
+    Events Nested (
+        Timestamp DateTime64(9),
+        Name LowCardinality(String),
+        Attributes Map(LowCardinality(String), String)
+    ) CODEC(ZSTD(1)),
+    Links Nested (
+        TraceId String,
+        SpanId String,
+        TraceState String,
+        Attributes Map(LowCardinality(String), String)
+    ) CODEC(ZSTD(1)),
+    SampleRate Float64 CODEC(ZSTD(1)),
+    SampledBy LowCardinality(String) CODEC(ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_duration Duration TYPE minmax GRANULARITY 1
+) ENGINE = MergeTree
+PARTITION BY toDate(Timestamp)
+ORDER BY (ServiceName, SpanName, toDateTime(Timestamp))
+{_ttl("Timestamp", ttl_days)}
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1
+"""
+
+
+def create_traces_table(ttl_days: int) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {TRACES_TABLE} (
+    TraceId String,
+    Start DateTime64(9),
+    DurationNs UInt64,
+    RootService LowCardinality(String),
+    RootName LowCardinality(String),
+    SpanCount UInt32,
+    HasError UInt8,
+    SampleRate Float64,
+    SampledBy LowCardinality(String),
+    Version UInt64
+) ENGINE = ReplacingMergeTree(Version)
+ORDER BY TraceId
+{_ttl("Start", ttl_days)}
+"""
+
+
+SPAN_COLUMNS = [
+    "Timestamp", "TraceId", "SpanId", "ParentSpanId", "TraceState", "SpanName", "SpanKind",
+    "ServiceName", "ResourceAttributes", "ScopeName", "ScopeVersion", "SpanAttributes",
+    "Duration", "StatusCode", "StatusMessage",
+    "Events.Timestamp", "Events.Name", "Events.Attributes",
+    "Links.TraceId", "Links.SpanId", "Links.TraceState", "Links.Attributes",
+    "SampleRate", "SampledBy",
+]  # fmt: skip
+
+TRACE_COLUMNS = [
+    "TraceId", "Start", "DurationNs", "RootService", "RootName", "SpanCount", "HasError",
+    "SampleRate", "SampledBy", "Version",
+]  # fmt: skip
+
+GET_TRACE = f"""
+SELECT SpanId, ParentSpanId, SpanName, ServiceName, SpanKind,
+       toUnixTimestamp64Nano(Timestamp) AS StartNs, Duration, StatusCode, StatusMessage,
+       SpanAttributes, ResourceAttributes,
+       arrayMap(t -> toUnixTimestamp64Nano(t), Events.Timestamp) AS EventTimes,
+       Events.Name, Events.Attributes, SampleRate, SampledBy
+FROM {SPANS_TABLE}
+WHERE TraceId = {{trace_id:String}}
+ORDER BY Timestamp, SpanId
+"""
+
+# Filters are fixed SQL with typed parameters; an unset filter is a NULL parameter that
+# turns its clause off, so there is one statement text whatever the user asks for.
+SEARCH_TRACES = f"""
+SELECT TraceId, RootService, RootName, toUnixTimestamp64Nano(Start) AS StartNs,
+       DurationNs, SpanCount, HasError, SampleRate
+FROM {TRACES_TABLE} FINAL
+WHERE ({{service:Nullable(String)}} IS NULL OR RootService = {{service:Nullable(String)}})
+  AND ({{name:Nullable(String)}} IS NULL OR RootName = {{name:Nullable(String)}})
+  AND ({{error:Nullable(UInt8)}} IS NULL OR HasError = {{error:Nullable(UInt8)}})
+  AND ({{min_duration_ns:Nullable(UInt64)}} IS NULL OR DurationNs >= {{min_duration_ns:Nullable(UInt64)}})
+  AND ({{max_duration_ns:Nullable(UInt64)}} IS NULL OR DurationNs <= {{max_duration_ns:Nullable(UInt64)}})
+  AND ({{since_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Start) >= {{since_ns:Nullable(Int64)}})
+  AND ({{until_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Start) <= {{until_ns:Nullable(Int64)}})
+ORDER BY Start DESC
+LIMIT {{limit:UInt32}}
+"""
+
+PING = "SELECT 1"

@@ -1,0 +1,150 @@
+"""ClickHouse storage through clickhouse-connect: one code path for both transports.
+
+``chdb://PATH`` opens the real ClickHouse engine in-process (the embedded default);
+``http(s)://user:pass@host:8123/db`` talks to a server. Both give the same client API, and
+every statement comes from :mod:`collector.sql`, so nothing here branches on transport.
+
+This class is synchronous and not thread-safe; :class:`collector.writer.StorageWriter`
+runs it on one dedicated thread so the event loop never blocks on the database.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import clickhouse_connect
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from collector import sql
+from collector.config import ClickHouseSettings
+from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, find_attribute
+from processors.sampling.sampler import Decision
+
+
+def normalize_dsn(dsn: str) -> str:
+    """Make ``chdb://./data`` and ``chdb://data`` mean a path relative to the working
+    directory (clickhouse-connect would read ``.`` as a host), as ``chdb:///abs/path``."""
+    if not dsn.startswith("chdb://"):
+        return dsn
+    rest = dsn[len("chdb://"):]
+    path, _, query = rest.partition("?")
+    if path in ("", "memory", ":memory:"):
+        return dsn
+    absolute = os.path.abspath(path if path.startswith("/") else os.path.join(os.getcwd(), path))
+    return f"chdb://{absolute}" + (f"?{query}" if query else "")
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN without its password, for logs and error messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(slots=True)
+class Rows:
+    """Rows for one insert: spans and trace summaries."""
+
+    spans: list[list[Any]]
+    traces: list[list[Any]]
+
+
+def decision_rows(decisions: list[Decision]) -> Rows:
+    """Turn kept decisions into rows. This is the only place spans become Python objects
+    after ingress, and it runs only for traces that are kept."""
+    spans: list[list[Any]] = []
+    traces: list[list[Any]] = []
+    for d in decisions:
+        if not d.keep:
+            continue
+        trace_hex = d.summary.trace_id.hex()
+        for fragment in d.fragments:
+            for rs in TracesData.FromString(fragment.payload).resource_spans:
+                found, svc = find_attribute(rs.resource.attributes, "service.name")
+                service = str(svc) if found else "unknown_service"
+                resource = attributes_map(rs.resource.attributes)
+                for ss in rs.scope_spans:
+                    for s in ss.spans:
+                        spans.append([
+                            s.start_time_unix_nano, trace_hex, s.span_id.hex(), s.parent_span_id.hex(),
+                            s.trace_state, s.name, KIND_NAMES.get(s.kind, "Unspecified"), service, resource,
+                            ss.scope.name, ss.scope.version, attributes_map(s.attributes),
+                            max(0, s.end_time_unix_nano - s.start_time_unix_nano),
+                            STATUS_NAMES.get(s.status.code, "Unset"), s.status.message,
+                            [e.time_unix_nano for e in s.events], [e.name for e in s.events],
+                            [attributes_map(e.attributes) for e in s.events],
+                            [lk.trace_id.hex() for lk in s.links], [lk.span_id.hex() for lk in s.links],
+                            [lk.trace_state for lk in s.links], [attributes_map(lk.attributes) for lk in s.links],
+                            d.sample_rate, d.rule,
+                        ])  # fmt: skip
+        summary = d.summary
+        root = summary.root
+        traces.append([
+            trace_hex, summary.start_ns, summary.duration_ns, root.service if root else "",
+            root.name if root else "", summary.span_count, int(summary.has_error),
+            d.sample_rate, d.rule, summary.span_count,
+        ])  # fmt: skip
+    return Rows(spans, traces)
+
+
+class ClickHouseStore:
+    """Schema, inserts and the two query shapes the API needs."""
+
+    def __init__(self, settings: ClickHouseSettings):
+        self.settings = settings
+        self.dsn = normalize_dsn(settings.dsn.get_secret_value())
+        self._client: Any = None
+
+    def connect(self) -> None:
+        """Open the client and create tables if they are missing (idempotent)."""
+        if self._client is not None:
+            return
+        self._client = clickhouse_connect.get_client(dsn=self.dsn)
+        self._client.command(sql.create_spans_table(self.settings.ttl_days))
+        self._client.command(sql.create_traces_table(self.settings.ttl_days))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def insert(self, rows: Rows) -> None:
+        if rows.spans:
+            self._client.insert(sql.SPANS_TABLE, rows.spans, column_names=sql.SPAN_COLUMNS)
+        if rows.traces:
+            self._client.insert(sql.TRACES_TABLE, rows.traces, column_names=sql.TRACE_COLUMNS)
+
+    def get_trace(self, trace_id_hex: str) -> list[dict[str, Any]]:
+        result = self._client.query(sql.GET_TRACE, parameters={"trace_id": trace_id_hex})
+        spans = []
+        for (span_id, parent, name, service, kind, start, duration, status, message, attrs, res,
+             ev_times, ev_names, ev_attrs, rate, rule) in result.result_rows:  # fmt: skip
+            spans.append({
+                "span_id": span_id, "parent_span_id": parent, "name": name, "service": service,
+                "kind": kind, "start_time_unix_nano": start, "end_time_unix_nano": start + duration,
+                "duration_ns": duration, "status_code": status, "status_message": message,
+                "attributes": attrs, "resource_attributes": res,
+                "events": [{"time_unix_nano": t, "name": n, "attributes": a}
+                           for t, n, a in zip(ev_times, ev_names, ev_attrs, strict=True)],
+                "sample_rate": rate, "sampled_by": rule,
+            })  # fmt: skip
+        return spans
+
+    def search_traces(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {k: filters.get(k) for k in
+                  ("service", "name", "error", "min_duration_ns", "max_duration_ns", "since_ns", "until_ns")}
+        params["limit"] = filters.get("limit") or 20
+        result = self._client.query(sql.SEARCH_TRACES, parameters=params)
+        return [
+            {"trace_id": tid, "root_service": svc, "root_name": name, "start_time_unix_nano": start,
+             "duration_ns": dur, "span_count": count, "error": bool(err), "sample_rate": rate}
+            for tid, svc, name, start, dur, count, err, rate in result.result_rows
+        ]  # fmt: skip
+
+    def ping(self) -> bool:
+        return bool(self._client.command(sql.PING))

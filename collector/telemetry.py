@@ -1,0 +1,68 @@
+"""The pipeline's own metrics, on ``/metrics`` in Prometheus format.
+
+Components keep plain integer counters on the hot path (a dict increment is far cheaper
+than a labelled prometheus metric); this collector reads them when Prometheus scrapes.
+Everything an operator needs to see overload is here: refused requests, buffered traces,
+early decisions forced by memory bounds, late spans, queue depth, pending inserts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from collector.pipeline import Pipeline
+
+
+class PipelineCollector(Collector):
+    def __init__(self, pipeline: Pipeline):
+        self.p = pipeline
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        p = self.p
+        ingest = CounterMetricFamily("tailsift_receiver_spans", "Spans by outcome at ingress", labels=["outcome"])
+        for outcome in ("accepted", "rejected", "refused"):
+            ingest.add_metric([outcome], p.ingest.stats[f"spans_{outcome}"])
+        yield ingest
+        requests = CounterMetricFamily("tailsift_receiver_requests", "Export requests by outcome", labels=["outcome"])
+        for outcome in ("accepted", "refused"):
+            requests.add_metric([outcome], p.ingest.stats[f"requests_{outcome}"])
+        yield requests
+        redactions = CounterMetricFamily("tailsift_redactions", "Values redacted, by kind", labels=["kind"])
+        for kind, count in sorted(p.ingest.redactions.items()):
+            redactions.add_metric([kind], count)
+        yield redactions
+
+        s = p.sampler
+        yield GaugeMetricFamily("tailsift_sampler_buffered_traces", "Traces awaiting a decision", value=s.buffered_traces)
+        yield GaugeMetricFamily("tailsift_sampler_buffered_spans", "Spans awaiting a decision", value=s.buffered_spans)
+        events = CounterMetricFamily(
+            "tailsift_sampler_events", "Sampler events: why traces were decided, late spans", labels=["event"]
+        )
+        for event, count in sorted(s.stats.items()):
+            events.add_metric([event], count)
+        yield events
+        decisions = CounterMetricFamily("tailsift_sampler_decisions", "Trace decisions", labels=["rule", "decision"])
+        for (rule, keep), count in sorted(s.decisions.items()):
+            decisions.add_metric([rule, "kept" if keep else "dropped"], count)
+        yield decisions
+
+        yield GaugeMetricFamily("tailsift_queue_bytes", "Bytes waiting in the queue", value=p.queue.depth_bytes)
+        w = p.writer
+        yield GaugeMetricFamily("tailsift_storage_pending_rows", "Span rows waiting for insert", value=w.pending_rows)
+        yield CounterMetricFamily("tailsift_storage_rows", "Span rows inserted", value=w.rows_written)
+        yield CounterMetricFamily("tailsift_storage_insert_failures", "Failed inserts (retried)", value=w.insert_failures)
+        yield GaugeMetricFamily(
+            "tailsift_storage_last_insert_seconds", "Duration of the latest insert", value=w.last_insert_seconds
+        )
+
+
+def build_registry(pipeline: Pipeline) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(pipeline))
+    return registry

@@ -1,0 +1,83 @@
+"""The trace waterfall in the terminal: which step took the time (and the tokens).
+
+Input is the query API's trace JSON; output is text lines. Per span: the tree, service,
+start offset from the trace start, duration, share of the trace, self time (duration not
+covered by children), status, and gen_ai tokens when the span has them, plus a bar.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collector.units import format_duration_ns
+
+TOKEN_KEYS = (("gen_ai.usage.input_tokens", "in"), ("gen_ai.usage.output_tokens", "out"))
+BAR_WIDTH = 30
+
+
+def _self_time(span: dict[str, Any], children: list[dict[str, Any]]) -> int:
+    """Duration minus the union of child intervals clipped to the span."""
+    start, end = span["start_time_unix_nano"], span["end_time_unix_nano"]
+    covered, cursor = 0, start
+    for child in sorted(children, key=lambda c: c["start_time_unix_nano"]):
+        lo, hi = max(child["start_time_unix_nano"], cursor), min(child["end_time_unix_nano"], end)
+        if hi > lo:
+            covered += hi - lo
+            cursor = hi
+    return max(0, span["duration_ns"] - covered)
+
+
+def _tokens(span: dict[str, Any]) -> str:
+    attrs = span.get("attributes") or {}
+    parts = [f"{label} {attrs[key]}" for key, label in TOKEN_KEYS if key in attrs]
+    return " / ".join(parts)
+
+
+def render(trace: dict[str, Any]) -> list[str]:
+    """Lines of the waterfall for one trace (``{"trace_id", "spans": [...]}``)."""
+    spans = trace["spans"]
+    by_id = {s["span_id"]: s for s in spans}
+    children: dict[str, list[dict[str, Any]]] = {}
+    roots = []
+    for s in spans:
+        parent = s["parent_span_id"]
+        if parent and parent in by_id:
+            children.setdefault(parent, []).append(s)
+        else:
+            roots.append(s)
+    t0 = min(s["start_time_unix_nano"] for s in spans)
+    t1 = max(s["end_time_unix_nano"] for s in spans)
+    total = max(1, t1 - t0)
+    rate = spans[0].get("sample_rate", 1.0)
+    header = f"trace {trace['trace_id']}  {len(spans)} spans  {format_duration_ns(total)}"
+    header += f"  sample rate 1/{rate:g}  kept by {spans[0].get('sampled_by', '')!r}"
+    lines = [header, ""]
+    cols = f"{'span':<44} {'service':<16} {'start':>9} {'duration':>9} {'%':>5} {'self':>9} {'status':<6} tokens"
+    lines += [cols, "-" * len(cols)]
+
+    def walk(span: dict[str, Any], prefix: str, last: bool, depth: int) -> None:
+        kids = sorted(children.get(span["span_id"], []), key=lambda c: c["start_time_unix_nano"])
+        branch = "" if depth == 0 else ("└─ " if last else "├─ ")
+        orphan = " (parent missing)" if depth == 0 and span["parent_span_id"] else ""
+        name = (prefix + branch + span["name"] + orphan)[:44]
+        offset = span["start_time_unix_nano"] - t0
+        share = 100.0 * span["duration_ns"] / total
+        lo = int(BAR_WIDTH * offset / total)
+        width = max(1, int(BAR_WIDTH * span["duration_ns"] / total))
+        bar = " " * lo + "█" * min(width, BAR_WIDTH - lo)
+        status = {"Error": "ERROR", "Ok": "ok"}.get(span["status_code"], "-")
+        lines.append(
+            f"{name:<44} {span['service'][:16]:<16} {format_duration_ns(offset):>9} "
+            f"{format_duration_ns(span['duration_ns']):>9} {share:>4.0f}% "
+            f"{format_duration_ns(_self_time(span, kids)):>9} {status:<6} {_tokens(span):<18} |{bar:<{BAR_WIDTH}}|"
+        )
+        child_prefix = prefix + ("" if depth == 0 else ("   " if last else "│  "))
+        for i, kid in enumerate(kids):
+            walk(kid, child_prefix, i == len(kids) - 1, depth + 1)
+
+    for root in sorted(roots, key=lambda s: s["start_time_unix_nano"]):
+        walk(root, "", True, 0)
+    errors = [s for s in spans if s["status_code"] == "Error" and s.get("status_message")]
+    for s in errors:
+        lines.append(f"  error in {s['name']}: {s['status_message']}")
+    return lines

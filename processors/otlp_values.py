@@ -1,0 +1,57 @@
+"""Small helpers to read OTLP protobuf values as plain Python.
+
+Both the sampling rules (compare an attribute to 4000) and storage (the ClickHouse
+``Map(String, String)`` columns) need an attribute's value; this is the one place that
+knows the ``AnyValue`` oneof.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+STATUS_NAMES = {0: "Unset", 1: "Ok", 2: "Error"}
+KIND_NAMES = {0: "Unspecified", 1: "Internal", 2: "Server", 3: "Client", 4: "Producer", 5: "Consumer"}
+
+
+def any_value(value: Any) -> Any:
+    """Convert an OTLP ``AnyValue`` to a Python scalar, list or dict."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, kind)
+
+
+def value_as_string(value: Any) -> str:
+    """Render an ``AnyValue`` the way the OTel ClickHouse exporter does (JSON for composites)."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return str(value.string_value)
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind in ("int_value", "double_value"):
+        return str(getattr(value, kind))
+    if kind is None:
+        return ""
+    return orjson.dumps(any_value(value)).decode()
+
+
+def attributes_map(attributes: Iterable[Any]) -> dict[str, str]:
+    """``KeyValue`` list → ``{key: string}`` for a ClickHouse Map column."""
+    return {kv.key: value_as_string(kv.value) for kv in attributes}
+
+
+def find_attribute(attributes: Iterable[Any], key: str) -> tuple[bool, Any]:
+    """Return ``(found, python_value)`` for one key of a ``KeyValue`` list."""
+    for kv in attributes:
+        if kv.key == key:
+            return True, any_value(kv.value)
+    return False, None

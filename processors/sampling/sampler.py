@@ -1,0 +1,259 @@
+"""The tail sampler: buffer spans by trace, decide each whole trace once, remember it.
+
+This is a stateful transform (vector's "task transform"): it owns the buffer and is
+driven by two calls, ``add`` (new fragments) and ``due`` (the clock moved). It performs
+no I/O, so the pipeline decides where kept traces go and tests can drive the clock.
+
+A trace is decided when the first of these happens:
+- ``decision_wait`` has passed since its first span arrived;
+- its root span has arrived and ``quiet_period`` passed with no new span (early decision);
+- a memory bound is hit (``max_traces``, ``max_buffered_spans``: the oldest trace is decided
+  now; ``max_spans_per_trace``: that trace is decided now). Each is counted in ``stats``.
+
+Spans arriving after their trace was decided follow the remembered decision (a bounded
+decision cache), so a kept trace is stored whole and a dropped one stays dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from collector.config import SamplingSettings
+from collector.otlp import Fragment, RootInfo
+from processors.otlp_values import find_attribute
+from processors.sampling.rules import Rule, SpanLike, compile_rule
+
+_HASH_SPACE = float(2**64)
+
+
+def keep_by_trace_id(trace_id: bytes, probability: float) -> bool:
+    """Deterministic coin: every replica and every replay decides a trace id the same way."""
+    if probability >= 1.0:
+        return True
+    if probability <= 0.0:
+        return False
+    digest = hashlib.blake2b(trace_id, digest_size=8).digest()
+    return int.from_bytes(digest, "big") < probability * _HASH_SPACE
+
+
+@dataclass(slots=True)
+class TraceSummary:
+    """Per-trace facts stored in the summary table; updated if late spans arrive."""
+
+    trace_id: bytes
+    span_count: int = 0
+    start_ns: int = 2**63
+    end_ns: int = 0
+    has_error: bool = False
+    root: RootInfo | None = None
+
+    def absorb(self, fragment: Fragment) -> None:
+        self.span_count += fragment.span_count
+        self.start_ns = min(self.start_ns, fragment.start_ns)
+        self.end_ns = max(self.end_ns, fragment.end_ns)
+        self.has_error = self.has_error or fragment.has_error
+        if fragment.root is not None:
+            self.root = fragment.root
+
+    @property
+    def duration_ns(self) -> int:
+        """Root start to last end (or first start to last end while no root is known)."""
+        begin = self.root.start_ns if self.root is not None else self.start_ns
+        return max(0, self.end_ns - begin)
+
+
+@dataclass(slots=True)
+class Decision:
+    """The verdict on a trace, with the fragments to store when ``keep`` is true."""
+
+    summary: TraceSummary
+    keep: bool
+    rule: str
+    sample_rate: float
+    fragments: list[Fragment]
+    late: bool = False
+
+
+@dataclass(slots=True)
+class _Buffered:
+    summary: TraceSummary
+    first_seen: int
+    last_seen: int
+    fragments: list[Fragment] = field(default_factory=list)
+    _parsed: list[tuple[str, Any, SpanLike]] | None = None
+
+    # --- the TraceView protocol the rules read
+    @property
+    def has_error(self) -> bool:
+        return self.summary.has_error
+
+    @property
+    def duration_ns(self) -> int:
+        return self.summary.duration_ns
+
+    def spans(self) -> Iterator[tuple[str, Any, SpanLike]]:
+        if self._parsed is None:
+            self._parsed = []
+            for fragment in self.fragments:
+                data = TracesData.FromString(fragment.payload)
+                for rs in data.resource_spans:
+                    found, svc = find_attribute(rs.resource.attributes, "service.name")
+                    service = str(svc) if found else "unknown_service"
+                    for ss in rs.scope_spans:
+                        self._parsed.extend((service, rs.resource.attributes, s) for s in ss.spans)
+        return iter(self._parsed)
+
+    def root(self) -> tuple[str, Any, SpanLike] | None:
+        return next((entry for entry in self.spans() if not entry[2].parent_span_id), None)  # type: ignore[attr-defined]
+
+
+class _RateLimit:
+    """Token bucket for ``rate_limit`` rules; also estimates the sample rate it applies."""
+
+    def __init__(self, per_second: float):
+        self.rate = per_second
+        self.tokens = per_second
+        self.updated = time.monotonic()
+        self.window_start = self.updated
+        self.matched = self.kept = 0
+        self.last_ratio = 1.0
+
+    def take(self) -> tuple[bool, float]:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if now - self.window_start >= 1.0:
+            self.last_ratio = max(1.0, self.matched / max(1, self.kept))
+            self.window_start, self.matched, self.kept = now, 0, 0
+        self.matched += 1
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.kept += 1
+            return True, self.last_ratio
+        return False, self.last_ratio
+
+
+class TailSampler:
+    """See the module docstring. ``clock`` returns monotonic nanoseconds (tests pass a fake)."""
+
+    def __init__(self, settings: SamplingSettings, clock: Callable[[], int] = time.monotonic_ns):
+        self.settings = settings
+        self.clock = clock
+        self._rules: list[tuple[Rule, Callable[[Any], bool], _RateLimit | None]] = [
+            (r, compile_rule(r), _RateLimit(r.rate_limit) if r.rate_limit is not None else None)
+            for r in settings.rules
+        ]
+        self._buffer: OrderedDict[bytes, _Buffered] = OrderedDict()  # by first arrival
+        self._rooted: OrderedDict[bytes, None] = OrderedDict()  # root seen, by last arrival
+        self._decided: OrderedDict[bytes, tuple[bool, str, float, TraceSummary]] = OrderedDict()
+        self.buffered_spans = 0
+        self.stats: Counter[str] = Counter()
+        self.decisions: Counter[tuple[str, bool]] = Counter()
+
+    @property
+    def buffered_traces(self) -> int:
+        return len(self._buffer)
+
+    def add(self, fragments: list[Fragment]) -> list[Decision]:
+        """Buffer fragments; returns decisions forced by bounds or late spans."""
+        out: list[Decision] = []
+        now = self.clock()
+        limits = self.settings
+        for fragment in fragments:
+            self.stats["spans_received"] += fragment.span_count
+            trace_id = fragment.trace_id
+            if trace_id in self._decided:
+                out.extend(self._late(fragment))
+                continue
+            entry = self._buffer.get(trace_id)
+            if entry is None:
+                if len(self._buffer) >= limits.max_traces:
+                    self.stats["decided_early_max_traces"] += 1
+                    out.append(self._decide_oldest())
+                entry = _Buffered(TraceSummary(trace_id), first_seen=now, last_seen=now)
+                self._buffer[trace_id] = entry
+            entry.fragments.append(fragment)
+            entry.summary.absorb(fragment)
+            entry.last_seen = now
+            entry._parsed = None
+            self.buffered_spans += fragment.span_count
+            if entry.summary.root is not None:
+                self._rooted[trace_id] = None
+                self._rooted.move_to_end(trace_id)
+            if entry.summary.span_count >= limits.max_spans_per_trace:
+                self.stats["decided_early_max_spans_per_trace"] += 1
+                out.append(self._decide(trace_id))
+            while self.buffered_spans > limits.max_buffered_spans and self._buffer:
+                self.stats["decided_early_max_buffered_spans"] += 1
+                out.append(self._decide_oldest())
+        return out
+
+    def due(self) -> list[Decision]:
+        """Decide every trace whose wait or quiet period has passed."""
+        now = self.clock()
+        out = []
+        wait, quiet = self.settings.decision_wait, self.settings.quiet_period
+        while self._rooted:
+            trace_id = next(iter(self._rooted))
+            if self._buffer[trace_id].last_seen + quiet > now:
+                break
+            self.stats["decided_root_quiet"] += 1
+            out.append(self._decide(trace_id))
+        while self._buffer:
+            trace_id, entry = next(iter(self._buffer.items()))
+            if entry.first_seen + wait > now:
+                break
+            self.stats["decided_wait_elapsed"] += 1
+            out.append(self._decide(trace_id))
+        return out
+
+    def flush(self) -> list[Decision]:
+        """Decide everything still buffered (shutdown)."""
+        self.stats["decided_on_shutdown"] += len(self._buffer)
+        return [self._decide(tid) for tid in list(self._buffer)]
+
+    def _decide_oldest(self) -> Decision:
+        return self._decide(next(iter(self._buffer)))
+
+    def _decide(self, trace_id: bytes) -> Decision:
+        entry = self._buffer.pop(trace_id)
+        self._rooted.pop(trace_id, None)
+        self.buffered_spans -= entry.summary.span_count
+        keep, rule_name, rate = False, "", 1.0
+        for rule, matches, limiter in self._rules:
+            if not matches(entry):
+                continue
+            rule_name = rule.name
+            if limiter is not None:
+                keep, rate = limiter.take()
+            else:
+                probability = rule.keep or 0.0
+                keep = keep_by_trace_id(trace_id, probability)
+                rate = 1.0 / probability if probability > 0 else 0.0
+            break
+        self.decisions[(rule_name, keep)] += 1
+        self._remember(trace_id, keep, rule_name, rate, entry.summary)
+        return Decision(entry.summary, keep, rule_name, rate, entry.fragments if keep else [])
+
+    def _remember(self, trace_id: bytes, keep: bool, rule: str, rate: float, summary: TraceSummary) -> None:
+        if self.settings.decision_cache_size == 0:
+            return
+        self._decided[trace_id] = (keep, rule, rate, summary)
+        if len(self._decided) > self.settings.decision_cache_size:
+            self._decided.popitem(last=False)
+
+    def _late(self, fragment: Fragment) -> list[Decision]:
+        keep, rule, rate, summary = self._decided[fragment.trace_id]
+        if not keep:
+            self.stats["late_spans_dropped"] += fragment.span_count
+            return []
+        self.stats["late_spans_kept"] += fragment.span_count
+        summary.absorb(fragment)
+        return [Decision(summary, True, rule, rate, [fragment], late=True)]
