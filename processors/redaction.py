@@ -18,16 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# (kind, pattern). Patterns are written without leading word boundaries so the same text
-# works on request bytes (prefilter) and on single strings; the string pattern adds
-# boundary guards below.
-_PATTERNS: list[tuple[str, str]] = [
-    ("jwt", r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
-    ("bearer_token", r"[Bb]earer[ \t]+[A-Za-z0-9\-._~+/]{8,}=*"),
-    ("api_key", r"sk-[A-Za-z0-9_-]{20,}"),
-    ("cloud_key", r"(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}"),
-    ("email", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-    ("card_number", r"[2-6]\d(?:[ -]?\d){11,17}"),  # issuer digit 2-6, 13-19 digits
+# (kind, pattern, prefilter). The pattern finds the secret in one string; the prefilter is
+# a cheap anchor of it that runs over whole request bytes. Anchors start with a literal
+# (``@``, ``sk-``, ``eyJ``...) so the scan stays linear: a pattern that starts with a
+# character class, like an email's local part, would rescan every long word it meets.
+_PATTERNS: list[tuple[str, str, str]] = [
+    ("jwt", r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*", r"eyJ[A-Za-z0-9_-]{5,}\.eyJ"),
+    ("bearer_token", r"[Bb]earer[ \t]+[A-Za-z0-9\-._~+/]{8,}=*", r"[Bb]earer[ \t]"),
+    ("api_key", r"sk-[A-Za-z0-9_-]{20,}", r"sk-[A-Za-z0-9_-]{20}"),
+    ("cloud_key", r"(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}", r"AKIA|ASIA|AIza"),
+    ("email", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", r"@[A-Za-z0-9-]+\."),
+    ("card_number", r"[2-6]\d(?:[ -]?\d){11,17}", r"[2-6]\d(?:[ -]?\d){11}"),  # issuer digit 2-6, 13-19 digits
 ]
 _GUARD = r"(?<![A-Za-z0-9])"  # a match must not start in the middle of a word or number
 
@@ -59,8 +60,8 @@ class Redactor:
     """
 
     def __init__(self) -> None:
-        self._prefilter = re.compile("|".join(f"(?:{p})" for _, p in _PATTERNS).encode())
-        self._pattern = re.compile("|".join(f"{_GUARD}(?P<{k}>{p})" for k, p in _PATTERNS))
+        self._prefilter = re.compile("|".join(f"(?:{pre})" for _, _, pre in _PATTERNS).encode())
+        self._pattern = re.compile("|".join(f"{_GUARD}(?P<{k}>{p})" for k, p, _ in _PATTERNS))
 
     def __call__(self, request: Any, raw: bytes | None = None) -> RedactionResult:
         """``raw`` is the serialized request when the caller has it (saves a serialize)."""
