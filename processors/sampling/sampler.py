@@ -20,7 +20,7 @@ import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
@@ -245,7 +245,7 @@ class TailSampler:
     def _remember(self, trace_id: bytes, keep: bool, rule: str, rate: float, summary: TraceSummary) -> None:
         if self.settings.decision_cache_size == 0:
             return
-        self._decided[trace_id] = (keep, rule, rate, summary)
+        self._decided[trace_id] = (keep, rule, rate, replace(summary))  # a copy: the decision keeps its own
         if len(self._decided) > self.settings.decision_cache_size:
             self._decided.popitem(last=False)
 
@@ -256,4 +256,4 @@ class TailSampler:
             return []
         self.stats["late_spans_kept"] += fragment.span_count
         summary.absorb(fragment)
-        return [Decision(summary, True, rule, rate, [fragment], late=True)]
+        return [Decision(replace(summary), True, rule, rate, [fragment], late=True)]

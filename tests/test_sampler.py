@@ -1,0 +1,148 @@
+"""The tail sampler on its own, with a fake clock: rules, timing, bounds, the decision cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from collector.config import SamplingSettings
+from collector.otlp import Fragment, split_by_trace
+from processors.sampling.sampler import TailSampler, keep_by_trace_id
+
+S = 1_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def fragment(trace: int, span: int, parent: int | None = None, *, error: bool = False, duration_s: float = 0.1,
+             service: str = "api", attrs: dict[str, Any] | None = None, name: str = "op") -> Fragment:  # fmt: skip
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    kv = rs.resource.attributes.add(key="service.name")
+    kv.value.string_value = service
+    s = rs.scope_spans.add().spans.add(
+        trace_id=trace.to_bytes(16, "big"), span_id=span.to_bytes(8, "big"), name=name,
+        parent_span_id=parent.to_bytes(8, "big") if parent else b"",
+        start_time_unix_nano=10 * S, end_time_unix_nano=10 * S + int(duration_s * S),
+    )  # fmt: skip
+    s.status.code = 2 if error else 0
+    for key, value in (attrs or {}).items():
+        a = s.attributes.add(key=key)
+        if isinstance(value, int):
+            a.value.int_value = value
+        else:
+            a.value.string_value = value
+    (frag,) = split_by_trace(req).fragments
+    return frag
+
+
+def sampler(rules: list[dict[str, Any]] | None = None, **limits: Any) -> tuple[TailSampler, Clock]:
+    clock = Clock()
+    settings = SamplingSettings.model_validate(
+        {"decision_wait": "10s", "quiet_period": "1s", "rules": rules or [{"name": "all", "keep": "100%"}], **limits}
+    )
+    return TailSampler(settings, clock=clock), clock
+
+
+def test_waits_for_the_decision_wait_without_a_root() -> None:
+    s, clock = sampler()
+    assert s.add([fragment(1, 2, parent=9)]) == []
+    clock.now = 9 * S
+    assert s.due() == []
+    clock.now = 10 * S
+    (d,) = s.due()
+    assert d.keep and d.summary.span_count == 1 and s.stats["decided_wait_elapsed"] == 1
+
+
+def test_decides_early_once_the_root_is_in_and_quiet() -> None:
+    s, clock = sampler()
+    s.add([fragment(1, 2, parent=1), fragment(1, 1)])
+    clock.now = S // 2
+    assert s.due() == []
+    s.add([fragment(1, 3, parent=1)])  # a new span restarts the quiet period
+    clock.now = S + S // 4
+    assert s.due() == []
+    clock.now = 2 * S
+    (d,) = s.due()
+    assert d.summary.span_count == 3 and len(d.fragments) == 3 and s.stats["decided_root_quiet"] == 1
+
+
+@pytest.mark.parametrize(
+    ("rules", "frag", "expected_rule"),
+    [
+        ([{"name": "e", "when": [{"status": "error"}], "keep": 1.0}], dict(error=True), "e"),
+        ([{"name": "slow", "when": [{"duration": ">= 2s"}], "keep": 1.0}], dict(duration_s=3), "slow"),
+        ([{"name": "svc", "when": [{"service": "billing"}], "keep": 1.0}], dict(service="billing"), "svc"),
+        ([{"name": "re", "when": [{"span_name": "^GET ", "op": "matches"}], "keep": 1.0}], dict(name="GET /x"), "re"),
+        ([{"name": "tok", "when": [{"attribute": "gen_ai.usage.output_tokens", "op": ">", "value": 4000}],
+           "keep": 1.0}], dict(attrs={"gen_ai.usage.output_tokens": 5000}), "tok"),
+        ([{"name": "tok", "when": [{"attribute": "gen_ai.usage.output_tokens", "op": ">", "value": 4000}],
+           "keep": 1.0}], dict(attrs={"gen_ai.usage.output_tokens": 10}), "rest"),
+        ([{"name": "in", "when": [{"attribute": "tier", "op": "in", "value": ["gold", "vip"]}], "keep": 1.0}],
+         dict(attrs={"tier": "vip"}), "in"),
+        ([{"name": "ex", "when": [{"attribute": "tier", "op": "not_exists"}], "keep": 1.0}], dict(), "ex"),
+        ([{"name": "both", "when": [{"status": "error"}, {"service": "api"}], "keep": 1.0}],
+         dict(error=True, service="web"), "rest"),
+    ],
+)  # fmt: skip
+def test_rules_first_match_wins(rules: list[dict[str, Any]], frag: dict[str, Any], expected_rule: str) -> None:
+    s, _ = sampler([*rules, {"name": "rest", "keep": "0%"}])
+    s.add([fragment(1, 1, **frag)])
+    (d,) = s.flush()
+    assert d.rule == expected_rule
+    assert d.keep == (expected_rule != "rest")
+
+
+def test_probabilistic_keep_is_deterministic_and_close_to_rate() -> None:
+    ids = [i.to_bytes(16, "big") for i in range(1, 20001)]
+    kept = sum(keep_by_trace_id(t, 0.05) for t in ids)
+    assert 800 < kept < 1200
+    assert [keep_by_trace_id(t, 0.05) for t in ids[:500]] == [keep_by_trace_id(t, 0.05) for t in ids[:500]]
+    s, _ = sampler([{"name": "d", "keep": "5%"}])
+    s.add([fragment(i, 1) for i in range(1, 2001)])
+    decisions = s.flush()
+    assert {d.sample_rate for d in decisions} == {20.0}
+    assert [d.keep for d in decisions] == [keep_by_trace_id(i.to_bytes(16, "big"), 0.05) for i in range(1, 2001)]
+
+
+def test_max_traces_decides_the_oldest_and_counts_it() -> None:
+    s, _ = sampler(max_traces=3)
+    out = s.add([fragment(i, 1, parent=7) for i in range(1, 6)])
+    assert [d.summary.trace_id[-1] for d in out] == [1, 2]
+    assert s.buffered_traces == 3 and s.stats["decided_early_max_traces"] == 2
+
+
+def test_span_limits_decide_early_and_later_spans_follow() -> None:
+    s, _ = sampler(max_spans_per_trace=3, max_buffered_spans=100)
+    out = s.add([fragment(1, i, parent=99) for i in range(1, 5)])
+    assert len(out) == 2  # decided at the 3rd span; the 4th is a late span of a kept trace
+    assert out[0].summary.span_count == 3 and out[1].late and s.stats["late_spans_kept"] == 1
+    s2, _ = sampler(max_buffered_spans=4)
+    out2 = s2.add([fragment(t, 1, parent=99) for t in range(1, 7)])
+    assert len(out2) == 2 and s2.buffered_spans == 4 and s2.stats["decided_early_max_buffered_spans"] == 2
+
+
+def test_late_spans_follow_the_decision_and_update_the_summary() -> None:
+    s, clock = sampler([{"name": "e", "when": [{"status": "error"}], "keep": 1.0}, {"name": "r", "keep": 0.0}])
+    s.add([fragment(1, 1, error=True), fragment(2, 1)])
+    clock.now = 5 * S
+    kept, dropped = sorted(s.due(), key=lambda d: not d.keep)
+    assert kept.keep and not dropped.keep
+    (late,) = s.add([fragment(1, 2, parent=1), fragment(2, 2, parent=1)])
+    assert late.late and late.rule == "e" and late.summary.span_count == 2
+    assert s.stats["late_spans_dropped"] == 1
+
+
+def test_rate_limit_rule_caps_kept_traces() -> None:
+    s, _ = sampler([{"name": "rl", "rate_limit": "5/s"}])
+    s.add([fragment(i, 1) for i in range(1, 101)])
+    kept = [d for d in s.flush() if d.keep]
+    assert 5 <= len(kept) <= 6
