@@ -24,7 +24,7 @@ def _self_time(span: dict[str, Any], children: list[dict[str, Any]]) -> int:
         if hi > lo:
             covered += hi - lo
             cursor = hi
-    return max(0, span["duration_ns"] - covered)
+    return max(0, int(span["duration_ns"]) - covered)
 
 
 def _tokens(span: dict[str, Any]) -> str:

@@ -1,0 +1,110 @@
+"""One code path: the http:// transport runs exactly the SQL of the embedded one.
+
+Two collectors get the very same spans (one SDK provider, one exporter to each): one stores
+in the embedded chDB engine, the other over ClickHouse's HTTP protocol (served by the
+ClickHouse engine, see ``tests/support/clickhouse_http.py``). Their query API answers must
+be identical, and every statement that crossed the wire must be one of ``collector/sql.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from collector import sql
+from tests.support.collector import Collector, free_port
+from tests.support.otel import exporter, llm_trace
+
+SAMPLING = {"decision_wait": "2s", "quiet_period": "200ms", "rules": [
+    {"name": "errors", "when": [{"status": "error"}], "keep": "100%"}, {"name": "default", "keep": "50%"}]}  # fmt: skip
+
+
+@pytest.fixture
+def clickhouse_http(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port, log = free_port(), tmp_path / "statements.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.clickhouse_http", "--port", str(port),
+         "--path", str(tmp_path / "server-data"), "--log", str(log)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    yield f"http://tailsift:s3cret-pw@127.0.0.1:{port}/default", log
+    proc.kill()
+    proc.wait()
+
+
+def _normalise(sql_text: str) -> str:
+    text = sql_text.removesuffix("\n FORMAT Native").replace("`", "")
+    return " ".join(text.split())
+
+
+def _expected_statements() -> set[str]:
+    insert = "INSERT INTO {table} ({cols}) FORMAT Native"
+    return {_normalise(s) for s in (
+        sql.create_spans_table(7), sql.create_traces_table(7), sql.GET_TRACE, sql.SEARCH_TRACES, sql.PING,
+        insert.format(table=sql.SPANS_TABLE, cols=", ".join(sql.SPAN_COLUMNS)),
+        insert.format(table=sql.TRACES_TABLE, cols=", ".join(sql.TRACE_COLUMNS)),
+    )}  # fmt: skip
+
+
+def test_http_transport_runs_the_same_sql_with_the_same_results(
+    tmp_path: Path, clickhouse_http: tuple[str, Path]
+) -> None:
+    dsn, statements = clickhouse_http
+    embedded = Collector(tmp_path / "embedded", {"sampling": SAMPLING}).start()
+    server = Collector(tmp_path / "server", {"sampling": SAMPLING, "storage": {"clickhouse": {"dsn": dsn}}}).start()
+    try:
+        provider = TracerProvider(resource=Resource.create({"service.name": "twin"}))
+        for target in (embedded, server):
+            provider.add_span_processor(BatchSpanProcessor(exporter("http", target)))
+        tracer = provider.get_tracer("sql-shared")
+        ids = [llm_trace(tracer, "llm.chat" if i % 4 == 0 else None) for i in range(40)]
+        provider.force_flush()
+        provider.shutdown()
+
+        def listing(c: Collector) -> Any:
+            return c.get("/api/traces", limit=100).json()["traces"]
+
+        for c in (embedded, server):
+            c.wait_for(lambda c=c: c.metrics()["tailsift_sampler_buffered_traces"] == 0
+                       and c.metrics()["tailsift_storage_pending_rows"] == 0
+                       and c.metrics().get('tailsift_sampler_decisions_total{decision="kept",rule="errors"}') == 10,
+                       30, "decisions")  # fmt: skip
+        embedded_list, server_list = listing(embedded), listing(server)
+        assert len(embedded_list) >= 10
+        assert server_list == embedded_list
+        for trace_id in ids[:8]:
+            a, b = embedded.get(f"/api/traces/{trace_id}"), server.get(f"/api/traces/{trace_id}")
+            assert a.status_code == b.status_code
+            assert a.json() == b.json()
+        filtered = {"error": "true", "min_duration_ms": "0", "service": "twin", "since": "1h", "limit": "5"}
+        assert server.get("/api/traces", **filtered).json() == embedded.get("/api/traces", **filtered).json()
+    finally:
+        assert server.stop() == 0, server.log()
+        assert embedded.stop() == 0, embedded.log()
+
+    sent = [json.loads(line)["sql"] for line in statements.read_text().splitlines()]
+    # clickhouse-connect's own statements: connection set-up, and DESCRIBE before an insert
+    client = ("SELECT version()", "SELECT name, value", "SELECT 1 AS check", "DESCRIBE TABLE")
+    ours = {_normalise(s) for s in sent if not s.startswith(client)}
+    assert len(sent) > len(ours) > 0
+    assert ours <= _expected_statements(), ours - _expected_statements()
+    assert {_normalise(sql.GET_TRACE), _normalise(sql.SEARCH_TRACES), _normalise(sql.create_spans_table(7))} <= ours
+    assert "s3cret-pw" not in server.log()
