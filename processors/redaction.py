@@ -24,7 +24,7 @@ from typing import Any
 # character class, like an email's local part, would rescan every long word it meets.
 _PATTERNS: list[tuple[str, str, str]] = [
     ("jwt", r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*", r"eyJ[A-Za-z0-9_-]{5,}\.eyJ"),
-    ("bearer_token", r"[Bb]earer[ \t]+[A-Za-z0-9\-._~+/]{8,}=*", r"[Bb]earer[ \t]"),
+    ("bearer_token", r"[Bb]earer[ \t]+[A-Za-z0-9\-._~+/]{8,}=*", r"earer[ \t]"),
     ("api_key", r"sk-[A-Za-z0-9_-]{20,}", r"sk-[A-Za-z0-9_-]{20}"),
     ("cloud_key", r"(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}", r"AKIA|ASIA|AIza"),
     ("email", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", r"@[A-Za-z0-9-]+\."),
@@ -60,14 +60,15 @@ class Redactor:
     """
 
     def __init__(self) -> None:
-        self._prefilter = re.compile("|".join(f"(?:{pre})" for _, _, pre in _PATTERNS).encode())
+        # One search per anchor: re finds a literal prefix fast, but not across an alternation.
+        self._prefilters = [re.compile(pre.encode()) for _, _, pre in _PATTERNS]
         self._pattern = re.compile("|".join(f"{_GUARD}(?P<{k}>{p})" for k, p, _ in _PATTERNS))
 
     def __call__(self, request: Any, raw: bytes | None = None) -> RedactionResult:
         """``raw`` is the serialized request when the caller has it (saves a serialize)."""
         counts: Counter[str] = Counter()
         body = raw if raw is not None else request.SerializeToString()
-        if not self._prefilter.search(body):
+        if not any(p.search(body) for p in self._prefilters):
             return RedactionResult(counts, scanned=False)
         clean = self._make_cleaner(counts)
         for rs in request.resource_spans:

@@ -1,0 +1,123 @@
+"""Embedded-mode ingest benchmark: prebuilt OTLP/HTTP requests from several sender processes.
+
+Starts its own collector (embedded chDB), drives it for ``--duration`` seconds and prints
+spans/s accepted and carried through sampling, ack latency percentiles, refused requests
+and the collector's peak RSS. Run with and without redaction to see its cost:
+
+    python -m benchmarks.embedded_ingest --duration 10
+    python -m benchmarks.embedded_ingest --duration 10 --no-redaction
+
+Figures depend on the machine; compare runs as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import requests
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.support.collector import Collector
+
+TRACES_PER_REQUEST = 128
+SPANS = [("POST /chat", None), ("retrieve", 0), ("vector.search", 1), ("llm.chat", 0)]
+
+
+def build_request(seed: int) -> bytes:
+    """One request of LLM-shaped traces with fresh random ids (secret-free, like most traffic)."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "chat-api"
+    ss = rs.scope_spans.add()
+    now = time.time_ns()
+    for _ in range(TRACES_PER_REQUEST):
+        trace_id = os.urandom(16)
+        ids = [os.urandom(8) for _ in SPANS]
+        for i, (name, parent) in enumerate(SPANS):
+            s = ss.spans.add(trace_id=trace_id, span_id=ids[i], name=name,
+                             parent_span_id=ids[parent] if parent is not None else b"",
+                             start_time_unix_nano=now, end_time_unix_nano=now + 50_000_000)  # fmt: skip
+            s.attributes.add(key="gen_ai.request.model").value.string_value = "gpt-4o-mini"
+            s.attributes.add(key="http.route").value.string_value = "/chat"
+        if seed % 10 == 0:
+            ss.spans[-1].status.code = 2
+    return req.SerializeToString()
+
+
+def sender(url: str, deadline: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    bodies = [build_request(i) for i in range(32)]
+    session = requests.Session()
+    latencies, accepted, refused, i = [], 0, 0, 0
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        resp = session.post(url, data=bodies[i % len(bodies)], headers={"Content-Type": "application/x-protobuf"})
+        latencies.append((time.perf_counter() - start) * 1000)
+        if resp.status_code == 200:
+            accepted += TRACES_PER_REQUEST * len(SPANS)
+        else:
+            refused += 1
+        i += 1
+    out.put((latencies, accepted, refused))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--senders", type=int, default=2)
+    parser.add_argument("--no-redaction", action="store_true")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="tailsift-bench-"))
+    config = {"redaction": {"enabled": not args.no_redaction},
+              "sampling": {"decision_wait": "2s", "quiet_period": "200ms"}}  # fmt: skip
+    c = Collector(workdir, config).start()
+    assert c.proc is not None
+    proc = psutil.Process(c.proc.pid)
+    peak = [0.0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        proc.cpu_percent(None)
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], proc.memory_info().rss / 2**20)
+
+    threading.Thread(target=watch, daemon=True).start()
+    before = c.metrics().get('tailsift_sampler_events_total{event="spans_received"}', 0.0)
+    out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    deadline = time.monotonic() + args.duration
+    started = time.monotonic()
+    procs = [mp.Process(target=sender, args=(c.http_url, deadline, out)) for _ in range(args.senders)]
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    elapsed = time.monotonic() - started
+    cpu = proc.cpu_percent(None)
+    c.wait_for(lambda: c.metrics()["tailsift_queue_bytes"] == 0, 120, "queue drain")
+    drained = time.monotonic() - started
+    sampled = c.metrics().get('tailsift_sampler_events_total{event="spans_received"}', 0.0) - before
+    stop.set()
+    latencies = sorted(x for r in results for x in r[0])
+    accepted = sum(r[1] for r in results)
+    refused = sum(r[2] for r in results)
+    q = statistics.quantiles(latencies, n=100)
+    print(f"redaction: {'off' if args.no_redaction else 'on'}   senders: {args.senders}   duration: {elapsed:.1f}s")
+    print(f"spans/s accepted:            {accepted / elapsed:,.0f}")
+    print(f"spans/s through sampling:    {sampled / drained:,.0f}")
+    print(f"ack latency ms p50/p95/p99:  {q[49]:.1f} / {q[94]:.1f} / {q[98]:.1f}")
+    print(f"refused requests:            {refused}")
+    print(f"collector CPU %:             {cpu:.0f}")
+    print(f"collector peak RSS MB:       {peak[0]:.0f}")
+    c.stop()
+
+
+if __name__ == "__main__":
+    main()
