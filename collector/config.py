@@ -111,8 +111,8 @@ class SamplingSettings(_Strict):
 class ClickHouseSettings(_Strict):
     dsn: SecretStr = SecretStr("chdb://./tailsift-data")
     """``chdb://PATH`` (embedded engine) or ``http(s)://user:pass@host:8123/db``. Secret: it may hold a password."""
-    ttl_days: int = Field(default=7, ge=0)
-    """Days spans are kept; 0 keeps them forever."""
+    ttl_days: int = Field(default=7, ge=0, le=1825)
+    """Days spans are kept (at most 5 years); 0 keeps them forever."""
     batch_rows: int = Field(default=20_000, ge=1)
     flush_interval: int = 1_000_000_000
     max_pending_rows: int = Field(default=200_000, ge=1)

@@ -64,8 +64,13 @@ class Pipeline:
             batch = await self.queue.consume(CONSUME_BATCH, TICK_SECONDS)
             if batch is None:
                 return
-            decisions = self.sampler.add(batch) if batch else []
-            decisions += self.sampler.due()
+            try:
+                decisions = self.sampler.add(batch) if batch else []
+                decisions += self.sampler.due()
+            except Exception:  # a bug here must not stop sampling for everyone
+                log.exception("tail sampler failed on a batch of %d fragments", len(batch))
+                self.sampler.stats["batch_failures"] += 1
+                continue
             await self.writer.write(decisions)
 
     async def shutdown(self) -> None:

@@ -24,6 +24,18 @@ from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, fin
 from processors.sampling.sampler import Decision
 
 
+# OTLP allows any uint64 timestamp. The TTL goes through DateTime, which ends in 2106: past
+# it, ``toDateTime(Timestamp) + ttl`` wraps to 1970 and the row is deleted at once. Clamping
+# to 2100-01-01 leaves room for the longest TTL the config accepts (5 years).
+MAX_TIMESTAMP_NS = 4_102_444_800 * 1_000_000_000
+
+
+def _ts(ns: int) -> int:
+    """Clamp a client-supplied timestamp into what ClickHouse can store, so one absurd span
+    cannot make its whole insert batch fail."""
+    return ns if ns <= MAX_TIMESTAMP_NS else MAX_TIMESTAMP_NS
+
+
 def normalize_dsn(dsn: str) -> str:
     """Make ``chdb://./data`` and ``chdb://data`` mean a path relative to the working
     directory (clickhouse-connect would read ``.`` as a host), as ``chdb:///abs/path``."""
@@ -71,12 +83,12 @@ def decision_rows(decisions: list[Decision]) -> Rows:
                 for ss in rs.scope_spans:
                     for s in ss.spans:
                         spans.append([
-                            s.start_time_unix_nano, trace_hex, s.span_id.hex(), s.parent_span_id.hex(),
+                            _ts(s.start_time_unix_nano), trace_hex, s.span_id.hex(), s.parent_span_id.hex(),
                             s.trace_state, s.name, KIND_NAMES.get(s.kind, "Unspecified"), service, resource,
                             ss.scope.name, ss.scope.version, attributes_map(s.attributes),
                             max(0, s.end_time_unix_nano - s.start_time_unix_nano),
                             STATUS_NAMES.get(s.status.code, "Unset"), s.status.message,
-                            [e.time_unix_nano for e in s.events], [e.name for e in s.events],
+                            [_ts(e.time_unix_nano) for e in s.events], [e.name for e in s.events],
                             [attributes_map(e.attributes) for e in s.events],
                             [lk.trace_id.hex() for lk in s.links], [lk.span_id.hex() for lk in s.links],
                             [lk.trace_state for lk in s.links], [attributes_map(lk.attributes) for lk in s.links],
@@ -85,7 +97,7 @@ def decision_rows(decisions: list[Decision]) -> Rows:
         summary = d.summary
         root = summary.root
         traces.append([
-            trace_hex, summary.start_ns, summary.duration_ns, root.service if root else "",
+            trace_hex, _ts(summary.start_ns), summary.duration_ns, root.service if root else "",
             root.name if root else "", summary.span_count, int(summary.has_error),
             d.sample_rate, d.rule, summary.span_count,
         ])  # fmt: skip

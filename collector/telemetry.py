@@ -57,6 +57,8 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily("tailsift_storage_pending_rows", "Span rows waiting for insert", value=w.pending_rows)
         yield CounterMetricFamily("tailsift_storage_rows", "Span rows inserted", value=w.rows_written)
         yield CounterMetricFamily("tailsift_storage_insert_failures", "Failed inserts (retried)", value=w.insert_failures)
+        yield CounterMetricFamily("tailsift_storage_rows_dropped", "Rows dropped after permanent insert errors",
+                                  value=w.rows_dropped)  # fmt: skip
         yield GaugeMetricFamily(
             "tailsift_storage_last_insert_seconds", "Duration of the latest insert", value=w.last_insert_seconds
         )

@@ -6,8 +6,11 @@ thread-safe, and one thread also orders queries after the inserts before them.
 
 Backpressure: once ``max_pending_rows`` are waiting (ClickHouse slow or down), ``write``
 waits. The sampler then stops consuming, the queue fills, and receivers answer 429 /
-RESOURCE_EXHAUSTED: overload travels back to the client instead of into memory. A failed
-insert is retried with backoff, never dropped.
+RESOURCE_EXHAUSTED: overload travels back to the client instead of into memory.
+
+Failures: an unreachable database (a connection error) is retried with backoff for as long
+as it takes. Any other error is retried ``PERMANENT_ATTEMPTS`` times; a batch that still
+fails is logged and counted (``rows_dropped``) so one bad batch cannot stall storage forever.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from clickhouse_connect.driver.exceptions import OperationalError
+
 from collector.config import ClickHouseSettings
 from collector.storage import ClickHouseStore, decision_rows, safe_dsn
 from processors.sampling.sampler import Decision
 
 log = logging.getLogger("tailsift.storage")
 T = TypeVar("T")
+PERMANENT_ATTEMPTS = 3
 
 
 class StorageWriter:
@@ -42,6 +48,8 @@ class StorageWriter:
         self._stopping = False
         self.rows_written = 0
         self.insert_failures = 0
+        self.rows_dropped = 0
+        self._attempts = 0
         self.last_insert_seconds = 0.0
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -100,10 +108,20 @@ class StorageWriter:
             await self.run(lambda: self.store.insert(decision_rows(batch)))
             self.last_insert_seconds = loop.time() - started
             self.rows_written += rows
+            self._attempts = 0
             self._room.set()
             return True
-        except Exception as exc:  # noqa: BLE001 - any storage failure is retried, never dropped
+        except Exception as exc:  # noqa: BLE001 - every storage failure is retried or counted
             self.insert_failures += 1
+            self._attempts += 1
+            retryable = isinstance(exc, OperationalError)
+            if not retryable and self._attempts >= PERMANENT_ATTEMPTS:
+                log.error("insert into %s failed %d times, dropping %d rows: %s",
+                          safe_dsn(self.store.dsn), self._attempts, rows, exc)  # fmt: skip
+                self.rows_dropped += rows
+                self._attempts = 0
+                self._room.set()
+                return True
             log.warning("insert into %s failed, will retry: %s", safe_dsn(self.store.dsn), exc)
             self._pending = batch + self._pending
             self._pending_rows += rows

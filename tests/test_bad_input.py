@@ -189,3 +189,18 @@ def test_full_queue_pushes_back_with_retry_hints() -> None:
         loop.run(grpc_rx.shutdown())
         loop.run(http_rx.shutdown())
         loop.close()
+
+
+def test_absurd_timestamps_do_not_stall_storage(collector: Collector) -> None:
+    """OTLP allows any uint64 timestamp; ClickHouse's DateTime ends in 2106: clamped to 2100, stored."""
+    req = request_with((b"\x61" * 16, b"\x62" * 8, b""), (b"\x71" * 16, b"\x72" * 8, b""))
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    span.start_time_unix_nano = 2**64 - 1
+    span.end_time_unix_nano = 2**64 - 1
+    span.events.add(name="far future", time_unix_nano=2**64 - 2)
+    grpc_call(collector.grpc_endpoint, req.SerializeToString())
+    collector.wait_for(lambda: collector.get("/api/traces/" + "71" * 16).status_code == 200, 30, "normal span")
+    odd = collector.get("/api/traces/" + "61" * 16).json()["spans"][0]
+    assert odd["start_time_unix_nano"] == 4_102_444_800 * 1_000_000_000
+    assert collector.metrics()["tailsift_storage_rows_dropped_total"] == 0
+    assert_valid_export_still_works(collector)

@@ -228,7 +228,12 @@ class TailSampler:
         self.buffered_spans -= entry.summary.span_count
         keep, rule_name, rate = False, "", 1.0
         for rule, matches, limiter in self._rules:
-            if not matches(entry):
+            try:
+                matched = matches(entry)
+            except Exception:  # noqa: BLE001 - odd span data must not stop decisions
+                self.stats["rule_errors"] += 1
+                matched = False
+            if not matched:
                 continue
             rule_name = rule.name
             if limiter is not None:
