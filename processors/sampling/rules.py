@@ -72,10 +72,9 @@ class Condition(_Strict):
         if len(given) != 1:
             raise ValueError(f"a condition needs exactly one of {', '.join(SUBJECTS)} (got {given or 'none'})")
         if self.duration is not None:
-            op, _ = _parse_duration_expr(self.duration)
+            _parse_duration_expr(self.duration)  # raises on a malformed test
             if self.op is not None:
                 raise ValueError("put the operator inside duration, e.g. duration: '>= 2s'")
-            del op
         if self.op in ("exists", "not_exists") and self.value is not None:
             raise ValueError(f"op {self.op} takes no value")
         if self.attribute is not None and self.op not in (None, "exists", "not_exists") and self.value is None:
