@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from collector.errors import InvalidRequest
-from processors.otlp_values import find_attribute
+from processors.otlp_values import service_name
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -147,8 +147,7 @@ def split_by_trace(request: ExportTraceServiceRequest, received_ns: int | None =
     rejected, reason = 0, ""
     services: list[str] = []
     for ri, rs in enumerate(request.resource_spans):
-        found, svc = find_attribute(rs.resource.attributes, "service.name")
-        services.append(str(svc) if found else "unknown_service")
+        services.append(service_name(rs.resource.attributes))
         for si, ss in enumerate(rs.scope_spans):
             for span in ss.spans:
                 why = _invalid_id_reason(span)

@@ -20,7 +20,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from collector import sql
 from collector.config import ClickHouseSettings
-from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, find_attribute
+from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, service_name
 from processors.sampling.sampler import Decision
 
 
@@ -77,8 +77,7 @@ def decision_rows(decisions: list[Decision]) -> Rows:
         trace_hex = d.summary.trace_id.hex()
         for fragment in d.fragments:
             for rs in TracesData.FromString(fragment.payload).resource_spans:
-                found, svc = find_attribute(rs.resource.attributes, "service.name")
-                service = str(svc) if found else "unknown_service"
+                service = service_name(rs.resource.attributes)
                 resource = attributes_map(rs.resource.attributes)
                 for ss in rs.scope_spans:
                     for s in ss.spans:

@@ -55,3 +55,9 @@ def find_attribute(attributes: Iterable[Any], key: str) -> tuple[bool, Any]:
         if kv.key == key:
             return True, any_value(kv.value)
     return False, None
+
+
+def service_name(resource_attributes: Iterable[Any]) -> str:
+    """A resource's ``service.name``, or the SDKs' own fallback ``unknown_service``."""
+    found, value = find_attribute(resource_attributes, "service.name")
+    return str(value) if found else "unknown_service"

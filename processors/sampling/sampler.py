@@ -27,7 +27,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from collector.config import SamplingSettings
 from collector.otlp import Fragment, RootInfo
-from processors.otlp_values import find_attribute
+from processors.otlp_values import service_name
 from processors.sampling.rules import Rule, SpanLike, compile_rule
 
 _HASH_SPACE = float(2**64)
@@ -104,8 +104,7 @@ class _Buffered:
             for fragment in self.fragments:
                 data = TracesData.FromString(fragment.payload)
                 for rs in data.resource_spans:
-                    found, svc = find_attribute(rs.resource.attributes, "service.name")
-                    service = str(svc) if found else "unknown_service"
+                    service = service_name(rs.resource.attributes)
                     for ss in rs.scope_spans:
                         self._parsed.extend((service, rs.resource.attributes, s) for s in ss.spans)
         return iter(self._parsed)
