@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from collector.config import ConfigError, Settings, load_config
+from collector.config import ROLES, ConfigError, Role, Settings, load_config
 from collector.units import format_duration_ns, parse_duration_ns
 
 DEFAULT_API = "http://127.0.0.1:3200"
@@ -36,11 +36,15 @@ def _load(path: str | None) -> Settings | None:
         return None
 
 
-async def _run(settings: Settings) -> int:
+async def _run(settings: Settings, role: Role) -> int:
     from collector.pipeline import Pipeline
     from collector.storage import safe_dsn
 
-    pipeline = Pipeline(settings)
+    try:
+        pipeline = Pipeline(settings, role)
+    except ValueError as exc:
+        log.error("tailsift cannot start: %s", exc)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -51,13 +55,15 @@ async def _run(settings: Settings) -> int:
         log.error("tailsift cannot start: %s", exc)
         await pipeline.shutdown()
         return 1
-    otlp = settings.receivers.otlp
+    otlp, queue = settings.receivers.otlp, settings.queue
     log.info(
-        "tailsift running: OTLP gRPC %s, OTLP HTTP %s, query API %s, storage %s",
+        "tailsift running (role %s): OTLP gRPC %s, OTLP HTTP %s, query API %s, queue %s, storage %s",
+        role,
         f"{otlp.grpc.endpoint.rpartition(':')[0]}:{pipeline.grpc.port}" if otlp.grpc and pipeline.grpc else "off",
         f"{otlp.http.endpoint.rpartition(':')[0]}:{pipeline.http.port}" if otlp.http and pipeline.http else "off",
         f"{settings.query.endpoint.rpartition(':')[0]}:{pipeline.query.port}",
-        safe_dsn(pipeline.writer.store.dsn),
+        "in-process" if queue.kind == "memory" else f"kafka {queue.kafka.bootstrap_servers}/{queue.kafka.topic}",
+        safe_dsn(pipeline.writer.store.dsn) if pipeline.writer else "off",
     )
     await stop.wait()
     log.info("tailsift stopping: deciding buffered traces and flushing storage")
@@ -74,9 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        return uvloop.run(_run(settings))
+        return uvloop.run(_run(settings, args.role))
     except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
-        return asyncio.run(_run(settings))
+        return asyncio.run(_run(settings, args.role))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -148,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start the collector")
     run.add_argument("--config", help="YAML configuration (defaults apply without one)")
+    run.add_argument("--role", choices=ROLES, default="all",
+                     help="all (default); with queue.kind: kafka, receiver or sampler to scale them apart")  # fmt: skip
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a configuration file and print every error")
     val.add_argument("--config", required=True)

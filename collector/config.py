@@ -21,6 +21,11 @@ from collector.units import parse_duration_ns, parse_size
 from processors.sampling.rules import Rule, validate_rule_list
 
 
+Role = Literal["all", "receiver", "sampler"]
+ROLES: tuple[Role, ...] = ("all", "receiver", "sampler")
+"""What a ``tailsift run`` process does (``--role``); see :mod:`collector.pipeline`."""
+
+
 class ConfigError(Exception):
     """A configuration that cannot run. ``errors`` holds one ``key.path: message`` per problem."""
 
@@ -38,6 +43,16 @@ def _host_port(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{value!r} is not host:port")
     return value
+
+
+def _durations(*names: str) -> Any:
+    """A validator that reads ``10s``/``250ms``-style durations into nanoseconds."""
+    return field_validator(*names, mode="before")(classmethod(lambda cls, v: parse_duration_ns(v)))
+
+
+def _sizes(*names: str) -> Any:
+    """A validator that reads ``16MiB``-style sizes into bytes."""
+    return field_validator(*names, mode="before")(classmethod(lambda cls, v: parse_size(v)))
 
 
 class Endpoint(_Strict):
@@ -60,7 +75,7 @@ class OtlpReceiver(_Strict):
     max_request_size: int = 16 * 1024 * 1024
     """Largest request body, checked before and after decompression."""
 
-    _size = field_validator("max_request_size", mode="before")(classmethod(lambda cls, v: parse_size(v)))
+    _size = _sizes("max_request_size")
 
 
 class Receivers(_Strict):
@@ -69,7 +84,40 @@ class Receivers(_Strict):
 
 class KafkaQueue(_Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "tailsift-spans"
+    """Comma-separated host:port list."""
+    topic: str = Field(default="tailsift-spans", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    dead_letter_topic: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    """Where records that cannot be decoded go; default ``<topic>-dlq``."""
+    group: str = "tailsift-samplers"
+    """Consumer group of the sampler processes."""
+    partitions: int = Field(default=12, ge=1)
+    """Used only when tailsift creates the topics; the most sampler processes that get work."""
+    replication_factor: int = Field(default=1, ge=1)
+    """Used only when tailsift creates the topics; 3 on a real cluster."""
+    max_record_size: int = Field(default=1024 * 1024, ge=64 * 1024)
+    """Largest record value; bigger trace fragments are split. Keep <= the broker's message.max.bytes."""
+    max_in_flight: int = 64 * 1024 * 1024
+    """Bytes a receiver process has sent and not yet seen acknowledged; beyond it, 429."""
+    ack_timeout: int = 5_000_000_000
+    """How long a receiver waits for the broker's acknowledgement before answering 503."""
+    linger: int = 5_000_000
+    """How long the producer waits to fill a batch."""
+    commit_interval: int = 1_000_000_000
+    client_id: str = "tailsift"
+
+    _size = _sizes("max_record_size", "max_in_flight")
+    _time = _durations("ack_timeout", "linger", "commit_interval")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        for server in value.split(","):
+            _host_port(server.strip())
+        return value
+
+    @property
+    def dead_letters(self) -> str:
+        return self.dead_letter_topic or f"{self.topic}-dlq"
 
 
 class QueueSettings(_Strict):
@@ -80,7 +128,7 @@ class QueueSettings(_Strict):
     """Seconds clients are told to wait when the queue is full."""
     kafka: KafkaQueue = Field(default_factory=KafkaQueue)
 
-    _size = field_validator("max_size", mode="before")(classmethod(lambda cls, v: parse_size(v)))
+    _size = _sizes("max_size")
 
 
 def _default_rules() -> list[Rule]:
@@ -102,9 +150,7 @@ class SamplingSettings(_Strict):
     decision_cache_size: int = Field(default=200_000, ge=0)
     rules: list[Rule] = Field(default_factory=_default_rules)
 
-    _durations = field_validator("decision_wait", "quiet_period", mode="before")(
-        classmethod(lambda cls, v: parse_duration_ns(v))
-    )
+    _waits = _durations("decision_wait", "quiet_period")
     _rules = field_validator("rules")(classmethod(lambda cls, v: validate_rule_list(v)))
 
 
@@ -118,7 +164,7 @@ class ClickHouseSettings(_Strict):
     max_pending_rows: int = Field(default=200_000, ge=1)
     """Rows waiting for insert before the sampler is made to wait (which fills the queue)."""
 
-    _flush = field_validator("flush_interval", mode="before")(classmethod(lambda cls, v: parse_duration_ns(v)))
+    _flush = _durations("flush_interval")
 
     @field_validator("dsn")
     @classmethod
@@ -154,12 +200,14 @@ class Settings(BaseSettings):
     query: QuerySettings = Field(default_factory=QuerySettings)
     shutdown_timeout: int = 8_000_000_000
 
-    _timeout = field_validator("shutdown_timeout", mode="before")(classmethod(lambda cls, v: parse_duration_ns(v)))
+    _timeout = _durations("shutdown_timeout")
 
     @model_validator(mode="after")
     def _queue_fits_request(self) -> Settings:
         if self.queue.kind == "memory" and self.queue.max_size < self.receivers.otlp.max_request_size:
             raise ValueError("queue.max_size must be at least receivers.otlp.max_request_size")
+        if self.queue.kind == "kafka" and self.queue.kafka.max_in_flight < self.receivers.otlp.max_request_size:
+            raise ValueError("queue.kafka.max_in_flight must be at least receivers.otlp.max_request_size")
         return self
 
     @classmethod

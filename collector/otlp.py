@@ -50,6 +50,9 @@ class Fragment:
     has_error: bool
     root: RootInfo | None
     received_ns: int = field(default_factory=time.time_ns)
+    source: tuple[int, int] | None = None
+    """(partition, offset) of the Kafka record it came from; None from the in-process queue.
+    The Kafka queue uses it to commit only what is settled (stored or dropped)."""
 
     @property
     def size(self) -> int:

@@ -1,9 +1,19 @@
 """Wiring: receivers → ingest (redaction) → queue → tail sampler → storage, plus the query API.
 
+A process has a role. ``all`` (the default) runs everything; with the Kafka queue,
+``receiver`` runs only receivers and the producer, and ``sampler`` only the consumer,
+sampler, storage and query API, so the two scale separately.
+
 Start order is storage first (so nothing is accepted that cannot be stored), then the
-sampler task, then the receivers. Shutdown runs the other way and loses nothing that was
-acknowledged: receivers stop taking requests, the queue is drained into the sampler,
-every buffered trace is decided, storage is flushed, and only then the query API stops.
+queue and the sampler task, then the receivers. Shutdown runs the other way and loses
+nothing that was acknowledged: receivers stop taking requests; the sampler task drains
+the in-process queue (Kafka needs no draining: unsettled records stay in the topic);
+every buffered trace is decided; storage is flushed; and only then does the queue close
+(Kafka: commit the watermark) and the query API stop.
+
+With Kafka, a rebalance runs the revoke hook between two sampling steps (``_step``
+guards each step with a lock): traces buffered from revoked partitions are forgotten, so
+their next owner decides them, and storage is flushed so the commit covers what was kept.
 """
 
 from __future__ import annotations
@@ -11,48 +21,66 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from collector.config import Settings
+from collector.config import Role, Settings
 from collector.ingest import Ingest
+from collector.kafka.queue import KafkaQueue
+from collector.otlp import Fragment
 from collector.query_api import QueryApi
 from collector.queue import MemoryQueue, Queue
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
 from collector.writer import StorageWriter
 from processors.redaction import Redactor
-from processors.sampling.sampler import TailSampler
+from processors.sampling.sampler import Decision, TailSampler
 
 log = logging.getLogger("tailsift")
 CONSUME_BATCH = 4096
 TICK_SECONDS = 0.1
+RECALL_SECONDS = 3600
+"""How far back kept decisions are read from storage to seed the decision cache."""
 
-
-def make_queue(settings: Settings) -> Queue:
-    """The queue named by ``queue.kind``."""
-    if settings.queue.kind == "memory":
-        return MemoryQueue(settings.queue.max_size, settings.queue.retry_after)
-    raise NotImplementedError("queue.kind: kafka is not available yet")
+def make_queue(settings: Settings, role: Role = "all") -> Queue:
+    """The queue named by ``queue.kind``, with the halves ``role`` needs."""
+    q = settings.queue
+    if q.kind == "memory":
+        if role != "all":
+            raise ValueError(f"--role {role} needs queue.kind: kafka; the in-process queue cannot be shared")
+        return MemoryQueue(q.max_size, q.retry_after)
+    return KafkaQueue(q.kafka, q.retry_after, produce=role != "sampler", consume=role != "receiver")
 
 
 class Pipeline:
     """The whole collector as one component: ``start`` / ``shutdown`` (safe twice, and without start)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, role: Role = "all"):
         self.settings = settings
-        self.queue = make_queue(settings)
-        self.ingest = Ingest(self.queue, Redactor() if settings.redaction.enabled else None)
-        self.sampler = TailSampler(settings.sampling)
-        self.writer = StorageWriter(settings.storage.clickhouse)
+        self.role = role
+        self.queue = make_queue(settings, role)
+        receives, samples = role != "sampler", role != "receiver"
+        redactor = Redactor() if settings.redaction.enabled else None
+        self.ingest = Ingest(self.queue, redactor) if receives else None
+        self.sampler = TailSampler(settings.sampling) if samples else None
+        self.writer = StorageWriter(settings.storage.clickhouse, on_settled=self._stored) if samples else None
         otlp = settings.receivers.otlp
-        self.grpc = GrpcReceiver(otlp.grpc.endpoint, self.ingest, otlp.max_request_size) if otlp.grpc else None
-        self.http = HttpReceiver(otlp.http.endpoint, self.ingest, otlp.max_request_size) if otlp.http else None
+        self.grpc = self.http = None
+        if self.ingest is not None:
+            self.grpc = GrpcReceiver(otlp.grpc.endpoint, self.ingest, otlp.max_request_size) if otlp.grpc else None
+            self.http = HttpReceiver(otlp.http.endpoint, self.ingest, otlp.max_request_size) if otlp.http else None
         self.query = QueryApi(settings.query.endpoint, self)
+        self.queue.on_rebalance(self._revoked, self._assigned)
+        self._step_lock = asyncio.Lock()
+        self._rebalances = 0
+        self._draining = False
         self._sampling_task: asyncio.Task[None] | None = None
         self._stopped = False
 
     async def start(self) -> None:
-        await self.writer.start()
+        if self.writer is not None:
+            await self.writer.start()
+            await self._recall_decisions()
         await self.queue.start()
-        self._sampling_task = asyncio.create_task(self._sample(), name="tail-sampler")
+        if self.sampler is not None:
+            self._sampling_task = asyncio.create_task(self._sample(), name="tail-sampler")
         await self.query.start()
         for receiver in (self.grpc, self.http):
             if receiver is not None:
@@ -61,17 +89,58 @@ class Pipeline:
     async def _sample(self) -> None:
         """Feed queued fragments to the sampler and decided traces to storage."""
         while True:
+            generation = self._rebalances
             batch = await self.queue.consume(CONSUME_BATCH, TICK_SECONDS)
-            if batch is None:
+            if batch is None or (self._draining and (not batch or self.queue.durable)):
                 return
-            try:
-                decisions = self.sampler.add(batch) if batch else []
-                decisions += self.sampler.due()
-            except Exception:  # a bug here must not stop sampling for everyone
-                log.exception("tail sampler failed on a batch of %d fragments", len(batch))
-                self.sampler.stats["batch_failures"] += 1
-                continue
-            await self.writer.write(decisions)
+            async with self._step_lock:
+                if generation != self._rebalances:
+                    continue  # a rebalance came in between: these records are replayed to their owner
+                await self._step(batch)
+
+    async def _step(self, batch: list[Fragment]) -> None:
+        assert self.sampler is not None and self.writer is not None
+        try:
+            decisions = self.sampler.add(batch) if batch else []
+            decisions += self.sampler.due()
+        except Exception:  # a bug here must not stop sampling for everyone
+            log.exception("tail sampler failed on a batch of %d fragments", len(batch))
+            self.sampler.stats["batch_failures"] += 1
+            self.queue.release(batch)
+            return
+        self.queue.release(self.sampler.take_settled())
+        await self.writer.write(decisions)
+
+    def _stored(self, decisions: list[Decision]) -> None:
+        """Storage finished these kept traces: their records may be committed."""
+        self.queue.release([f for d in decisions for f in d.fragments])
+
+    async def _recall_decisions(self) -> None:
+        """Seed the decision cache with recently kept traces, so late spans join them."""
+        if self.writer is None or self.sampler is None or self.settings.sampling.decision_cache_size == 0:
+            return
+        store, limit = self.writer.store, self.settings.sampling.decision_cache_size
+        try:
+            kept = await self.writer.run(store.recent_kept, RECALL_SECONDS, limit)
+        except Exception as exc:  # noqa: BLE001 - a cold cache is a degraded mode, not a failure
+            log.warning("could not read recent decisions from storage: %s", exc)
+            return
+        self.sampler.remember_kept(kept)
+
+    async def _revoked(self, partitions: set[int]) -> None:
+        async with self._step_lock:
+            self._rebalances += 1
+            if self.sampler is None or self.writer is None:
+                return
+            forgotten = self.sampler.forget(partitions)
+            self.queue.release(self.sampler.take_settled())
+            await self.writer.flush()
+            log.info("partitions %s revoked: %d buffered traces left to their next owner",
+                     sorted(partitions), forgotten)  # fmt: skip
+
+    async def _assigned(self, partitions: set[int]) -> None:
+        async with self._step_lock:
+            await self._recall_decisions()
 
     async def shutdown(self) -> None:
         if self._stopped:
@@ -80,12 +149,16 @@ class Pipeline:
         for receiver in (self.grpc, self.http):
             if receiver is not None:
                 await receiver.shutdown()
-        await self.queue.shutdown()
+        self._draining = True
         if self._sampling_task is not None:
             await self._sampling_task
             self._sampling_task = None
-        decisions = self.sampler.flush()
-        await self.writer.write(decisions)
-        log.info("shutdown: decided %d buffered traces", len(decisions))
-        await self.writer.shutdown()
+        if self.sampler is not None and self.writer is not None:
+            async with self._step_lock:
+                decisions = self.sampler.flush()
+                self.queue.release(self.sampler.take_settled())
+                await self.writer.write(decisions)
+            log.info("shutdown: decided %d buffered traces", len(decisions))
+            await self.writer.shutdown()
+        await self.queue.shutdown()
         await self.query.shutdown()

@@ -105,23 +105,34 @@ class QueryApi:
         if runner is not None:
             await runner.cleanup()
 
+    def _no_storage(self) -> web.Response | None:
+        if self.pipeline.writer is None:
+            return _json({"error": f"this process has --role {self.pipeline.role}; query a sampler"}, 404)
+        return None
+
     async def _trace(self, request: web.Request) -> web.Response:
+        if (refusal := self._no_storage()) is not None:
+            return refusal
         trace_id = request.match_info["trace_id"]
         if not _TRACE_ID.match(trace_id) or int(trace_id, 16) == 0:
             return _json({"error": "trace id must be 32 hex characters, not all zero"}, 400)
         trace_id = trace_id.lower()
         writer = self.pipeline.writer
+        assert writer is not None
         spans = await writer.run(writer.store.get_trace, trace_id)
         if not spans:
             return _json({"error": f"trace {trace_id} not found"}, 404)
         return _json({"trace_id": trace_id, "spans": spans})
 
     async def _search(self, request: web.Request) -> web.Response:
+        if (refusal := self._no_storage()) is not None:
+            return refusal
         try:
             params = _search_params(request.query)
         except BadParameter as exc:
             return _json({"error": str(exc)}, 400)
         writer = self.pipeline.writer
+        assert writer is not None
         traces = await writer.run(lambda: writer.store.search_traces(**params))
         return _json({"traces": traces})
 

@@ -1,24 +1,33 @@
 """The queue between receivers and the sampler.
 
-Receivers ``publish`` fragments; the sampler ``consume``s them. The interface is what the
-Kafka transport implements too, so swapping the in-process queue for Kafka changes no
-processor. A publish either takes the whole batch or raises: :class:`Backpressure` when
-full (the client retries later), :class:`Unavailable` once closed. Memory is bounded by
-bytes, because spans vary in size by orders of magnitude.
+Receivers ``publish`` fragments; the sampler ``consume``s them and ``release``s each one once
+it is settled (stored, or dropped by sampling). Two implementations: :class:`MemoryQueue`
+here (the embedded default) and :class:`collector.kafka.queue.KafkaQueue`; swapping one for
+the other changes no processor. A publish either takes the whole batch or raises:
+:class:`Backpressure` when full (the client retries later), :class:`Unavailable` when the
+queue cannot take data now. Memory is bounded by bytes, because spans vary in size by
+orders of magnitude.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from collector.errors import Backpressure, Unavailable
 from collector.otlp import Fragment
 
 
+RebalanceHook = Callable[[set[int]], Awaitable[None]]
+
+
 class Queue(Protocol):
-    """Receivers → sampler transport. Every implementation passes ``tests/test_queue_contract.py``."""
+    """Receivers → sampler transport. Every implementation passes ``tests/test_contracts.py``."""
+
+    durable: bool
+    """True if what was published survives this process (Kafka): shutdown need not drain it."""
 
     async def start(self) -> None: ...
 
@@ -35,12 +44,22 @@ class Queue(Protocol):
         ``None`` once shut down and drained."""
         ...
 
+    def release(self, fragments: list[Fragment]) -> None:
+        """These consumed fragments are settled; a durable queue may now forget them."""
+        ...
+
+    def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
+        """Register callbacks for when partitions (sets of numbers) leave or join this consumer."""
+        ...
+
     @property
     def depth_bytes(self) -> int: ...
 
 
 class MemoryQueue:
     """The embedded default: a byte-bounded in-process FIFO."""
+
+    durable = False
 
     def __init__(self, max_bytes: int, retry_after: float = 1.0):
         self.max_bytes = max_bytes
@@ -61,6 +80,12 @@ class MemoryQueue:
     @property
     def depth_bytes(self) -> int:
         return self._bytes
+
+    def release(self, fragments: list[Fragment]) -> None:
+        """Nothing to do: a fragment left memory when it was consumed."""
+
+    def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
+        """Never called: one process owns the whole in-process queue."""
 
     async def publish(self, fragments: list[Fragment]) -> None:
         if self._closed:

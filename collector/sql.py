@@ -8,6 +8,11 @@ receives exactly these statements.
 Grafana's ClickHouse trace view reads it as is; ``SampleRate`` and ``SampledBy`` are
 ours. ``tailsift_traces`` is one row per kept trace, written when it is decided (and
 replaced by a newer version if late spans arrive).
+
+Storage is idempotent, because the Kafka queue delivers at least once (a crash or a
+rebalance replays records whose traces were not yet settled): both tables are
+ReplacingMergeTree, spans keyed by (trace, span id), and every read either uses FINAL or
+``LIMIT 1 BY SpanId``, so a span stored twice is still seen once.
 """
 
 from __future__ import annotations
@@ -55,9 +60,9 @@ CREATE TABLE IF NOT EXISTS {SPANS_TABLE} (
     INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_duration Duration TYPE minmax GRANULARITY 1
-) ENGINE = MergeTree
+) ENGINE = ReplacingMergeTree
 PARTITION BY toDate(Timestamp)
-ORDER BY (ServiceName, SpanName, toDateTime(Timestamp))
+ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), TraceId, SpanId)
 {_ttl("Timestamp", ttl_days)}
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1
 """
@@ -68,14 +73,21 @@ def create_traces_table(ttl_days: int) -> str:
 CREATE TABLE IF NOT EXISTS {TRACES_TABLE} (
     TraceId String,
     Start DateTime64(9),
+    End DateTime64(9),
     DurationNs UInt64,
     RootService LowCardinality(String),
     RootName LowCardinality(String),
+    RootStart DateTime64(9),
+    RootEnd DateTime64(9),
     SpanCount UInt32,
     HasError UInt8,
     SampleRate Float64,
     SampledBy LowCardinality(String),
-    Version UInt64
+    SourcePartition Int32,
+    SourceOffset Int64,
+    Decided DateTime64(9),
+    Version UInt64,
+    INDEX idx_decided Decided TYPE minmax GRANULARITY 1
 ) ENGINE = ReplacingMergeTree(Version)
 ORDER BY TraceId
 {_ttl("Start", ttl_days)}
@@ -92,8 +104,9 @@ SPAN_COLUMNS = [
 ]  # fmt: skip
 
 TRACE_COLUMNS = [
-    "TraceId", "Start", "DurationNs", "RootService", "RootName", "SpanCount", "HasError",
-    "SampleRate", "SampledBy", "Version",
+    "TraceId", "Start", "End", "DurationNs", "RootService", "RootName", "RootStart", "RootEnd",
+    "SpanCount", "HasError", "SampleRate", "SampledBy", "SourcePartition", "SourceOffset",
+    "Decided", "Version",
 ]  # fmt: skip
 
 GET_TRACE = f"""
@@ -105,6 +118,7 @@ SELECT SpanId, ParentSpanId, SpanName, ServiceName, SpanKind,
 FROM {SPANS_TABLE}
 WHERE TraceId = {{trace_id:String}}
 ORDER BY Timestamp, SpanId
+LIMIT 1 BY SpanId
 """
 
 # Filters are fixed SQL with typed parameters; an unset filter is a NULL parameter that
@@ -121,6 +135,18 @@ WHERE ({{service:Nullable(String)}} IS NULL OR RootService = {{service:Nullable(
   AND ({{since_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Start) >= {{since_ns:Nullable(Int64)}})
   AND ({{until_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Start) <= {{until_ns:Nullable(Int64)}})
 ORDER BY Start DESC
+LIMIT {{limit:UInt32}}
+"""
+
+# Kept traces decided recently, newest first: seeds the sampler's decision cache so late
+# spans join their trace after a restart or a rebalance.
+RECENT_KEPT = f"""
+SELECT TraceId, toUnixTimestamp64Nano(Start), toUnixTimestamp64Nano(End), RootService, RootName,
+       toUnixTimestamp64Nano(RootStart), toUnixTimestamp64Nano(RootEnd), SpanCount, HasError,
+       SampleRate, SampledBy, SourcePartition, SourceOffset
+FROM {TRACES_TABLE} FINAL
+WHERE Decided >= now64(9) - toIntervalSecond({{window_seconds:UInt32}})
+ORDER BY Decided DESC
 LIMIT {{limit:UInt32}}
 """
 

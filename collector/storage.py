@@ -11,6 +11,7 @@ runs it on one dedicated thread so the event loop never blocks on the database.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +22,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from collector import sql
 from collector.config import ClickHouseSettings
 from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, service_name
-from processors.sampling.sampler import Decision
+from collector.otlp import RootInfo
+from processors.sampling.sampler import Decision, TraceSummary
 
 
 # OTLP allows any uint64 timestamp. The TTL goes through DateTime, which ends in 2106: past
@@ -71,6 +73,7 @@ def decision_rows(decisions: list[Decision]) -> Rows:
     after ingress, and it runs only for traces that are kept."""
     spans: list[list[Any]] = []
     traces: list[list[Any]] = []
+    decided_ns = time.time_ns()
     for d in decisions:
         if not d.keep:
             continue
@@ -96,11 +99,23 @@ def decision_rows(decisions: list[Decision]) -> Rows:
         summary = d.summary
         root = summary.root
         traces.append([
-            trace_hex, _ts(summary.start_ns), summary.duration_ns, root.service if root else "",
-            root.name if root else "", summary.span_count, int(summary.has_error),
-            d.sample_rate, d.rule, summary.span_count,
+            trace_hex, _ts(summary.start_ns), _ts(summary.end_ns), summary.duration_ns,
+            root.service if root else "", root.name if root else "",
+            _ts(root.start_ns) if root else 0, _ts(root.end_ns) if root else 0,
+            summary.span_count, int(summary.has_error), d.sample_rate, d.rule,
+            summary.source_partition, summary.source_offset, decided_ns, summary.span_count,
         ])  # fmt: skip
     return Rows(spans, traces)
+
+
+def summary_from_row(row: tuple[Any, ...]) -> tuple[TraceSummary, str, float]:
+    """A row of :data:`sql.RECENT_KEPT` back into what the sampler remembers."""
+    (trace_hex, start, end, root_service, root_name, root_start, root_end, span_count, has_error,
+     rate, rule, partition, offset) = row  # fmt: skip
+    root = RootInfo(root_service, root_name, root_start, root_end) if root_start or root_name else None
+    summary = TraceSummary(bytes.fromhex(trace_hex), span_count, start, end, bool(has_error), root,
+                           partition, offset)  # fmt: skip
+    return summary, rule, rate
 
 
 class ClickHouseStore:
@@ -156,6 +171,10 @@ class ClickHouseStore:
              "duration_ns": dur, "span_count": count, "error": bool(err), "sample_rate": rate}
             for tid, svc, name, start, dur, count, err, rate in result.result_rows
         ]  # fmt: skip
+
+    def recent_kept(self, window_seconds: int, limit: int) -> list[tuple[TraceSummary, str, float]]:
+        result = self._client.query(sql.RECENT_KEPT, parameters={"window_seconds": window_seconds, "limit": limit})
+        return [summary_from_row(row) for row in result.result_rows]
 
     def ping(self) -> bool:
         return bool(self._client.command(sql.PING))

@@ -15,8 +15,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from collector.kafka.queue import KafkaQueue
+
 if TYPE_CHECKING:
+    from collector.ingest import Ingest
     from collector.pipeline import Pipeline
+    from collector.queue import Queue
+    from collector.writer import StorageWriter
+    from processors.sampling.sampler import TailSampler
 
 
 class PipelineCollector(Collector):
@@ -25,20 +31,29 @@ class PipelineCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         p = self.p
-        ingest = CounterMetricFamily("tailsift_receiver_spans", "Spans by outcome at ingress", labels=["outcome"])
+        if p.ingest is not None:
+            yield from self._ingest(p.ingest)
+        if p.sampler is not None:
+            yield from self._sampler(p.sampler)
+        yield from self._queue(p.queue)
+        if p.writer is not None:
+            yield from self._storage(p.writer)
+
+    def _ingest(self, ingest: Ingest) -> Iterator[CounterMetricFamily]:
+        spans = CounterMetricFamily("tailsift_receiver_spans", "Spans by outcome at ingress", labels=["outcome"])
         for outcome in ("accepted", "rejected", "refused"):
-            ingest.add_metric([outcome], p.ingest.stats[f"spans_{outcome}"])
-        yield ingest
+            spans.add_metric([outcome], ingest.stats[f"spans_{outcome}"])
+        yield spans
         requests = CounterMetricFamily("tailsift_receiver_requests", "Export requests by outcome", labels=["outcome"])
         for outcome in ("accepted", "refused"):
-            requests.add_metric([outcome], p.ingest.stats[f"requests_{outcome}"])
+            requests.add_metric([outcome], ingest.stats[f"requests_{outcome}"])
         yield requests
         redactions = CounterMetricFamily("tailsift_redactions", "Values redacted, by kind", labels=["kind"])
-        for kind, count in sorted(p.ingest.redactions.items()):
+        for kind, count in sorted(ingest.redactions.items()):
             redactions.add_metric([kind], count)
         yield redactions
 
-        s = p.sampler
+    def _sampler(self, s: TailSampler) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield GaugeMetricFamily("tailsift_sampler_buffered_traces", "Traces awaiting a decision", value=s.buffered_traces)
         yield GaugeMetricFamily("tailsift_sampler_buffered_spans", "Spans awaiting a decision", value=s.buffered_spans)
         events = CounterMetricFamily(
@@ -52,8 +67,20 @@ class PipelineCollector(Collector):
             decisions.add_metric([rule, "kept" if keep else "dropped"], count)
         yield decisions
 
-        yield GaugeMetricFamily("tailsift_queue_bytes", "Bytes waiting in the queue", value=p.queue.depth_bytes)
-        w = p.writer
+    def _queue(self, queue: Queue) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield GaugeMetricFamily("tailsift_queue_bytes",
+                                "Bytes in the in-process queue, or sent to Kafka and not yet acknowledged",
+                                value=queue.depth_bytes)  # fmt: skip
+        if isinstance(queue, KafkaQueue):
+            events = CounterMetricFamily("tailsift_kafka_events", "Kafka transport events", labels=["event"])
+            for event, count in sorted(queue.stats.items()):
+                events.add_metric([event], count)
+            yield events
+            yield GaugeMetricFamily("tailsift_kafka_unsettled_records",
+                                    "Records on assigned partitions not yet stored or dropped (replayed after a crash)",
+                                    value=queue.lag())  # fmt: skip
+
+    def _storage(self, w: StorageWriter) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield GaugeMetricFamily("tailsift_storage_pending_rows", "Span rows waiting for insert", value=w.pending_rows)
         yield CounterMetricFamily("tailsift_storage_rows", "Span rows inserted", value=w.rows_written)
         yield CounterMetricFamily("tailsift_storage_insert_failures", "Failed inserts (retried)", value=w.insert_failures)

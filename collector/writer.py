@@ -8,6 +8,9 @@ Backpressure: once ``max_pending_rows`` are waiting (ClickHouse slow or down), `
 waits. The sampler then stops consuming, the queue fills, and receivers answer 429 /
 RESOURCE_EXHAUSTED: overload travels back to the client instead of into memory.
 
+Settling: ``on_settled`` is called with every batch once it is stored (or given up on), so
+the Kafka queue can commit past those records; ``flush`` waits for that (rebalances).
+
 Failures: an unreachable database (a connection error) is retried with backoff for as long
 as it takes. Any other error is retried ``PERMANENT_ATTEMPTS`` times; a batch that still
 fails is logged and counted (``rows_dropped``) so one bad batch cannot stall storage forever.
@@ -35,9 +38,13 @@ PERMANENT_ATTEMPTS = 3
 class StorageWriter:
     """Component with start/shutdown; shutdown flushes, is safe twice and without start."""
 
-    def __init__(self, settings: ClickHouseSettings, store: ClickHouseStore | None = None):
+    def __init__(self, settings: ClickHouseSettings, store: ClickHouseStore | None = None,
+                 on_settled: Callable[[list[Decision]], None] | None = None):  # fmt: skip
         self.settings = settings
         self.store = store or ClickHouseStore(settings)
+        self.on_settled = on_settled
+        self._inserting = 0
+        self._settled = asyncio.Condition()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._pending: list[Decision] = []
         self._pending_rows = 0
@@ -105,11 +112,12 @@ class StorageWriter:
         try:
             loop = asyncio.get_running_loop()
             started = loop.time()
+            self._inserting = rows
             await self.run(lambda: self.store.insert(decision_rows(batch)))
             self.last_insert_seconds = loop.time() - started
             self.rows_written += rows
             self._attempts = 0
-            self._room.set()
+            await self._settle(batch)
             return True
         except Exception as exc:  # noqa: BLE001 - every storage failure is retried or counted
             self.insert_failures += 1
@@ -120,12 +128,30 @@ class StorageWriter:
                           safe_dsn(self.store.dsn), self._attempts, rows, exc)  # fmt: skip
                 self.rows_dropped += rows
                 self._attempts = 0
-                self._room.set()
+                await self._settle(batch)
                 return True
             log.warning("insert into %s failed, will retry: %s", safe_dsn(self.store.dsn), exc)
             self._pending = batch + self._pending
             self._pending_rows += rows
+            self._inserting = 0
             return False
+
+    async def _settle(self, batch: list[Decision]) -> None:
+        self._inserting = 0
+        self._room.set()
+        if self.on_settled is not None:
+            self.on_settled(batch)
+        async with self._settled:
+            self._settled.notify_all()
+
+    async def flush(self) -> None:
+        """Return once everything written so far is stored (or given up on)."""
+        if self._task is None:
+            return
+        async with self._settled:
+            while self._pending or self._inserting:
+                self._wake.set()
+                await self._settled.wait()
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Flush what is pending (retrying until ``timeout``), then close the store."""

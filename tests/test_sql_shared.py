@@ -59,6 +59,7 @@ def _expected_statements() -> set[str]:
     insert = "INSERT INTO {table} ({cols}) FORMAT Native"
     return {_normalise(s) for s in (
         sql.create_spans_table(7), sql.create_traces_table(7), sql.GET_TRACE, sql.SEARCH_TRACES, sql.PING,
+        sql.RECENT_KEPT,
         insert.format(table=sql.SPANS_TABLE, cols=", ".join(sql.SPAN_COLUMNS)),
         insert.format(table=sql.TRACES_TABLE, cols=", ".join(sql.TRACE_COLUMNS)),
     )}  # fmt: skip

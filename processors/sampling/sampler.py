@@ -11,7 +11,14 @@ A trace is decided when the first of these happens:
   now; ``max_spans_per_trace``: that trace is decided now). Each is counted in ``stats``.
 
 Spans arriving after their trace was decided follow the remembered decision (a bounded
-decision cache), so a kept trace is stored whole and a dropped one stays dropped.
+decision cache), so a kept trace is stored whole and a dropped one stays dropped. The
+pipeline seeds that cache with recently kept traces from storage (``remember_kept``), so
+late spans still join their trace after a restart or a Kafka rebalance.
+
+With the Kafka queue every fragment carries its record position. Fragments the sampler is
+done with and that need no storage (dropped, or replays of spans already stored) are
+reported by ``take_settled`` so the queue can commit past them; kept ones are settled by
+storage.
 """
 
 from __future__ import annotations
@@ -53,8 +60,15 @@ class TraceSummary:
     end_ns: int = 0
     has_error: bool = False
     root: RootInfo | None = None
+    source_partition: int = -1
+    source_offset: int = -1
+    """Newest Kafka record absorbed (-1: none). Stored with the summary, it tells a replayed
+    record (offset <= this, already stored) from a genuinely late one after a restart."""
 
     def absorb(self, fragment: Fragment) -> None:
+        if fragment.source is not None:
+            self.source_partition, offset = fragment.source
+            self.source_offset = max(self.source_offset, offset)
         self.span_count += fragment.span_count
         self.start_ns = min(self.start_ns, fragment.start_ns)
         self.end_ns = max(self.end_ns, fragment.end_ns)
@@ -155,6 +169,7 @@ class TailSampler:
         self.buffered_spans = 0
         self.stats: Counter[str] = Counter()
         self.decisions: Counter[tuple[str, bool]] = Counter()
+        self._settled: list[Fragment] = []
 
     @property
     def buffered_traces(self) -> int:
@@ -218,6 +233,35 @@ class TailSampler:
         self.stats["decided_on_shutdown"] += len(self._buffer)
         return [self._decide(tid) for tid in list(self._buffer)]
 
+    def take_settled(self) -> list[Fragment]:
+        """Fragments (from Kafka) finished without needing storage since the last call."""
+        settled, self._settled = self._settled, []
+        return settled
+
+    def forget(self, partitions: set[int]) -> int:
+        """Drop, undecided, the buffered traces read from these Kafka partitions (revoked in
+        a rebalance). Their records stay uncommitted, so the partition's next owner replays
+        and decides them: no trace is decided by two samplers. Returns the traces dropped."""
+        gone = [tid for tid, entry in self._buffer.items()
+                if any(f.source is not None and f.source[0] in partitions for f in entry.fragments)]  # fmt: skip
+        for trace_id in gone:
+            entry = self._buffer.pop(trace_id)
+            self._rooted.pop(trace_id, None)
+            self.buffered_spans -= entry.summary.span_count
+        self._settled = [f for f in self._settled if f.source is None or f.source[0] not in partitions]
+        self.stats["forgotten_on_rebalance"] += len(gone)
+        return len(gone)
+
+    def remember_kept(self, kept: list[tuple[TraceSummary, str, float]]) -> None:
+        """Seed the decision cache with traces kept earlier (read back from storage), without
+        overriding what this sampler decided itself."""
+        for summary, rule, rate in kept:
+            if summary.trace_id not in self._decided and summary.trace_id not in self._buffer:
+                self._remember(summary.trace_id, True, rule, rate, summary)
+
+    def _settle(self, fragments: list[Fragment]) -> None:
+        self._settled.extend(f for f in fragments if f.source is not None)
+
     def _decide_oldest(self) -> Decision:
         return self._decide(next(iter(self._buffer)))
 
@@ -244,6 +288,8 @@ class TailSampler:
             break
         self.decisions[(rule_name, keep)] += 1
         self._remember(trace_id, keep, rule_name, rate, entry.summary)
+        if not keep:
+            self._settle(entry.fragments)
         return Decision(entry.summary, keep, rule_name, rate, entry.fragments if keep else [])
 
     def _remember(self, trace_id: bytes, keep: bool, rule: str, rate: float, summary: TraceSummary) -> None:
@@ -257,6 +303,12 @@ class TailSampler:
         keep, rule, rate, summary = self._decided[fragment.trace_id]
         if not keep:
             self.stats["late_spans_dropped"] += fragment.span_count
+            self._settle([fragment])
+            return []
+        if (fragment.source is not None and fragment.source[0] == summary.source_partition
+                and fragment.source[1] <= summary.source_offset):  # fmt: skip
+            self.stats["replayed_spans_skipped"] += fragment.span_count  # stored before a restart
+            self._settle([fragment])
             return []
         self.stats["late_spans_kept"] += fragment.span_count
         summary.absorb(fragment)
