@@ -89,8 +89,8 @@ class Pipeline:
     async def _sample(self) -> None:
         """Feed queued fragments to the sampler and decided traces to storage."""
         while True:
-            generation = self._rebalances
             batch = await self.queue.consume(CONSUME_BATCH, TICK_SECONDS)
+            generation = self._rebalances
             if batch is None or (self._draining and (not batch or self.queue.durable)):
                 return
             async with self._step_lock:

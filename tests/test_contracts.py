@@ -7,53 +7,108 @@ Every queue: all-or-nothing publish, FIFO consume, backpressure, drain after shu
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from collector.config import KafkaQueue as KafkaSettings
 from collector.config import load_config
 from collector.errors import Backpressure, Unavailable
 from collector.ingest import Ingest
-from collector.otlp import Fragment
+from collector.kafka.queue import KafkaQueue
+from collector.otlp import Fragment, split_by_trace
 from collector.pipeline import Pipeline
 from collector.queue import MemoryQueue, Queue
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
 from collector.writer import StorageWriter
+from tests.support.kafka import kafka_queue
 
-QUEUES: dict[str, Callable[[int], Queue]] = {"memory": lambda max_bytes: MemoryQueue(max_bytes)}
-
-
-def frag(n: int, size: int = 100) -> Fragment:
-    return Fragment(n.to_bytes(16, "big"), b"x" * size, 1, 0, 1, False, None, received_ns=n)
+def _memory(bootstrap: str) -> Callable[[int], Queue]:
+    return lambda max_bytes: MemoryQueue(max_bytes)
 
 
-@pytest.mark.parametrize("make", QUEUES.values(), ids=QUEUES.keys())
-def test_queue_contract(make: Callable[[int], Queue]) -> None:
+def _kafka(bootstrap: str) -> Callable[[int], Queue]:
+    """Every queue made by one factory shares a topic and a consumer group."""
+    base = kafka_queue(bootstrap)["queue"]["kafka"]
+    return lambda max_bytes: KafkaQueue(KafkaSettings(**base, max_in_flight=max_bytes))
+
+
+QUEUES: dict[str, Callable[[str], Callable[[int], Queue]]] = {"memory": _memory, "kafka": _kafka}
+
+
+def frag(trace: int, size: int = 100, span: int = 1) -> Fragment:
+    """A real one-span fragment; the random attribute keeps it incompressible."""
+    request = ExportTraceServiceRequest()
+    s = request.resource_spans.add().scope_spans.add().spans.add(
+        trace_id=trace.to_bytes(16, "big"), span_id=span.to_bytes(8, "big"), name="op", start_time_unix_nano=1,
+        end_time_unix_nano=2,
+    )  # fmt: skip
+    s.attributes.add(key="blob").value.bytes_value = os.urandom(size)
+    return split_by_trace(request, received_ns=trace).fragments[0]
+
+
+async def _consume_all(q: Queue, want: int, timeout: float = 30.0) -> list[Fragment]:
+    got: list[Fragment] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        batch = await q.consume(10, 0.2)
+        assert batch is not None
+        got += batch
+    return got
+
+
+def _key(f: Fragment) -> tuple[bytes, bytes]:
+    return f.trace_id, f.payload
+
+
+@pytest.mark.parametrize("kind", QUEUES)
+def test_queue_contract(kind: str, request: pytest.FixtureRequest) -> None:
+    make = QUEUES[kind](request.getfixturevalue("kafka") if kind == "kafka" else "")
+
     async def scenario() -> None:
-        q = make(1000)
+        q = make(2000)
         await q.start()
-        await q.publish([frag(1), frag(2)])
+        a, b, a2 = frag(1), frag(2), frag(1, span=2)
+        await q.publish([a, b])
         with pytest.raises(Backpressure) as full:
-            await q.publish([frag(3, 500), frag(4, 500)])  # does not fit: nothing is taken
+            await q.publish([frag(3, 1200), frag(4, 1200)])  # does not fit: nothing is taken
         assert full.value.retry_after is not None
-        assert await q.consume(1, 0.1) == [frag(1)]
-        assert await q.consume(10, 0.1) == [frag(2)]
-        assert await q.consume(10, 0.05) == []  # empty: times out
-        await q.publish([frag(5)])
+        await q.publish([a2])
+        got = await _consume_all(q, 3)
+        assert sorted(map(_key, got)) == sorted(map(_key, [a, b, a2]))  # nothing lost, nothing half-taken
+        same_trace = [f for f in got if f.trace_id == a.trace_id]
+        assert [_key(f) for f in same_trace] == [_key(a), _key(a2)]  # one trace stays in order
+        assert all(f.span_count == 1 and f.received_ns == a.received_ns for f in same_trace)
+        assert await q.consume(10, 0.2) == []  # empty: times out
+        q.release(got)
+        c = frag(5)
+        await q.publish([c])
         await q.shutdown()
         with pytest.raises(Unavailable):
             await q.publish([frag(6)])
-        assert await q.consume(10, 0.1) == [frag(5)]  # accepted data drains after shutdown
-        assert await q.consume(10, 0.1) is None
+        rest = []
+        while (batch := await q.consume(10, 0.2)) is not None:
+            rest += batch
+        if q.durable:  # what was not consumed stays in the log for the next consumer
+            assert rest == []
+            again = make(2000)
+            await again.start()
+            rest = await _consume_all(again, 1)
+            await again.shutdown()
+        assert list(map(_key, rest)) == [_key(c)]  # accepted data outlives shutdown
         await q.shutdown()
 
     asyncio.run(scenario())
 
 
-def _components(tmp_path: Path) -> dict[str, Callable[[], Any]]:
+def _components(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Callable[[], Any]]:
     settings = load_config(None, {
         "storage": {"clickhouse": {"dsn": f"chdb://{tmp_path}/data"}},
         "receivers": {"otlp": {"grpc": {"endpoint": "127.0.0.1:0"}, "http": {"endpoint": "127.0.0.1:0"}}},
@@ -64,18 +119,19 @@ def _components(tmp_path: Path) -> dict[str, Callable[[], Any]]:
         "grpc-receiver": lambda: GrpcReceiver("127.0.0.1:0", ingest, 1 << 20),
         "http-receiver": lambda: HttpReceiver("127.0.0.1:0", ingest, 1 << 20),
         "memory-queue": lambda: MemoryQueue(1 << 20),
+        "kafka-queue": lambda: _kafka(request.getfixturevalue("kafka"))(1 << 20),
         "storage-writer": lambda: StorageWriter(settings.storage.clickhouse),
         "pipeline": lambda: Pipeline(settings),
     }
 
 
-COMPONENTS = ["grpc-receiver", "http-receiver", "memory-queue", "storage-writer", "pipeline"]
+COMPONENTS = ["grpc-receiver", "http-receiver", "memory-queue", "kafka-queue", "storage-writer", "pipeline"]
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
-def test_component_lifecycle(name: str, tmp_path: Path) -> None:
+def test_component_lifecycle(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     async def scenario() -> None:
-        make = _components(tmp_path)[name]
+        make = _components(tmp_path, request)[name]
         never_started = make()
         await never_started.shutdown()
         await never_started.shutdown()

@@ -18,6 +18,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from processors.sampling.sampler import keep_by_trace_id
 from tests.support.collector import Collector
+from tests.support.kafka import kafka_queue
 from tests.support.otel import Sender, llm_trace
 
 RULES = [
@@ -26,10 +27,12 @@ RULES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    c = Collector(tmp_path_factory.mktemp("e2e"), {"sampling": {"decision_wait": "3s", "quiet_period": "300ms",
-                                                                  "rules": RULES}}).start()  # fmt: skip
+@pytest.fixture(scope="module", params=["memory", "kafka"])
+def collector(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One collector per queue kind: every test here runs on the in-process queue and on Kafka."""
+    queue = kafka_queue(request.getfixturevalue("kafka")) if request.param == "kafka" else {}
+    config = {"sampling": {"decision_wait": "3s", "quiet_period": "300ms", "rules": RULES}, **queue}
+    c = Collector(tmp_path_factory.mktemp(f"e2e-{request.param}"), config).start()
     yield c
     assert c.stop() == 0, c.log()
 
@@ -117,8 +120,9 @@ def test_secrets_never_come_back(collector: Collector) -> None:
     assert "[REDACTED:email]" in cli.stdout  # the span name is shown redacted in the waterfall
 
 
-def test_sigterm_decides_and_stores_buffered_traces(tmp_path: Path) -> None:
-    config = {"sampling": {"decision_wait": "5m", "quiet_period": "5m", "rules": [{"name": "all", "keep": "100%"}]}}
+def test_sigterm_decides_and_stores_buffered_traces(tmp_path: Path, queue_config: dict[str, Any]) -> None:
+    config = {"sampling": {"decision_wait": "5m", "quiet_period": "5m", "rules": [{"name": "all", "keep": "100%"}]},
+              **queue_config}  # fmt: skip
     first = Collector(tmp_path / "a", config, data_dir=tmp_path / "data").start()
     sender = Sender("grpc", first)
     ids = {llm_trace(sender.tracer) for _ in range(25)}

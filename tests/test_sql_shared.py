@@ -9,45 +9,19 @@ be identical, and every statement that crossed the wire must be one of ``collect
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-import requests
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from collector import sql
-from tests.support.collector import Collector, free_port
+from tests.support.collector import Collector
 from tests.support.otel import exporter, llm_trace
 
 SAMPLING = {"decision_wait": "2s", "quiet_period": "200ms", "rules": [
     {"name": "errors", "when": [{"status": "error"}], "keep": "100%"}, {"name": "default", "keep": "50%"}]}  # fmt: skip
-
-
-@pytest.fixture
-def clickhouse_http(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port, log = free_port(), tmp_path / "statements.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.clickhouse_http", "--port", str(port),
-         "--path", str(tmp_path / "server-data"), "--log", str(log)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    yield f"http://tailsift:s3cret-pw@127.0.0.1:{port}/default", log
-    proc.kill()
-    proc.wait()
 
 
 def _normalise(sql_text: str) -> str:

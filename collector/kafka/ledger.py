@@ -29,8 +29,8 @@ class OffsetLedger:
 
     def settle(self, partition: int, offset: int) -> None:
         """The record's spans are stored or dropped. Unknown partitions (revoked) are ignored."""
-        settled = self._settled.get(partition)
-        if settled is not None:
+        settled, open_ = self._settled.get(partition), self._open.get(partition)
+        if settled is not None and open_ and open_[0] <= offset < self._next[partition]:
             settled.add(offset)
 
     def watermark(self, partition: int) -> int | None:

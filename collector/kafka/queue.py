@@ -78,6 +78,7 @@ class KafkaQueue:
         self._closed = False
         self._last_commit = 0.0
         self._committed: dict[int, int] = {}
+        self._generation = 0  # bumped on every revoke; a batch read before it is stale
         self._on_revoked: RebalanceHook = _nothing
         self._on_assigned: RebalanceHook = _nothing
         self.stats: Counter[str] = Counter()
@@ -221,6 +222,7 @@ class KafkaQueue:
             log.warning("consuming from Kafka: %s", exc)
             await asyncio.sleep(timeout)
             return []
+        generation = self._generation
         out: list[Fragment] = []
         for tp, records in batches.items():
             for record in records:
@@ -233,6 +235,8 @@ class KafkaQueue:
         self.stats["records_consumed"] += sum(len(r) for r in batches.values())
         if time.monotonic() - self._last_commit >= self.settings.commit_interval / 1e9:
             await self._commit(set(self._ledger.partitions()))
+        if generation != self._generation:
+            return []  # revoked while we awaited: the next owner replays these records
         return out
 
     def release(self, fragments: list[Fragment]) -> None:
@@ -276,6 +280,7 @@ class KafkaQueue:
             log.warning("committing offsets failed (will retry): %s", exc)
 
     async def _revoked(self, partitions: set[int]) -> None:
+        self._generation += 1
         self.stats["rebalances"] += 1
         await self._on_revoked(partitions)  # the pipeline settles what it can and forgets the rest
         await self._commit(partitions)

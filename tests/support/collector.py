@@ -32,8 +32,10 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 class Collector:
     """A collector subprocess. ``config`` is merged over endpoints and a data dir under ``workdir``."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any] | None = None, data_dir: Path | None = None):
+    def __init__(self, workdir: Path, config: dict[str, Any] | None = None, data_dir: Path | None = None,
+                 role: str = "all"):  # fmt: skip
         self.workdir = workdir
+        self.role = role
         workdir.mkdir(parents=True, exist_ok=True)
         self.grpc_port, self.http_port, self.api_port = free_port(), free_port(), free_port()
         data = data_dir or workdir / "data"
@@ -44,6 +46,7 @@ class Collector:
             "query": {"endpoint": f"127.0.0.1:{self.api_port}"},
         }  # fmt: skip
         self.config = deep_merge(base, config or {})
+        self.dsn = self.config["storage"]["clickhouse"]["dsn"]
         self.config_path = workdir / "tailsift.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.log_path = workdir / "collector.log"
@@ -64,7 +67,7 @@ class Collector:
     def start(self, timeout: float = 60.0) -> Collector:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "collector.cli", "run", "--config", str(self.config_path), "--role", self.role],
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
