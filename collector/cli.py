@@ -92,6 +92,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from collector import sql
+
+    for statement in sql.cluster_ddl(args.cluster, args.database, args.ttl_days):
+        print(statement.strip() + ";\n")
+    return 0
+
+
 def _get(api: str, path: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
     import urllib.error
     import urllib.request
@@ -160,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a configuration file and print every error")
     val.add_argument("--config", required=True)
     val.set_defaults(func=cmd_validate)
+    sch = sub.add_parser("schema", help="print the DDL for a ClickHouse cluster (replicated + distributed)")
+    sch.add_argument("--cluster", required=True, help="cluster name from the servers' remote_servers")
+    sch.add_argument("--database", default="otel")
+    sch.add_argument("--ttl-days", type=int, default=7)
+    sch.set_defaults(func=cmd_schema)
     api = os.environ.get("TAILSIFT_API", DEFAULT_API)
     tr = sub.add_parser("trace", help="show one trace as a waterfall")
     tr.add_argument("trace_id")

@@ -94,6 +94,24 @@ ORDER BY TraceId
 """
 
 
+def cluster_ddl(cluster: str, database: str, ttl_days: int) -> list[str]:
+    """The same tables for a ClickHouse cluster: ``<table>_local`` replicated on every node,
+    and ``<table>`` as a Distributed table over them, sharded by trace id so that a trace
+    (and every copy of a span) lives on one shard, where FINAL and LIMIT BY see it whole.
+    tailsift reads and writes ``<table>``; its own CREATE ... IF NOT EXISTS then finds it."""
+    out = [f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER '{cluster}'\n"]
+    for table, ddl in ((SPANS_TABLE, create_spans_table(ttl_days)), (TRACES_TABLE, create_traces_table(ttl_days))):
+        path = f"'/clickhouse/tables/{{shard}}/{database}/{table}', '{{replica}}'"
+        local = ddl.replace(f"CREATE TABLE IF NOT EXISTS {table} (",
+                            f"CREATE TABLE IF NOT EXISTS {database}.{table}_local ON CLUSTER '{cluster}' (")
+        local = local.replace("ENGINE = ReplacingMergeTree(Version)", f"ENGINE = ReplicatedReplacingMergeTree({path}, Version)")
+        local = local.replace("ENGINE = ReplacingMergeTree\n", f"ENGINE = ReplicatedReplacingMergeTree({path})\n")
+        out.append(local)
+        out.append(f"CREATE TABLE IF NOT EXISTS {database}.{table} ON CLUSTER '{cluster}' AS {database}.{table}_local\n"
+                   f"ENGINE = Distributed('{cluster}', '{database}', '{table}_local', cityHash64(TraceId))\n")
+    return out
+
+
 SPAN_COLUMNS = [
     "Timestamp", "TraceId", "SpanId", "ParentSpanId", "TraceState", "SpanName", "SpanKind",
     "ServiceName", "ResourceAttributes", "ScopeName", "ScopeVersion", "SpanAttributes",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from collector.config import ConfigError, load_config
 
@@ -102,3 +103,13 @@ def test_validate_and_run_refuse_a_bad_config(tmp_path: Path) -> None:
     good = write(tmp_path, "sampling: {rules: [{name: all, keep: 10%}]}")
     ok = subprocess.run([sys.executable, "-m", "collector.cli", "validate", "--config", str(good)], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_cluster_deploy_files_are_valid() -> None:
+    cluster = Path(__file__).resolve().parents[1] / "deploy" / "cluster"
+    for name in ("receiver.yaml", "sampler.yaml"):
+        settings = load_config(cluster / name)
+        assert settings.queue.kind == "kafka" and settings.queue.kafka.replication_factor == 3
+    compose = yaml.safe_load((cluster / "docker-compose.yml").read_text())
+    assert {"kafka-1", "kafka-2", "kafka-3", "clickhouse-1", "clickhouse-2", "receiver-1", "sampler-2"} <= set(
+        compose["services"])  # fmt: skip

@@ -9,6 +9,8 @@ be identical, and every statement that crossed the wire must be one of ``collect
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +85,25 @@ def test_http_transport_runs_the_same_sql_with_the_same_results(
     assert ours <= _expected_statements(), ours - _expected_statements()
     assert {_normalise(sql.GET_TRACE), _normalise(sql.SEARCH_TRACES), _normalise(sql.create_spans_table(7))} <= ours
     assert "s3cret-pw" not in server.log()
+
+
+_PARSE = """
+import json, sys, chdb
+for statement in json.loads(sys.stdin.read()):
+    chdb.query("EXPLAIN AST " + statement, "CSV")  # raises on a syntax error
+"""
+
+
+def test_cluster_ddl_parses_and_keeps_the_single_node_columns() -> None:
+    statements = sql.cluster_ddl("tailsift", "otel", 7)
+    checked = subprocess.run([sys.executable, "-c", _PARSE], input=json.dumps(statements), capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    database, spans_local, spans, traces_local, traces = statements
+    assert database.startswith("CREATE DATABASE IF NOT EXISTS otel ON CLUSTER 'tailsift'")
+    columns = lambda ddl: ddl[ddl.index("(") : ddl.index(") ENGINE")]  # noqa: E731
+    assert columns(spans_local) == columns(sql.create_spans_table(7))
+    assert columns(traces_local) == columns(sql.create_traces_table(7))
+    assert "ReplicatedReplacingMergeTree(" in spans_local and "Version)" in traces_local.split("ENGINE")[1]
+    for ddl in (spans, traces):
+        assert "ENGINE = Distributed('tailsift', 'otel'" in ddl and "cityHash64(TraceId)" in ddl

@@ -47,7 +47,7 @@ fetch_jars() {
     say "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_CACHE"
     rm -rf "$KAFKA_CACHE"
     mkdir -p "$KAFKA_CACHE/lib"
-    mvn -q -B -f "$HERE/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
         dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_CACHE/lib" >&2
     touch "$KAFKA_CACHE/.complete"
 }
