@@ -135,8 +135,9 @@ class Pipeline:
             forgotten = self.sampler.forget(partitions)
             self.queue.release(self.sampler.take_settled())
             await self.writer.flush()
-            log.info("partitions %s revoked: %d buffered traces left to their next owner",
-                     sorted(partitions), forgotten)  # fmt: skip
+            if partitions:
+                log.info("partitions %s revoked: %d buffered traces left to their next owner",
+                         sorted(partitions), forgotten)  # fmt: skip
 
     async def _assigned(self, partitions: set[int]) -> None:
         async with self._step_lock:
