@@ -110,6 +110,7 @@ def test_cluster_deploy_files_are_valid() -> None:
     for name in ("receiver.yaml", "sampler.yaml"):
         settings = load_config(cluster / name)
         assert settings.queue.kind == "kafka" and settings.queue.kafka.replication_factor == 3
+    assert load_config(cluster.parent / "kafka" / "tailsift.yaml").queue.kafka.bootstrap_servers == "127.0.0.1:9092"
     compose = yaml.safe_load((cluster / "docker-compose.yml").read_text())
     assert {"kafka-1", "kafka-2", "kafka-3", "clickhouse-1", "clickhouse-2", "receiver-1", "sampler-2"} <= set(
         compose["services"])  # fmt: skip
