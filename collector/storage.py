@@ -21,8 +21,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from collector import sql
 from collector.config import ClickHouseSettings
-from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, service_name
 from collector.otlp import RootInfo
+from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, service_name
 from processors.sampling.sampler import Decision, TraceSummary
 
 

@@ -162,40 +162,45 @@ class KafkaQueue:
         size = sum(len(value) for _, value in records)
         if self._stuck_since is not None and self._in_flight:
             self.stats["refused_unavailable"] += 1
-            raise Unavailable(f"Kafka at {s.bootstrap_servers} is not acknowledging writes "
-                              f"(for {time.monotonic() - self._stuck_since:.0f}s)", retry_after=self.retry_after)  # fmt: skip
+            raise self._unavailable(f"not acknowledging writes (for {time.monotonic() - self._stuck_since:.0f}s)")
         if self._in_flight + size > s.max_in_flight:
             self.stats["refused_full"] += 1
             raise Backpressure(f"Kafka producer buffer full ({self._in_flight} of {s.max_in_flight} bytes "
                                "awaiting acknowledgement); retry later", retry_after=self.retry_after)  # fmt: skip
-        self._in_flight += size
+        deadline = asyncio.get_running_loop().time() + s.ack_timeout / 1e9
+        futures = await self._send_all(records, size, deadline)
+        done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        if pending:
+            self._mark_stuck()
+            raise self._unavailable(f"did not acknowledge within {s.ack_timeout / 1e9:g}s")
+        failed = next((f.exception() for f in done if f.exception() is not None), None)
+        if failed is not None:
+            raise self._unavailable(str(failed))
+
+    async def _send_all(self, records: list[tuple[bytes, bytes]], size: int, deadline: float) -> list[asyncio.Future[Any]]:
+        """Hand every record (``size`` bytes in all) to the producer by ``deadline``; each
+        one's bytes count as in flight until the broker answers for it (``_acked``)."""
         unsent = size
+        self._in_flight += unsent
         futures = []
-        deadline = time.monotonic() + s.ack_timeout / 1e9
         try:
-            async with asyncio.timeout(s.ack_timeout / 1e9):
+            async with asyncio.timeout_at(deadline):
                 for key, value in records:
-                    future = await self._producer.send(s.topic, value, key=key)
+                    future = await self._producer.send(self.settings.topic, value, key=key)
                     unsent -= len(value)
                     future.add_done_callback(partial(self._acked, len(value)))
                     futures.append(future)
-            done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            done, pending = set(), {None}
         except MessageSizeTooLargeError as exc:
             raise RequestTooLarge(f"Kafka refused a record as too large: {exc}") from None
-        except KafkaError as exc:
+        except (TimeoutError, KafkaError) as exc:
             self._mark_stuck()
-            raise Unavailable(f"Kafka at {s.bootstrap_servers}: {exc}", retry_after=self.retry_after) from None
+            raise self._unavailable(str(exc) or "did not take the records in time") from None
         finally:
             self._in_flight -= unsent
-        if pending:
-            self._mark_stuck()
-            raise Unavailable(f"Kafka at {s.bootstrap_servers} did not acknowledge within "
-                              f"{s.ack_timeout / 1e9:g}s", retry_after=self.retry_after)  # fmt: skip
-        failed = next((f.exception() for f in done if f.exception() is not None), None)
-        if failed is not None:
-            raise Unavailable(f"Kafka at {s.bootstrap_servers}: {failed}", retry_after=self.retry_after)
+        return futures
+
+    def _unavailable(self, why: str) -> Unavailable:
+        return Unavailable(f"Kafka at {self.settings.bootstrap_servers}: {why}", retry_after=self.retry_after)
 
     def _acked(self, size: int, future: asyncio.Future[Any]) -> None:
         self._in_flight -= size
