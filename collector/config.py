@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from collector.units import parse_duration_ns, parse_size
+from processors.redaction.settings import RedactionSettings
 from processors.sampling.rules import Rule, validate_rule_list
 
 
@@ -181,10 +182,6 @@ class StorageSettings(_Strict):
 
 class QuerySettings(Endpoint):
     endpoint: str = "127.0.0.1:3200"
-
-
-class RedactionSettings(_Strict):
-    enabled: bool = True
 
 
 class Settings(BaseSettings):

@@ -57,7 +57,7 @@ class Pipeline:
         self.role = role
         self.queue = make_queue(settings, role)
         receives, samples = role != "sampler", role != "receiver"
-        redactor = Redactor() if settings.redaction.enabled else None
+        redactor = Redactor(settings.redaction) if settings.redaction.enabled else None
         self.ingest = Ingest(self.queue, redactor) if receives else None
         self.sampler = TailSampler(settings.sampling) if samples else None
         self.writer = StorageWriter(settings.storage.clickhouse, on_settled=self._stored) if samples else None

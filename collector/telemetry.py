@@ -48,9 +48,9 @@ class PipelineCollector(Collector):
         for outcome in ("accepted", "refused"):
             requests.add_metric([outcome], ingest.stats[f"requests_{outcome}"])
         yield requests
-        redactions = CounterMetricFamily("tailsift_redactions", "Values redacted, by kind", labels=["kind"])
-        for kind, count in sorted(ingest.redactions.items()):
-            redactions.add_metric([kind], count)
+        redactions = CounterMetricFamily("tailsift_redactions", "Values redacted, by rule", labels=["rule"])
+        for rule, count in sorted(ingest.redactions.items()):
+            redactions.add_metric([rule], count)
         yield redactions
 
     def _sampler(self, s: TailSampler) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

@@ -1,0 +1,229 @@
+"""Redaction: secrets and PII are removed from a request before anything is queued or stored.
+
+Runs at ingress on the decoded request, so secrets never reach the queue, Kafka, disk or
+logs. It covers every text field a user controls: resource, scope, span, event and link
+attribute values (inside arrays and key-value lists too), span names, status messages
+and event names.
+
+Three kinds of rule, all named, each with an action (see :mod:`.settings`):
+- value patterns (the built-in pack in :mod:`.patterns`, plus your own regexes) find a
+  secret inside any text;
+- key rules redact an attribute's whole value because of its key (``*password*``);
+- allow keys exempt an attribute's value from value patterns.
+
+Cost matters: :class:`~.prefilter.Prefilter` scans the whole request once, and a request
+no rule could match (the common case) skips the per-span walk entirely. When some rules
+could match, only those are run on each string.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from processors.otlp_values import value_as_string
+from processors.redaction.patterns import BUILTIN, SENSITIVE_KEYS, ValuePattern
+from processors.redaction.prefilter import Candidate, Prefilter
+from processors.redaction.settings import Action, KeyRule, RedactionSettings
+
+_CACHE_LIMIT = 10_000  # distinct attribute keys remembered per lookup table
+
+
+@dataclass
+class RedactionResult:
+    """What one call redacted, by rule name. The values themselves are never recorded."""
+
+    counts: Counter[str]
+    scanned: bool  # False when the prefilter let the request through untouched
+
+
+def _glob_literal(glob: str) -> str | None:
+    """The longest literal run of a glob, searched for in raw bytes (None: too short to help)."""
+    longest = max(re.split(r"[*?\[\]]", glob), key=len)
+    return re.escape(longest) if len(longest) >= 3 else None
+
+
+def _globs(globs: list[str]) -> re.Pattern[str] | None:
+    return re.compile("|".join(fnmatch.translate(g) for g in globs), re.IGNORECASE) if globs else None
+
+
+class Redactor:
+    """Replace secrets in an OTLP ``ExportTraceServiceRequest`` in place.
+
+    Settings in ``__init__``, work in ``__call__`` (structlog's processor shape).
+    """
+
+    def __init__(self, settings: RedactionSettings | None = None, prefilter_backend: str | None = None):
+        settings = settings or RedactionSettings()
+        self._salt = settings.salt.get_secret_value().encode() if settings.salt else b""
+        self._actions: dict[str, Action] = {}
+        patterns: list[ValuePattern] = []
+        for p in BUILTIN:
+            choice = settings.builtin.get(p.name, "mask")
+            if choice != "off":
+                patterns.append(p)
+                self._actions[p.name] = choice
+        for own in settings.patterns:
+            patterns.append(ValuePattern(own.name, own.regex, start_guard=""))
+            self._actions[own.name] = own.action
+        self._patterns = {p.name: p for p in patterns}
+        self._names = [p.name for p in patterns]  # regex group r<i> is pattern i
+        self._keeps = {p.name: re.compile(p.keep) for p in patterns if p.keep}
+        key_rules = list(settings.keys)
+        sensitive = settings.builtin.get("sensitive_key", "mask")
+        if sensitive != "off":
+            key_rules.insert(0, KeyRule(name="sensitive_key", match=list(SENSITIVE_KEYS), action=sensitive))
+        self._key_rules = [(r.name, r.action, _globs(r.match), re.compile(r.regex, re.IGNORECASE) if r.regex else None)
+                           for r in key_rules]  # fmt: skip
+        for rule in key_rules:
+            self._actions[rule.name] = rule.action
+        self._allow = _globs(settings.allow_keys)
+        candidates = [Candidate(p.name, p.body) for p in patterns]
+        for rule in key_rules:
+            literals = [_glob_literal(g) for g in rule.match]
+            searchable = rule.regex is None and all(literals)
+            candidates.append(Candidate(rule.name, "|".join(map(str, literals)) if searchable else None, caseless=True))
+        self._prefilter = Prefilter(candidates, prefilter_backend)
+        self._key_names = frozenset(r.name for r in key_rules)
+        self._texts: dict[frozenset[str], re.Pattern[str] | None] = {}
+        self._key_cache: dict[str, tuple[str, Action] | None] = {}
+        self._allow_cache: dict[str, bool] = {}
+
+    @property
+    def backend(self) -> str:
+        return self._prefilter.backend
+
+    def __call__(self, request: Any, raw: bytes | None = None) -> RedactionResult:
+        """``raw`` is the serialized request when the caller has it (saves a serialize)."""
+        counts: Counter[str] = Counter()
+        active = self._prefilter(raw if raw is not None else request.SerializeToString())
+        if not active:
+            return RedactionResult(counts, scanned=False)
+        walk = _Walk(self, self._text_pattern(active), bool(active & self._key_names), counts)
+        for rs in request.resource_spans:
+            walk.attrs(rs.resource.attributes)
+            for ss in rs.scope_spans:
+                walk.attrs(ss.scope.attributes)
+                for span in ss.spans:
+                    span.name = walk.text(span.name)
+                    span.status.message = walk.text(span.status.message)
+                    walk.attrs(span.attributes)
+                    for event in span.events:
+                        event.name = walk.text(event.name)
+                        walk.attrs(event.attributes)
+                    for link in span.links:
+                        walk.attrs(link.attributes)
+        return RedactionResult(counts, scanned=True)
+
+    def redact_text(self, text: str) -> str:
+        """Redact one string with every value pattern (used outside OTLP, e.g. log lines)."""
+        return _Walk(self, self._text_pattern(frozenset(self._patterns)), False, Counter()).text(text)
+
+    def _text_pattern(self, active: frozenset[str]) -> re.Pattern[str] | None:
+        """One alternation of the active value patterns, in pack order (cached per set)."""
+        names = active - self._key_names
+        if names not in self._texts:
+            parts = [f"(?P<r{i}>{p.regex})" for i, p in enumerate(self._patterns.values()) if p.name in names]
+            self._texts[names] = re.compile("|".join(parts)) if parts else None
+        return self._texts[names]
+
+    def key_rule(self, key: str) -> tuple[str, Action] | None:
+        """The first key rule matching ``key`` (memoised: keys repeat on every span)."""
+        if key not in self._key_cache:
+            if len(self._key_cache) > _CACHE_LIMIT:
+                self._key_cache.clear()
+            self._key_cache[key] = next(
+                ((name, action) for name, action, globs, rx in self._key_rules
+                 if (globs is not None and globs.match(key)) or (rx is not None and rx.fullmatch(key))), None)  # fmt: skip
+        return self._key_cache[key]
+
+    def allowed(self, key: str) -> bool:
+        if self._allow is None:
+            return False
+        if key not in self._allow_cache:
+            if len(self._allow_cache) > _CACHE_LIMIT:
+                self._allow_cache.clear()
+            self._allow_cache[key] = bool(self._allow.match(key))
+        return self._allow_cache[key]
+
+    def placeholder(self, name: str, secret: str) -> str:
+        action = self._actions[name]
+        if action == "hash":
+            digest = hmac.new(self._salt, secret.encode(), hashlib.sha256).hexdigest()[:12]
+            return f"[HASH:{name}:{digest}]"
+        return f"[REDACTED:{name}]"
+
+    def matched(self, m: re.Match[str]) -> tuple[str, str, bool] | None:
+        """For one regex match: (text to put back, rule name, drop?) or None to leave it."""
+        name = self._names[int(str(m.lastgroup)[1:])]
+        text = m.group(0)
+        keep = self._keeps.get(name)
+        prefix_match = keep.match(text) if keep is not None else None
+        prefix = text[: prefix_match.end()] if prefix_match else ""
+        secret = text[len(prefix):]
+        check = self._patterns[name].valid
+        if check is not None and not check(secret):
+            return None
+        return prefix + self.placeholder(name, secret), name, self._actions[name] == "drop"
+
+
+class _Walk:
+    """One request's walk: applies the active rules and counts what it replaced."""
+
+    def __init__(self, r: Redactor, pattern: re.Pattern[str] | None, keys: bool, counts: Counter[str]):
+        self.r, self.pattern, self.keys, self.counts = r, pattern, keys, counts
+        self.drop = False
+        self._replace: Callable[[re.Match[str]], str] = self._sub
+
+    def _sub(self, m: re.Match[str]) -> str:
+        found = self.r.matched(m)
+        if found is None:
+            return m.group(0)
+        text, name, drop = found
+        self.counts[name] += 1
+        self.drop = self.drop or drop
+        return text
+
+    def text(self, value: str) -> str:
+        """Clean one string; a ``drop`` match is masked here (the caller may drop the whole value)."""
+        if not value or self.pattern is None or not self.pattern.search(value):
+            return value
+        return self.pattern.sub(self._replace, value)
+
+    def attrs(self, attributes: Any) -> None:
+        doomed = []
+        for i, kv in enumerate(attributes):
+            rule = self.r.key_rule(kv.key) if self.keys else None
+            if rule is not None:
+                name, action = rule
+                self.counts[name] += 1
+                if action == "drop":
+                    doomed.append(i)
+                else:
+                    kv.value.string_value = self.r.placeholder(name, value_as_string(kv.value))
+            elif not self.r.allowed(kv.key) and self._value(kv.value):
+                doomed.append(i)
+        for i in reversed(doomed):
+            del attributes[i]
+
+    def _value(self, value: Any) -> bool:
+        """Clean an ``AnyValue``; True when it held a ``drop`` match and should go."""
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            self.drop = False
+            new = self.text(value.string_value)
+            if new != value.string_value:
+                value.string_value = new
+            return self.drop
+        if kind == "array_value":
+            for item in value.array_value.values:
+                self._value(item)  # a list item cannot be removed alone: masked
+        elif kind == "kvlist_value":
+            self.attrs(value.kvlist_value.values)
+        return False
