@@ -1,8 +1,8 @@
-"""The ``tailsift`` command: run, validate, trace, traces.
+"""The ``tailsift`` command: run, validate, schema, trace, traces, stats.
 
 ``run`` owns the process: it installs SIGTERM/SIGINT handlers that shut the pipeline down
-in order (see :mod:`collector.pipeline`) and exits 0. ``trace`` and ``traces`` are thin
-clients of the query API, so they work against any running collector.
+in order (see :mod:`collector.pipeline`) and exits 0. ``trace``, ``traces`` and ``stats`` are
+thin clients of the query API, so they work against any running collector.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import orjson
 
 from collector.config import ROLES, ConfigError, Role, Settings, load_config
 from collector.units import format_duration_ns, parse_duration_ns
+from collector.waterfall import format_cost
 
 DEFAULT_API = "http://127.0.0.1:3200"
 log = logging.getLogger("tailsift")
@@ -146,14 +147,40 @@ def cmd_traces(args: argparse.Namespace) -> int:
         if body is not None:
             print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
         return 1
-    print(f"{'trace id':<32}  {'start (UTC)':<19}  {'duration':>9}  {'spans':>5}  {'err':<3}  {'rate':>6}  root")
+    print(f"{'trace id':<32}  {'start (UTC)':<19}  {'duration':>9}  {'spans':>5}  {'err':<3}  {'rate':>6}  "
+          f"{'cost':>9}  root")  # fmt: skip
     for t in body["traces"]:
         start = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t["start_time_unix_nano"] / 1e9))
+        cost = format_cost(t["cost_usd"]) if t.get("cost_usd") else ""
         print(
             f"{t['trace_id']:<32}  {start:<19}  {format_duration_ns(t['duration_ns']):>9}  {t['span_count']:>5}  "
-            f"{'yes' if t['error'] else '':<3}  {'1/' + format(t['sample_rate'], 'g'):>6}  "
+            f"{'yes' if t['error'] else '':<3}  {'1/' + format(t['sample_rate'], 'g'):>6}  {cost:>9}  "
             f"{t['root_service']}: {t['root_name']}"
         )
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"group_by": args.group_by, "limit": args.limit, "scope": args.scope}
+    for key in ("since", "until", "service"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    status, body = _get(args.api, "/api/stats", params)
+    if status != 200:
+        if body is not None:
+            print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"{args.group_by:<32} {'count':>10} {'err %':>6} {'p50':>9} {'p95':>9} {'p99':>9} "
+          f"{'in tok':>10} {'out tok':>10} {'cost':>10}")  # fmt: skip
+    for g in body["groups"]:
+        ms = [format_duration_ns(int(g[k] * 1e6)) for k in ("p50_ms", "p95_ms", "p99_ms")]
+        print(f"{(g['group'] or '(none)')[:32]:<32} {g['count']:>10,.0f} {100 * g['error_rate']:>6.2f} "
+              f"{ms[0]:>9} {ms[1]:>9} {ms[2]:>9} {g['input_tokens']:>10,} {g['output_tokens']:>10,} "
+              f"{format_cost(g['cost_usd']):>10}")  # fmt: skip
+    print("counts, rates, tokens and cost are weighted by each trace's sample rate (estimates of all traffic)")
     return 0
 
 
@@ -186,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--limit", type=int, default=20)
     ts.add_argument("--api", default=api, help=f"query API address (default {api}, env TAILSIFT_API)")
     ts.set_defaults(func=cmd_traces)
+    st = sub.add_parser("stats", help="count, error rate, latency, tokens and cost per group (sample-rate weighted)")
+    st.add_argument("--group-by", default="service", help="service, span_name, model, or an attribute key (prompt_key)")
+    st.add_argument("--since", help="RFC 3339 time or a duration ago, e.g. 1h")
+    st.add_argument("--until")
+    st.add_argument("--service", help="only spans of this service")
+    st.add_argument("--scope", choices=("all", "root"), default="all", help="root: only root spans (requests)")
+    st.add_argument("--limit", type=int, default=50)
+    st.add_argument("--json", action="store_true", help="print the API's JSON")
+    st.add_argument("--api", default=api, help=f"query API address (default {api}, env TAILSIFT_API)")
+    st.set_defaults(func=cmd_stats)
     return parser
 
 

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from collector.units import parse_duration_ns, parse_size
+from processors.cardinality import CardinalitySettings
+from processors.genai import GenAISettings
 from processors.redaction.settings import RedactionSettings
 from processors.sampling.rules import Rule, validate_rule_list
 
@@ -184,6 +186,11 @@ class QuerySettings(Endpoint):
     endpoint: str = "127.0.0.1:3200"
 
 
+class MetricsSettings(_Strict):
+    enabled: bool = True
+    """RED metrics and GenAI usage from every span, before sampling, on ``/metrics``."""
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with :func:`load_config`."""
 
@@ -193,6 +200,9 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     redaction: RedactionSettings = Field(default_factory=RedactionSettings)
+    cardinality: CardinalitySettings = Field(default_factory=CardinalitySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    genai: GenAISettings = Field(default_factory=GenAISettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
     shutdown_timeout: int = 8_000_000_000
@@ -205,7 +215,15 @@ class Settings(BaseSettings):
             raise ValueError("queue.max_size must be at least receivers.otlp.max_request_size")
         if self.queue.kind == "kafka" and self.queue.kafka.max_in_flight < self.receivers.otlp.max_request_size:
             raise ValueError("queue.kafka.max_in_flight must be at least receivers.otlp.max_request_size")
+        if self.cardinality.high_cardinality_action == "hash" and not self.salt:
+            raise ValueError("cardinality.high_cardinality_action: hash needs redaction.salt (TAILSIFT_REDACTION__SALT)")
         return self
+
+    @property
+    def salt(self) -> bytes:
+        """The one secret behind every ``hash`` action (redaction and high-cardinality keys)."""
+        salt = self.redaction.salt
+        return salt.get_secret_value().encode() if salt is not None else b""
 
     @classmethod
     def settings_customise_sources(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from collector.config import Role, Settings
 from collector.ingest import Ingest
@@ -30,7 +31,10 @@ from collector.queue import MemoryQueue, Queue
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
 from collector.writer import StorageWriter
+from processors.cardinality import CardinalityProcessor
+from processors.genai import PriceTable
 from processors.redaction import Redactor
+from processors.spanmetrics import Histogram, SpanMetrics
 from processors.sampling.sampler import Decision, TailSampler
 
 log = logging.getLogger("tailsift")
@@ -58,9 +62,13 @@ class Pipeline:
         self.queue = make_queue(settings, role)
         receives, samples = role != "sampler", role != "receiver"
         redactor = Redactor(settings.redaction) if settings.redaction.enabled else None
-        self.ingest = Ingest(self.queue, redactor) if receives else None
+        self.prices = PriceTable(settings.genai.prices)
+        self.metrics = SpanMetrics(settings.cardinality, self.prices) if receives and settings.metrics.enabled else None
+        cardinality = CardinalityProcessor(settings.cardinality, settings.salt)
+        self.ingest = Ingest(self.queue, redactor, cardinality, self.metrics) if receives else None
         self.sampler = TailSampler(settings.sampling) if samples else None
-        self.writer = StorageWriter(settings.storage.clickhouse, on_settled=self._stored) if samples else None
+        self.writer = StorageWriter(settings.storage.clickhouse, on_settled=self._stored, prices=self.prices,
+                                    on_kept_span=self.metrics.observe_kept if self.metrics else None) if samples else None
         otlp = settings.receivers.otlp
         self.grpc = self.http = None
         if self.ingest is not None:
@@ -68,6 +76,7 @@ class Pipeline:
             self.http = HttpReceiver(otlp.http.endpoint, self.ingest, otlp.max_request_size) if otlp.http else None
         self.query = QueryApi(settings.query.endpoint, self)
         self.queue.on_rebalance(self._revoked, self._assigned)
+        self.decision_latency = Histogram()
         self._step_lock = asyncio.Lock()
         self._rebalances = 0
         self._draining = False
@@ -109,6 +118,10 @@ class Pipeline:
             self.queue.release(batch)
             return
         self.queue.release(self.sampler.take_settled())
+        now = time.time_ns()
+        for d in decisions:
+            if d.fragments:
+                self.decision_latency.observe(max(0, now - min(f.received_ns for f in d.fragments)) / 1e9)
         await self.writer.write(decisions)
 
     def _stored(self, decisions: list[Decision]) -> None:

@@ -2,7 +2,10 @@
 
 - ``GET /api/traces/{trace_id}``: every stored span of a trace (404 unknown, 400 malformed).
 - ``GET /api/traces?service=&name=&error=&min_duration_ms=&max_duration_ms=&since=&until=&limit=``:
-  recent kept traces, newest first.
+  recent kept traces, newest first, with their tokens and cost.
+- ``GET /api/stats?group_by=service|span_name|model|<attribute>&since=&until=&service=&scope=&limit=``:
+  count, error rate, p50/p95/p99, tokens and cost per group, each span weighted by its
+  trace's sample rate (see :data:`collector.sql.STATS`).
 
 ``since``/``until`` take RFC 3339 (``2026-11-24T10:00:00Z``), unix nanoseconds, or a
 duration back from now (``15m``). Bad parameters get 400 naming the parameter.
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from collector.http_server import serve
 from collector.units import parse_duration_ns
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     from collector.pipeline import Pipeline
 
 _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+_GROUP = re.compile(r"^[A-Za-z0-9_.:/-]{1,255}$")
 
 
 class BadParameter(Exception):
@@ -67,16 +72,39 @@ def _search_params(query: Any) -> dict[str, Any]:
                 out[target] = int(float(query[key]) * 1_000_000)
             except ValueError:
                 raise BadParameter(f"{key}: must be a number of milliseconds") from None
+    _time_params(query, out)
+    limit = query.get("limit") or "20"
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise BadParameter("limit: must be an integer from 1 to 1000")
+    out["limit"] = int(limit)
+    return out
+
+
+def _time_params(query: Any, out: dict[str, Any]) -> None:
     for key in ("since", "until"):
         if query.get(key):
             try:
                 out[f"{key}_ns"] = parse_time_ns(query[key])
             except BadParameter as exc:
                 raise BadParameter(f"{key}: {exc}") from None
-    limit = query.get("limit") or "20"
+
+
+def _stats_params(query: Any) -> dict[str, Any]:
+    unknown = sorted(set(query) - {"group_by", "since", "until", "service", "scope", "limit"})
+    if unknown:
+        raise BadParameter(f"unknown parameter {unknown[0]!r}")
+    group_by = query.get("group_by") or "service"
+    if not _GROUP.match(group_by):
+        raise BadParameter("group_by: must be service, span_name, model or an attribute key")
+    scope = query.get("scope") or "all"
+    if scope not in ("all", "root"):
+        raise BadParameter("scope: must be all or root")
+    limit = query.get("limit") or "100"
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise BadParameter("limit: must be an integer from 1 to 1000")
-    out["limit"] = int(limit)
+    out: dict[str, Any] = {"group_by": group_by, "root_only": scope == "root", "limit": int(limit),
+                           "service": query.get("service") or None}  # fmt: skip
+    _time_params(query, out)
     return out
 
 
@@ -96,6 +124,7 @@ class QueryApi:
         app = web.Application()
         app.router.add_get("/api/traces/{trace_id}", self._trace)
         app.router.add_get("/api/traces", self._search)
+        app.router.add_get("/api/stats", self._stats)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
         self._runner, self.port = await serve(app, self.endpoint)
@@ -136,7 +165,23 @@ class QueryApi:
         traces = await writer.run(lambda: writer.store.search_traces(**params))
         return _json({"traces": traces})
 
+    async def _stats(self, request: web.Request) -> web.Response:
+        if (refusal := self._no_storage()) is not None:
+            return refusal
+        try:
+            params = _stats_params(request.query)
+        except BadParameter as exc:
+            return _json({"error": str(exc)}, 400)
+        writer = self.pipeline.writer
+        assert writer is not None
+        groups = await writer.run(lambda: writer.store.stats(**params))
+        return _json({"group_by": params["group_by"], "weighted_by": "sample_rate", "groups": groups})
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text; OpenMetrics (which carries exemplars) when the scraper asks for it."""
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            body = openmetrics.generate_latest(self._registry)  # type: ignore[no-untyped-call]
+            return web.Response(body=body, headers={"Content-Type": openmetrics.CONTENT_TYPE_LATEST})
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

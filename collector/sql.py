@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS {SPANS_TABLE} (
     ) CODEC(ZSTD(1)),
     SampleRate Float64 CODEC(ZSTD(1)),
     SampledBy LowCardinality(String) CODEC(ZSTD(1)),
+    CostUsd Float64 CODEC(ZSTD(1)),
     INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
@@ -118,7 +119,7 @@ SPAN_COLUMNS = [
     "Duration", "StatusCode", "StatusMessage",
     "Events.Timestamp", "Events.Name", "Events.Attributes",
     "Links.TraceId", "Links.SpanId", "Links.TraceState", "Links.Attributes",
-    "SampleRate", "SampledBy",
+    "SampleRate", "SampledBy", "CostUsd",
 ]  # fmt: skip
 
 TRACE_COLUMNS = [
@@ -132,7 +133,7 @@ SELECT SpanId, ParentSpanId, SpanName, ServiceName, SpanKind,
        toUnixTimestamp64Nano(Timestamp) AS StartNs, Duration, StatusCode, StatusMessage,
        SpanAttributes, ResourceAttributes,
        arrayMap(t -> toUnixTimestamp64Nano(t), Events.Timestamp) AS EventTimes,
-       Events.Name, Events.Attributes, SampleRate, SampledBy
+       Events.Name, Events.Attributes, SampleRate, SampledBy, CostUsd
 FROM {SPANS_TABLE}
 WHERE TraceId = {{trace_id:String}}
 ORDER BY Timestamp, SpanId
@@ -165,6 +166,50 @@ SELECT TraceId, toUnixTimestamp64Nano(Start), toUnixTimestamp64Nano(End), RootSe
 FROM {TRACES_TABLE} FINAL
 WHERE Decided >= now64(9) - toIntervalSecond({{window_seconds:UInt32}})
 ORDER BY Decided DESC
+LIMIT {{limit:UInt32}}
+"""
+
+# Columns added after the first release; a database created by an older version gets them
+# at start (``ADD COLUMN IF NOT EXISTS`` is a no-op on a current one).
+MIGRATIONS = [
+    f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS CostUsd Float64 CODEC(ZSTD(1)) AFTER SampledBy",
+]
+
+# Tokens and cost per trace, for trace lists. Spans are deduplicated first (at-least-once).
+TRACE_COSTS = f"""
+SELECT TraceId, sum(CostUsd),
+       sum(toFloat64OrZero(SpanAttributes['gen_ai.usage.input_tokens'])),
+       sum(toFloat64OrZero(SpanAttributes['gen_ai.usage.output_tokens']))
+FROM (SELECT TraceId, CostUsd, SpanAttributes FROM {SPANS_TABLE}
+      WHERE TraceId IN {{trace_ids:Array(String)}} LIMIT 1 BY TraceId, SpanId)
+GROUP BY TraceId
+"""
+
+# Unbiased statistics from sampled data: every span counts SampleRate times (1/keep of the
+# rule that kept its trace), so keeping 100% of errors and 5% of the rest does not inflate
+# the error rate. ``group_by`` is service, span_name, model, or any span attribute key.
+STATS = f"""
+SELECT multiIf({{group_by:String}} = 'service', ServiceName,
+               {{group_by:String}} = 'span_name', SpanName,
+               {{group_by:String}} = 'model', if(SpanAttributes['gen_ai.response.model'] != '',
+                                                  SpanAttributes['gen_ai.response.model'],
+                                                  SpanAttributes['gen_ai.request.model']),
+               SpanAttributes[{{group_by:String}}]) AS Grp,
+       sum(SampleRate) AS Weighted,
+       sumIf(SampleRate, StatusCode = 'Error'),
+       quantilesTDigestWeighted(0.5, 0.95, 0.99)(Duration, toUInt64(round(SampleRate * 100))),
+       sum(SampleRate * toFloat64OrZero(SpanAttributes['gen_ai.usage.input_tokens'])),
+       sum(SampleRate * toFloat64OrZero(SpanAttributes['gen_ai.usage.output_tokens'])),
+       sum(SampleRate * toFloat64OrZero(SpanAttributes['gen_ai.usage.cache_read.input_tokens'])),
+       sum(SampleRate * CostUsd),
+       count()
+FROM {SPANS_TABLE} FINAL
+WHERE ({{service:Nullable(String)}} IS NULL OR ServiceName = {{service:Nullable(String)}})
+  AND ({{since_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Timestamp) >= {{since_ns:Nullable(Int64)}})
+  AND ({{until_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Timestamp) <= {{until_ns:Nullable(Int64)}})
+  AND ({{root_only:UInt8}} = 0 OR ParentSpanId = '')
+GROUP BY Grp
+ORDER BY Weighted DESC
 LIMIT {{limit:UInt32}}
 """
 

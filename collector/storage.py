@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +23,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from collector import sql
 from collector.config import ClickHouseSettings
 from collector.otlp import RootInfo
+from processors.genai import PriceTable, Usage
 from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, service_name
 from processors.sampling.sampler import Decision, TraceSummary
 
@@ -68,9 +70,21 @@ class Rows:
     traces: list[list[Any]]
 
 
-def decision_rows(decisions: list[Decision]) -> Rows:
+KeptSpanHook = Callable[[str, str, str, str, dict[str, str], int], None]
+"""Told of every stored span: (trace id, service, name, status, attributes, duration ns)."""
+
+
+def span_cost(prices: PriceTable | None, attributes: dict[str, str]) -> float:
+    usage = Usage.from_attributes(attributes) if prices is not None else None
+    cost = prices.cost(usage) if prices is not None and usage is not None else None
+    return cost or 0.0
+
+
+def decision_rows(decisions: list[Decision], prices: PriceTable | None = None,
+                  on_span: KeptSpanHook | None = None) -> Rows:  # fmt: skip
     """Turn kept decisions into rows. This is the only place spans become Python objects
-    after ingress, and it runs only for traces that are kept."""
+    after ingress, and it runs only for traces that are kept. Each span's cost comes from
+    the price table at the time it is stored."""
     spans: list[list[Any]] = []
     traces: list[list[Any]] = []
     decided_ns = time.time_ns()
@@ -84,17 +98,20 @@ def decision_rows(decisions: list[Decision]) -> Rows:
                 resource = attributes_map(rs.resource.attributes)
                 for ss in rs.scope_spans:
                     for s in ss.spans:
+                        attrs = attributes_map(s.attributes)
+                        status = STATUS_NAMES.get(s.status.code, "Unset")
+                        duration = max(0, s.end_time_unix_nano - s.start_time_unix_nano)
+                        if on_span is not None:
+                            on_span(trace_hex, service, s.name, status, attrs, duration)
                         spans.append([
                             _ts(s.start_time_unix_nano), trace_hex, s.span_id.hex(), s.parent_span_id.hex(),
                             s.trace_state, s.name, KIND_NAMES.get(s.kind, "Unspecified"), service, resource,
-                            ss.scope.name, ss.scope.version, attributes_map(s.attributes),
-                            max(0, s.end_time_unix_nano - s.start_time_unix_nano),
-                            STATUS_NAMES.get(s.status.code, "Unset"), s.status.message,
+                            ss.scope.name, ss.scope.version, attrs, duration, status, s.status.message,
                             [_ts(e.time_unix_nano) for e in s.events], [e.name for e in s.events],
                             [attributes_map(e.attributes) for e in s.events],
                             [lk.trace_id.hex() for lk in s.links], [lk.span_id.hex() for lk in s.links],
                             [lk.trace_state for lk in s.links], [attributes_map(lk.attributes) for lk in s.links],
-                            d.sample_rate, d.rule,
+                            d.sample_rate, d.rule, span_cost(prices, attrs),
                         ])  # fmt: skip
         summary = d.summary
         root = summary.root
@@ -133,6 +150,8 @@ class ClickHouseStore:
         self._client = clickhouse_connect.get_client(dsn=self.dsn)
         self._client.command(sql.create_spans_table(self.settings.ttl_days))
         self._client.command(sql.create_traces_table(self.settings.ttl_days))
+        for statement in sql.MIGRATIONS:
+            self._client.command(statement)
 
     def close(self) -> None:
         if self._client is not None:
@@ -149,7 +168,7 @@ class ClickHouseStore:
         result = self._client.query(sql.GET_TRACE, parameters={"trace_id": trace_id_hex})
         spans = []
         for (span_id, parent, name, service, kind, start, duration, status, message, attrs, res,
-             ev_times, ev_names, ev_attrs, rate, rule) in result.result_rows:  # fmt: skip
+             ev_times, ev_names, ev_attrs, rate, rule, cost) in result.result_rows:  # fmt: skip
             spans.append({
                 "span_id": span_id, "parent_span_id": parent, "name": name, "service": service,
                 "kind": kind, "start_time_unix_nano": start, "end_time_unix_nano": start + duration,
@@ -157,7 +176,7 @@ class ClickHouseStore:
                 "attributes": attrs, "resource_attributes": res,
                 "events": [{"time_unix_nano": t, "name": n, "attributes": a}
                            for t, n, a in zip(ev_times, ev_names, ev_attrs, strict=True)],
-                "sample_rate": rate, "sampled_by": rule,
+                "sample_rate": rate, "sampled_by": rule, "cost_usd": cost,
             })  # fmt: skip
         return spans
 
@@ -166,11 +185,36 @@ class ClickHouseStore:
                   ("service", "name", "error", "min_duration_ns", "max_duration_ns", "since_ns", "until_ns")}
         params["limit"] = filters.get("limit") or 20
         result = self._client.query(sql.SEARCH_TRACES, parameters=params)
-        return [
+        traces = [
             {"trace_id": tid, "root_service": svc, "root_name": name, "start_time_unix_nano": start,
-             "duration_ns": dur, "span_count": count, "error": bool(err), "sample_rate": rate}
+             "duration_ns": dur, "span_count": count, "error": bool(err), "sample_rate": rate,
+             "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
             for tid, svc, name, start, dur, count, err, rate in result.result_rows
         ]  # fmt: skip
+        if traces:
+            by_id = {t["trace_id"]: t for t in traces}
+            costs = self._client.query(sql.TRACE_COSTS, parameters={"trace_ids": list(by_id)})
+            for tid, cost, tokens_in, tokens_out in costs.result_rows:
+                by_id[tid].update(cost_usd=cost, input_tokens=int(tokens_in), output_tokens=int(tokens_out))
+        return traces
+
+    def stats(self, group_by: str, limit: int = 100, root_only: bool = False, service: str | None = None,
+              since_ns: int | None = None, until_ns: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        """Weighted statistics per group; see :data:`sql.STATS`."""
+        params = {"group_by": group_by, "limit": limit, "root_only": int(root_only), "service": service,
+                  "since_ns": since_ns, "until_ns": until_ns}  # fmt: skip
+        result = self._client.query(sql.STATS, parameters=params)
+        out = []
+        for grp, count, errors, quantiles, tokens_in, tokens_out, cache_read, cost, stored in result.result_rows:
+            p50, p95, p99 = (float(q) / 1e6 for q in quantiles)
+            out.append({
+                "group": grp, "count": round(count, 1), "errors": round(errors, 1),
+                "error_rate": errors / count if count else 0.0,
+                "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+                "input_tokens": round(tokens_in), "output_tokens": round(tokens_out),
+                "cache_read_tokens": round(cache_read), "cost_usd": cost, "stored_spans": stored,
+            })  # fmt: skip
+        return out
 
     def recent_kept(self, window_seconds: int, limit: int) -> list[tuple[TraceSummary, str, float]]:
         result = self._client.query(sql.RECENT_KEPT, parameters={"window_seconds": window_seconds, "limit": limit})

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from collector.kafka.queue import KafkaQueue
+from processors.spanmetrics import Histogram
 
 if TYPE_CHECKING:
     from collector.ingest import Ingest
@@ -29,10 +30,14 @@ class PipelineCollector(Collector):
     def __init__(self, pipeline: Pipeline):
         self.p = pipeline
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         p = self.p
         if p.ingest is not None:
             yield from self._ingest(p.ingest)
+        if p.metrics is not None:
+            yield from p.metrics.collect()
+        yield _histogram("tailsift_decision_latency_seconds", "From a trace's first span to its decision",
+                         p.decision_latency)  # fmt: skip
         if p.sampler is not None:
             yield from self._sampler(p.sampler)
         yield from self._queue(p.queue)
@@ -52,6 +57,11 @@ class PipelineCollector(Collector):
         for rule, count in sorted(ingest.redactions.items()):
             redactions.add_metric([rule], count)
         yield redactions
+        cardinality = CounterMetricFamily("tailsift_cardinality_events", "Span names normalised, high-cardinality "
+                                          "attributes dropped or hashed", labels=["event"])  # fmt: skip
+        for event in ("span_names_normalized", "high_cardinality_dropped", "high_cardinality_hashed"):
+            cardinality.add_metric([event], ingest.stats[event])
+        yield cardinality
 
     def _sampler(self, s: TailSampler) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield GaugeMetricFamily("tailsift_sampler_buffered_traces", "Traces awaiting a decision", value=s.buffered_traces)
@@ -80,15 +90,19 @@ class PipelineCollector(Collector):
                                     "Records on assigned partitions not yet stored or dropped (replayed after a crash)",
                                     value=queue.lag())  # fmt: skip
 
-    def _storage(self, w: StorageWriter) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def _storage(self, w: StorageWriter) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         yield GaugeMetricFamily("tailsift_storage_pending_rows", "Span rows waiting for insert", value=w.pending_rows)
         yield CounterMetricFamily("tailsift_storage_rows", "Span rows inserted", value=w.rows_written)
         yield CounterMetricFamily("tailsift_storage_insert_failures", "Failed inserts (retried)", value=w.insert_failures)
         yield CounterMetricFamily("tailsift_storage_rows_dropped", "Rows dropped after permanent insert errors",
                                   value=w.rows_dropped)  # fmt: skip
-        yield GaugeMetricFamily(
-            "tailsift_storage_last_insert_seconds", "Duration of the latest insert", value=w.last_insert_seconds
-        )
+        yield _histogram("tailsift_storage_insert_seconds", "Duration of inserts into ClickHouse", w.insert_latency)
+
+
+def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=[])
+    family.add_metric([], h.cumulative(), h.sum)
+    return family
 
 
 def build_registry(pipeline: Pipeline) -> CollectorRegistry:

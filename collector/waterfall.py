@@ -1,8 +1,9 @@
-"""The trace waterfall in the terminal: which step took the time (and the tokens).
+"""The trace waterfall in the terminal: which step took the time (and the tokens and money).
 
 Input is the query API's trace JSON; output is text lines. Per span: the tree, service,
 start offset from the trace start, duration, share of the trace, self time (duration not
-covered by children), status, and gen_ai tokens when the span has them, plus a bar.
+covered by children), status, gen_ai tokens and cost when the span has them, plus a bar.
+The header carries the trace's total cost.
 """
 
 from __future__ import annotations
@@ -27,10 +28,15 @@ def _self_time(span: dict[str, Any], children: list[dict[str, Any]]) -> int:
     return max(0, int(span["duration_ns"]) - covered)
 
 
+def format_cost(usd: float) -> str:
+    return f"${usd:.4f}" if usd < 1 else f"${usd:,.2f}"
+
+
 def _tokens(span: dict[str, Any]) -> str:
     attrs = span.get("attributes") or {}
     parts = [f"{label} {attrs[key]}" for key, label in TOKEN_KEYS if key in attrs]
-    return " / ".join(parts)
+    cost = span.get("cost_usd") or 0.0
+    return " / ".join(parts) + (f" {format_cost(cost)}" if cost else "")
 
 
 def render(trace: dict[str, Any]) -> list[str]:
@@ -51,6 +57,9 @@ def render(trace: dict[str, Any]) -> list[str]:
     rate = spans[0].get("sample_rate", 1.0)
     header = f"trace {trace['trace_id']}  {len(spans)} spans  {format_duration_ns(total)}"
     header += f"  sample rate 1/{rate:g}  kept by {spans[0].get('sampled_by', '')!r}"
+    cost = sum(s.get("cost_usd") or 0.0 for s in spans)
+    if cost:
+        header += f"  cost {format_cost(cost)}"
     lines = [header, ""]
     cols = f"{'span':<44} {'service':<16} {'start':>9} {'duration':>9} {'%':>5} {'self':>9} {'status':<6} tokens"
     lines += [cols, "-" * len(cols)]
@@ -69,7 +78,7 @@ def render(trace: dict[str, Any]) -> list[str]:
         lines.append(
             f"{name:<44} {span['service'][:16]:<16} {format_duration_ns(offset):>9} "
             f"{format_duration_ns(span['duration_ns']):>9} {share:>4.0f}% "
-            f"{format_duration_ns(_self_time(span, kids)):>9} {status:<6} {_tokens(span):<18} |{bar:<{BAR_WIDTH}}|"
+            f"{format_duration_ns(_self_time(span, kids)):>9} {status:<6} {_tokens(span):<26} |{bar:<{BAR_WIDTH}}|"
         )
         child_prefix = prefix + ("" if depth == 0 else ("   " if last else "│  "))
         for i, kid in enumerate(kids):

@@ -27,7 +27,9 @@ from typing import Any, TypeVar
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from collector.config import ClickHouseSettings
-from collector.storage import ClickHouseStore, decision_rows, safe_dsn
+from collector.storage import ClickHouseStore, KeptSpanHook, decision_rows, safe_dsn
+from processors.genai import PriceTable
+from processors.spanmetrics import Histogram
 from processors.sampling.sampler import Decision
 
 log = logging.getLogger("tailsift.storage")
@@ -39,8 +41,11 @@ class StorageWriter:
     """Component with start/shutdown; shutdown flushes, is safe twice and without start."""
 
     def __init__(self, settings: ClickHouseSettings, store: ClickHouseStore | None = None,
-                 on_settled: Callable[[list[Decision]], None] | None = None):  # fmt: skip
+                 on_settled: Callable[[list[Decision]], None] | None = None, prices: PriceTable | None = None,
+                 on_kept_span: KeptSpanHook | None = None):  # fmt: skip
         self.settings = settings
+        self.prices = prices
+        self.on_kept_span = on_kept_span
         self.store = store or ClickHouseStore(settings)
         self.on_settled = on_settled
         self._inserting = 0
@@ -57,7 +62,7 @@ class StorageWriter:
         self.insert_failures = 0
         self.rows_dropped = 0
         self._attempts = 0
-        self.last_insert_seconds = 0.0
+        self.insert_latency = Histogram()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call on the storage thread."""
@@ -113,8 +118,8 @@ class StorageWriter:
             loop = asyncio.get_running_loop()
             started = loop.time()
             self._inserting = rows
-            await self.run(lambda: self.store.insert(decision_rows(batch)))
-            self.last_insert_seconds = loop.time() - started
+            await self.run(lambda: self.store.insert(decision_rows(batch, self.prices, self.on_kept_span)))
+            self.insert_latency.observe(loop.time() - started)
             self.rows_written += rows
             self._attempts = 0
             await self._settle(batch)

@@ -35,7 +35,7 @@ def _expected_statements() -> set[str]:
     insert = "INSERT INTO {table} ({cols}) FORMAT Native"
     return {_normalise(s) for s in (
         sql.create_spans_table(7), sql.create_traces_table(7), sql.GET_TRACE, sql.SEARCH_TRACES, sql.PING,
-        sql.RECENT_KEPT,
+        sql.RECENT_KEPT, sql.TRACE_COSTS, sql.STATS, *sql.MIGRATIONS,
         insert.format(table=sql.SPANS_TABLE, cols=", ".join(sql.SPAN_COLUMNS)),
         insert.format(table=sql.TRACES_TABLE, cols=", ".join(sql.TRACE_COLUMNS)),
     )}  # fmt: skip
@@ -73,6 +73,9 @@ def test_http_transport_runs_the_same_sql_with_the_same_results(
             assert a.json() == b.json()
         filtered = {"error": "true", "min_duration_ms": "0", "service": "twin", "since": "1h", "limit": "5"}
         assert server.get("/api/traces", **filtered).json() == embedded.get("/api/traces", **filtered).json()
+        for group_by in ("service", "model", "span_name", "http.route"):
+            a, b = embedded.get("/api/stats", group_by=group_by), server.get("/api/stats", group_by=group_by)
+            assert a.status_code == b.status_code == 200 and a.json() == b.json() and a.json()["groups"]
     finally:
         assert server.stop() == 0, server.log()
         assert embedded.stop() == 0, embedded.log()
@@ -83,7 +86,7 @@ def test_http_transport_runs_the_same_sql_with_the_same_results(
     ours = {_normalise(s) for s in sent if not s.startswith(client)}
     assert len(sent) > len(ours) > 0
     assert ours <= _expected_statements(), ours - _expected_statements()
-    assert {_normalise(sql.GET_TRACE), _normalise(sql.SEARCH_TRACES), _normalise(sql.create_spans_table(7))} <= ours
+    assert {_normalise(q) for q in (sql.GET_TRACE, sql.SEARCH_TRACES, sql.create_spans_table(7), sql.STATS)} <= ours
     assert "s3cret-pw" not in server.log()
 
 

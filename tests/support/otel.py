@@ -12,7 +12,21 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+
+class SeededIds(IdGenerator):
+    """Reproducible trace and span ids: a statistical test then sees the same sample every run."""
+
+    def __init__(self, seed: int):
+        self.random = random.Random(seed)
+
+    def generate_span_id(self) -> int:
+        return self.random.getrandbits(64) or 1
+
+    def generate_trace_id(self) -> int:
+        return self.random.getrandbits(128) or 1
 
 
 def exporter(kind: str, collector: Any) -> Any:
@@ -24,8 +38,9 @@ def exporter(kind: str, collector: Any) -> Any:
 class Sender:
     """A tracer provider exporting over ``kind`` ("grpc"/"http"), recording every span it ends."""
 
-    def __init__(self, kind: str, collector: Any, service: str = "chat-api", **resource: Any):
-        self.provider = TracerProvider(resource=Resource.create({"service.name": service, **resource}))
+    def __init__(self, kind: str, collector: Any, service: str = "chat-api", seed: int | None = None, **resource: Any):
+        ids = SeededIds(seed) if seed is not None else None
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service, **resource}), id_generator=ids)
         self.sent = InMemorySpanExporter()
         self.provider.add_span_processor(SimpleSpanProcessor(self.sent))
         self.provider.add_span_processor(

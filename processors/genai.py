@@ -1,0 +1,102 @@
+"""GenAI usage and cost, following the OpenTelemetry GenAI semantic conventions.
+
+``gen_ai.usage.input_tokens`` already *includes* the tokens served from the provider's
+cache (``gen_ai.usage.cache_read.input_tokens``) and those written to it
+(``gen_ai.usage.cache_creation.input_tokens``). Cost therefore charges the cache parts at
+their own price and only the remainder at the input price; adding the three would count
+cached tokens twice.
+
+Prices come from the YAML price table (``genai.prices``): model globs, first match wins,
+US dollars per million tokens. A span whose model has no price costs nothing and is
+counted as unpriced, so a missing row shows up instead of silently reading as free.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MODEL_KEYS = ("gen_ai.response.model", "gen_ai.request.model")
+INPUT = "gen_ai.usage.input_tokens"
+OUTPUT = "gen_ai.usage.output_tokens"
+CACHE_READ = ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens")
+CACHE_WRITE = ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens")
+USAGE_KEYS = frozenset((*MODEL_KEYS, INPUT, OUTPUT, *CACHE_READ, *CACHE_WRITE))
+"""Every attribute this module reads; the span walk looks only for these."""
+
+
+class Price(BaseModel):
+    """One row of the price table, in US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    """A glob on the model name, case-insensitive (``gpt-4o-mini*``)."""
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    """Default: the input price."""
+    cache_write: float | None = Field(default=None, ge=0)
+    """Default: the input price."""
+
+
+class GenAISettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prices: list[Price] = Field(default_factory=list)
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(float(value)))
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass(slots=True)
+class Usage:
+    model: str
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+
+    @classmethod
+    def from_attributes(cls, attrs: Mapping[str, Any]) -> Usage | None:
+        """From a span's attributes (any value types); None when it is not an LLM call."""
+        model = next((str(attrs[k]) for k in MODEL_KEYS if attrs.get(k)), "")
+        if not model and INPUT not in attrs and OUTPUT not in attrs:
+            return None
+        read = next((_int(attrs[k]) for k in CACHE_READ if k in attrs), 0)
+        write = next((_int(attrs[k]) for k in CACHE_WRITE if k in attrs), 0)
+        return cls(model, _int(attrs.get(INPUT)), _int(attrs.get(OUTPUT)), read, write)
+
+
+class PriceTable:
+    """``cost(usage)`` in US dollars, or None when no row matches the model."""
+
+    def __init__(self, prices: list[Price]):
+        self._rows = [(re.compile(fnmatch.translate(p.model), re.IGNORECASE), p) for p in prices]
+        self._cache: dict[str, Price | None] = {}
+
+    def price(self, model: str) -> Price | None:
+        if model not in self._cache:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[model] = next((p for rx, p in self._rows if rx.match(model)), None)
+        return self._cache[model]
+
+    def cost(self, usage: Usage) -> float | None:
+        price = self.price(usage.model)
+        if price is None:
+            return None
+        read_price = price.input if price.cache_read is None else price.cache_read
+        write_price = price.input if price.cache_write is None else price.cache_write
+        uncached = max(0, usage.input - usage.cache_read - usage.cache_write)
+        return (uncached * price.input + usage.cache_read * read_price + usage.cache_write * write_price
+                + usage.output * price.output) / 1e6  # fmt: skip

@@ -1,0 +1,207 @@
+"""RED metrics and GenAI usage from 100% of spans, before sampling decides anything.
+
+Sampling keeps every error and a few percent of the rest, so metrics counted from stored
+spans would overstate errors. These are counted at ingress on every accepted span, the way
+the OTel Collector's spanmetrics connector does: calls, errors and a duration histogram by
+service, span name, status and GenAI model (plus the configured ``label_keys``), and token
+and cost counters by service and model. Label values go through the
+:class:`~processors.cardinality.LabelLimiter`, so the series count stays bounded.
+
+Exemplars carry the trace ids of traces that were actually *kept*: storage reports each
+kept span (``observe_kept``), so a click on an exemplar always finds its trace.
+
+The hot path is plain Python arithmetic on a dict of series; prometheus_client only
+formats them when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.samples import Exemplar
+
+from processors.cardinality import OVERFLOW, CardinalitySettings, LabelLimiter
+from processors.genai import USAGE_KEYS, PriceTable, Usage
+from processors.otlp_values import STATUS_NAMES, any_value, service_name, value_as_string
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Duration histogram bounds, seconds: from a cache hit to a long LLM call."""
+BASE_LABELS = ("service", "span_name", "status", "model")
+
+
+def label_name(key: str) -> str:
+    """An attribute key as a Prometheus label name (``prompt.key`` → ``prompt_key``)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key) if key[:1].isalpha() or key[:1] == "_" else "_" + key
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Counts per bucket of :data:`BUCKETS` (the last one is +Inf) and the sum, in seconds."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self, exemplar: Exemplar | None = None) -> list[tuple[str, float] | tuple[str, float, Exemplar]]:
+        """Buckets as prometheus_client wants them; the exemplar goes on its value's bucket."""
+        out: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+        total = 0
+        hit = bisect.bisect_left(BUCKETS, exemplar.value) if exemplar is not None else -1
+        for i, bound in enumerate((*BUCKETS, float("inf"))):
+            total += self.buckets[i]
+            label = "+Inf" if i == len(BUCKETS) else repr(bound)
+            out.append((label, float(total), exemplar) if i == hit and exemplar is not None else (label, float(total)))
+        return out
+
+
+@dataclass(slots=True)
+class Series:
+    calls: int = 0
+    errors: int = 0
+    duration: Histogram = field(default_factory=Histogram)
+    exemplar: tuple[str, float, float] | None = None
+    """(trace id, duration seconds, unix time) of the latest kept span in this series."""
+
+
+@dataclass(slots=True)
+class UsageSeries:
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    cost: float = 0.0
+    unpriced: int = 0
+
+
+class SpanMetrics:
+    """Settings in ``__init__``, work in ``__call__`` (one decoded request), output in ``collect``."""
+
+    def __init__(self, settings: CardinalitySettings, prices: PriceTable, limiter: LabelLimiter | None = None):
+        self.settings = settings
+        self.prices = prices
+        self.limiter = limiter or LabelLimiter(settings.max_values_per_label, settings.window)
+        self.label_keys = list(settings.label_keys)
+        self.labels = BASE_LABELS + tuple(label_name(k) for k in self.label_keys)
+        self._wanted = USAGE_KEYS | frozenset(self.label_keys)
+        self._wanted_bytes = [k.encode() for k in sorted(self._wanted)]
+        self.series: dict[tuple[str, ...], Series] = {}
+        self.usage: dict[tuple[str, str], UsageSeries] = {}
+        self.series_overflows = 0
+        self._generation = 0
+        self._overflow_key = (OVERFLOW,) * len(self.labels)
+
+    def __call__(self, request: Any, raw: bytes | None = None) -> None:
+        if self._generation != self.limiter.generation:
+            self._prune()
+        look = raw is None or any(k in raw for k in self._wanted_bytes)
+        admit = self.limiter.admit
+        for rs in request.resource_spans:
+            service = admit("service", service_name(rs.resource.attributes))
+            resource = {kv.key: kv.value for kv in rs.resource.attributes if kv.key in self._wanted} if look else {}
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    attrs: dict[str, Any] = dict(resource)
+                    if look:
+                        attrs.update((kv.key, kv.value) for kv in span.attributes if kv.key in self._wanted)
+                    values = {k: any_value(v) for k, v in attrs.items()}
+                    usage = Usage.from_attributes(values) if values else None
+                    model = admit("model", usage.model) if usage is not None and usage.model else ""
+                    status = STATUS_NAMES.get(span.status.code, "Unset")
+                    key = (service, admit("span_name", span.name), status, model,
+                           *(admit(k, value_as_string(attrs[k])) if k in attrs else "" for k in self.label_keys))
+                    self._count(key, span.end_time_unix_nano - span.start_time_unix_nano, status == "Error")
+                    if usage is not None:
+                        self._use(service, model, usage)
+
+    def _count(self, key: tuple[str, ...], duration_ns: int, error: bool) -> None:
+        series = self.series.get(key)
+        if series is None:
+            if len(self.series) >= self.settings.max_series - 1:  # one place is kept for the overflow series
+                self.series_overflows += 1
+                key = self._overflow_key
+                series = self.series.get(key)
+            if series is None:
+                series = self.series[key] = Series()
+        series.calls += 1
+        series.errors += error
+        series.duration.observe(max(0, duration_ns) / 1e9)
+
+    def _use(self, service: str, model: str, usage: Usage) -> None:
+        u = self.usage.get((service, model))
+        if u is None:
+            u = self.usage[(service, model)] = UsageSeries()
+        u.input += usage.input
+        u.output += usage.output
+        u.cache_read += usage.cache_read
+        u.cache_write += usage.cache_write
+        cost = self.prices.cost(usage)
+        if cost is None:
+            u.unpriced += 1
+        else:
+            u.cost += cost
+
+    def _prune(self) -> None:
+        """Forget series whose label values the limiter evicted (unseen for a window)."""
+        current = self.limiter.current
+        names = ("service", "span_name", None, "model", *self.label_keys)
+        self.series = {key: s for key, s in self.series.items()
+                       if all(n is None or v == "" or current(n, v) for n, v in zip(names, key, strict=True))}  # fmt: skip
+        self.usage = {k: u for k, u in self.usage.items() if current("service", k[0]) and (not k[1] or current("model", k[1]))}
+        self._generation = self.limiter.generation
+
+    def observe_kept(self, trace_hex: str, service: str, name: str, status: str, attrs: Mapping[str, str],
+                     duration_ns: int) -> None:  # fmt: skip
+        """A span of a kept trace was stored: make it the exemplar of its series."""
+        values = {k: attrs[k] for k in self._wanted if k in attrs}
+        usage = Usage.from_attributes(values) if values else None
+        key = (service, name, status, usage.model if usage is not None else "",
+               *(values.get(k, "") for k in self.label_keys))  # fmt: skip
+        series = self.series.get(key)
+        if series is not None:
+            series.exemplar = (trace_hex, max(0, duration_ns) / 1e9, time.time())
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        calls = CounterMetricFamily("tailsift_span_calls", "Spans received (100% of traffic, before sampling)",
+                                    labels=self.labels)  # fmt: skip
+        errors = CounterMetricFamily("tailsift_span_errors", "Spans with status Error (before sampling)",
+                                     labels=[n for n in self.labels if n != "status"])  # fmt: skip
+        duration = HistogramMetricFamily("tailsift_span_duration_seconds", "Span duration (before sampling)",
+                                         labels=self.labels)  # fmt: skip
+        error_totals: dict[tuple[str, ...], int] = {}
+        for key, s in list(self.series.items()):
+            ex = Exemplar({"trace_id": s.exemplar[0]}, s.exemplar[1], s.exemplar[2]) if s.exemplar else None
+            calls.add_metric(key, s.calls, exemplar=ex)
+            no_status = key[:2] + key[3:]
+            error_totals[no_status] = error_totals.get(no_status, 0) + s.errors
+            duration.add_metric(key, s.duration.cumulative(ex), s.duration.sum)
+        for key, count in error_totals.items():
+            errors.add_metric(key, count)
+        yield from (calls, errors, duration)
+        tokens = CounterMetricFamily("tailsift_genai_tokens", "GenAI tokens (input includes cache reads and writes)",
+                                     labels=["service", "model", "type"])  # fmt: skip
+        cost = CounterMetricFamily("tailsift_genai_cost_usd", "GenAI cost from the price table, US dollars",
+                                   labels=["service", "model"])  # fmt: skip
+        unpriced = CounterMetricFamily("tailsift_genai_unpriced_spans", "LLM spans whose model has no price",
+                                       labels=["service", "model"])  # fmt: skip
+        for (service, model), u in list(self.usage.items()):
+            for kind in ("input", "output", "cache_read", "cache_write"):
+                tokens.add_metric([service, model, kind], getattr(u, kind))
+            cost.add_metric([service, model], u.cost)
+            unpriced.add_metric([service, model], u.unpriced)
+        yield from (tokens, cost, unpriced)
+        overflow = CounterMetricFamily("tailsift_label_overflows", "Label values replaced by __overflow__",
+                                       labels=["label"])  # fmt: skip
+        for label_key, count in sorted(self.limiter.overflows.items()):
+            overflow.add_metric([label_name(label_key)], count)
+        overflow.add_metric(["(series)"], self.series_overflows)
+        yield overflow
+        yield GaugeMetricFamily("tailsift_span_series", "Series in tailsift_span_calls", value=len(self.series))
