@@ -51,7 +51,8 @@ class GenAISettings(BaseModel):
     prices: list[Price] = Field(default_factory=list)
 
 
-def _int(value: Any) -> int:
+def parse_count(value: Any) -> int:
+    """A token count from any attribute value; junk and negatives count as 0."""
     try:
         return max(0, int(float(value)))
     except (TypeError, ValueError):
@@ -72,9 +73,9 @@ class Usage:
         model = next((str(attrs[k]) for k in MODEL_KEYS if attrs.get(k)), "")
         if not model and INPUT not in attrs and OUTPUT not in attrs:
             return None
-        read = next((_int(attrs[k]) for k in CACHE_READ if k in attrs), 0)
-        write = next((_int(attrs[k]) for k in CACHE_WRITE if k in attrs), 0)
-        return cls(model, _int(attrs.get(INPUT)), _int(attrs.get(OUTPUT)), read, write)
+        read = next((parse_count(attrs[k]) for k in CACHE_READ if k in attrs), 0)
+        write = next((parse_count(attrs[k]) for k in CACHE_WRITE if k in attrs), 0)
+        return cls(model, parse_count(attrs.get(INPUT)), parse_count(attrs.get(OUTPUT)), read, write)
 
 
 class PriceTable:

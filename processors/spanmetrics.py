@@ -27,12 +27,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.samples import Exemplar
 
 from processors.cardinality import OVERFLOW, CardinalitySettings, LabelLimiter
-from processors.genai import USAGE_KEYS, PriceTable, Usage
-from processors.otlp_values import STATUS_NAMES, any_value, service_name, value_as_string
+from processors.genai import CACHE_READ, CACHE_WRITE, INPUT, MODEL_KEYS, OUTPUT, USAGE_KEYS, PriceTable, Usage, parse_count
+from processors.otlp_values import STATUS_NAMES, service_name, value_as_string
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Duration histogram bounds, seconds: from a cache hit to a long LLM call."""
 BASE_LABELS = ("service", "span_name", "status", "model")
+STATUS_ERROR = 2
+TOKEN_KEYS = frozenset((INPUT, OUTPUT, *CACHE_READ, *CACHE_WRITE))
 
 
 def label_name(key: str) -> str:
@@ -78,8 +80,39 @@ class UsageSeries:
     output: int = 0
     cache_read: int = 0
     cache_write: int = 0
+    spans: int = 0
     cost: float = 0.0
     unpriced: int = 0
+
+
+def _number(value: Any) -> int:
+    """Token counts arrive as int, double or (from some SDKs) string attribute values."""
+    kind = value.WhichOneof("value")
+    if kind == "int_value":
+        return max(0, int(value.int_value))
+    if kind == "double_value":
+        return max(0, int(value.double_value))
+    return parse_count(value.string_value) if kind == "string_value" else 0
+
+
+def _model(found: dict[str, Any]) -> str:
+    for key in MODEL_KEYS:
+        value = found.get(key)
+        if value is not None and value.string_value:
+            return str(value.string_value)
+    return ""
+
+
+def _add_tokens(usage: dict[tuple[str, str], UsageSeries], key: tuple[str, str], found: dict[str, Any]) -> None:
+    u = usage.get(key)
+    if u is None:
+        u = usage[key] = UsageSeries()
+    u.spans += 1
+    for name, keys in (("input", (INPUT,)), ("output", (OUTPUT,)), ("cache_read", CACHE_READ), ("cache_write", CACHE_WRITE)):
+        for k in keys:
+            if k in found:
+                setattr(u, name, getattr(u, name) + _number(found[k]))
+                break
 
 
 class SpanMetrics:
@@ -100,52 +133,69 @@ class SpanMetrics:
         self._overflow_key = (OVERFLOW,) * len(self.labels)
 
     def __call__(self, request: Any, raw: bytes | None = None) -> None:
+        """Count one request. Spans are first summed per distinct label set in local dicts;
+        the limiter and the shared series see each label set once per request, not per span."""
         if self._generation != self.limiter.generation:
             self._prune()
         look = raw is None or any(k in raw for k in self._wanted_bytes)
-        admit = self.limiter.admit
+        wanted, label_keys, no_labels = self._wanted, self.label_keys, ("",) * len(self.label_keys)
+        local: dict[tuple[Any, ...], Series] = {}
+        usage: dict[tuple[str, str], UsageSeries] = {}
         for rs in request.resource_spans:
-            service = admit("service", service_name(rs.resource.attributes))
-            resource = {kv.key: kv.value for kv in rs.resource.attributes if kv.key in self._wanted} if look else {}
+            service = service_name(rs.resource.attributes)
+            resource = {kv.key: kv.value for kv in rs.resource.attributes if kv.key in wanted} if look else {}
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    attrs: dict[str, Any] = dict(resource)
-                    if look:
-                        attrs.update((kv.key, kv.value) for kv in span.attributes if kv.key in self._wanted)
-                    values = {k: any_value(v) for k, v in attrs.items()}
-                    usage = Usage.from_attributes(values) if values else None
-                    model = admit("model", usage.model) if usage is not None and usage.model else ""
-                    status = STATUS_NAMES.get(span.status.code, "Unset")
-                    key = (service, admit("span_name", span.name), status, model,
-                           *(admit(k, value_as_string(attrs[k])) if k in attrs else "" for k in self.label_keys))
-                    self._count(key, span.end_time_unix_nano - span.start_time_unix_nano, status == "Error")
-                    if usage is not None:
-                        self._use(service, model, usage)
+                    found = {kv.key: kv.value for kv in span.attributes if kv.key in wanted} if look else None
+                    if resource:
+                        found = {**resource, **(found or {})}
+                    model, labels = "", no_labels
+                    if found:
+                        model = _model(found)
+                        if not found.keys().isdisjoint(TOKEN_KEYS):
+                            _add_tokens(usage, (service, model), found)
+                        labels = tuple(value_as_string(found[k]) if k in found else "" for k in label_keys)
+                    key = (service, span.name, span.status.code, model, labels)
+                    series = local.get(key)
+                    if series is None:
+                        series = local[key] = Series()
+                    series.calls += 1
+                    series.errors += span.status.code == STATUS_ERROR
+                    series.duration.observe(max(0, span.end_time_unix_nano - span.start_time_unix_nano) / 1e9)
+        admit = self.limiter.admit
+        for (service, name, code, model, labels), counted in local.items():
+            admitted = (admit("service", service), admit("span_name", name), STATUS_NAMES.get(code, "Unset"),
+                   admit("model", model) if model else "",
+                   *(admit(k, v) if v else "" for k, v in zip(label_keys, labels, strict=True)))  # fmt: skip
+            self._merge(admitted, counted)
+        for (service, model), used in usage.items():
+            self._merge_usage((admit("service", service), admit("model", model) if model else ""), used)
 
-    def _count(self, key: tuple[str, ...], duration_ns: int, error: bool) -> None:
+    def _merge(self, key: tuple[str, ...], counted: Series) -> None:
         series = self.series.get(key)
         if series is None:
             if len(self.series) >= self.settings.max_series - 1:  # one place is kept for the overflow series
-                self.series_overflows += 1
+                self.series_overflows += counted.calls
                 key = self._overflow_key
                 series = self.series.get(key)
             if series is None:
                 series = self.series[key] = Series()
-        series.calls += 1
-        series.errors += error
-        series.duration.observe(max(0, duration_ns) / 1e9)
+        series.calls += counted.calls
+        series.errors += counted.errors
+        mine, theirs = series.duration, counted.duration
+        mine.buckets = [a + b for a, b in zip(mine.buckets, theirs.buckets, strict=True)]
+        mine.sum += theirs.sum
 
-    def _use(self, service: str, model: str, usage: Usage) -> None:
-        u = self.usage.get((service, model))
+    def _merge_usage(self, key: tuple[str, str], used: UsageSeries) -> None:
+        """Cost is linear in tokens, so it is priced once per model and request, not per span."""
+        u = self.usage.get(key)
         if u is None:
-            u = self.usage[(service, model)] = UsageSeries()
-        u.input += usage.input
-        u.output += usage.output
-        u.cache_read += usage.cache_read
-        u.cache_write += usage.cache_write
-        cost = self.prices.cost(usage)
+            u = self.usage[key] = UsageSeries()
+        for name in ("input", "output", "cache_read", "cache_write", "spans"):
+            setattr(u, name, getattr(u, name) + getattr(used, name))
+        cost = self.prices.cost(Usage(key[1], used.input, used.output, used.cache_read, used.cache_write))
         if cost is None:
-            u.unpriced += 1
+            u.unpriced += used.spans
         else:
             u.cost += cost
 
