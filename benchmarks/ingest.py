@@ -6,6 +6,7 @@ through sampling, ack latency percentiles, refused requests and the collector's 
 
     python -m benchmarks.ingest --duration 10
     python -m benchmarks.ingest --duration 10 --no-redaction
+    python -m benchmarks.ingest --duration 10 --secrets            # redaction has work to do
     python -m benchmarks.ingest --duration 10 --kafka 127.0.0.1:9092   # deploy/kafka/kafka.sh start
 
 Figures depend on the machine; compare runs as ratios.
@@ -33,8 +34,12 @@ TRACES_PER_REQUEST = 128
 SPANS = [("POST /chat", None), ("retrieve", 0), ("vector.search", 1), ("llm.chat", 0)]
 
 
-def build_request(seed: int) -> bytes:
-    """One request of LLM-shaped traces with fresh random ids (secret-free, like most traffic)."""
+SECRET = "mail ann@example.com, key sk-proj-Zx81mQ2vLr0aYbT7cNd4pEf6"
+
+
+def build_request(seed: int, secrets: bool = False) -> bytes:
+    """One request of LLM-shaped traces with fresh random ids: secret-free like most traffic,
+    or with ``secrets`` an email and an API key in one span of 64."""
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
     rs.resource.attributes.add(key="service.name").value.string_value = "chat-api"
@@ -49,13 +54,15 @@ def build_request(seed: int) -> bytes:
                              start_time_unix_nano=now, end_time_unix_nano=now + 50_000_000)  # fmt: skip
             s.attributes.add(key="gen_ai.request.model").value.string_value = "gpt-4o-mini"
             s.attributes.add(key="http.route").value.string_value = "/chat"
+            if secrets and len(ss.spans) % 64 == 1:
+                s.attributes.add(key="llm.prompt").value.string_value = SECRET
         if seed % 10 == 0:
             ss.spans[-1].status.code = 2
     return req.SerializeToString()
 
 
-def sender(url: str, deadline: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    bodies = [build_request(i) for i in range(32)]
+def sender(url: str, deadline: float, out: mp.Queue, secrets: bool) -> None:  # type: ignore[type-arg]
+    bodies = [build_request(i, secrets) for i in range(32)]
     session = requests.Session()
     latencies, accepted, refused, i = [], 0, 0, 0
     while time.monotonic() < deadline:
@@ -79,6 +86,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--senders", type=int, default=2)
     parser.add_argument("--no-redaction", action="store_true")
+    parser.add_argument("--secrets", action="store_true", help="an email and an API key in 1 span of 64")
     parser.add_argument("--kafka", metavar="BOOTSTRAP", help="use the Kafka queue on this broker (a fresh topic)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tailsift-bench-"))
@@ -101,7 +109,7 @@ def main() -> None:
     out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     deadline = time.monotonic() + args.duration
     started = time.monotonic()
-    procs = [mp.Process(target=sender, args=(c.http_url, deadline, out)) for _ in range(args.senders)]
+    procs = [mp.Process(target=sender, args=(c.http_url, deadline, out, args.secrets)) for _ in range(args.senders)]
     for p in procs:
         p.start()
     results = [out.get() for _ in procs]
@@ -119,7 +127,8 @@ def main() -> None:
     refused = sum(r[2] for r in results)
     q = statistics.quantiles(latencies, n=100)
     queue = f"kafka {args.kafka}" if args.kafka else "in-process"
-    print(f"queue: {queue}   redaction: {'off' if args.no_redaction else 'on'}   senders: {args.senders}   "
+    traffic = "1 span in 64 with secrets" if args.secrets else "clean"
+    print(f"queue: {queue}   redaction: {'off' if args.no_redaction else 'on'}   traffic: {traffic}   senders: {args.senders}   "
           f"duration: {elapsed:.1f}s")
     print(f"spans/s accepted:            {accepted / elapsed:,.0f}")
     print(f"spans/s through sampling:    {sampled / drained:,.0f}")
