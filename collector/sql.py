@@ -188,6 +188,8 @@ GROUP BY TraceId
 # Unbiased statistics from sampled data: every span counts SampleRate times (1/keep of the
 # rule that kept its trace), so keeping 100% of errors and 5% of the rest does not inflate
 # the error rate. ``group_by`` is service, span_name, model, or any span attribute key.
+# The last column is the standard error of the count estimate (Horvitz-Thompson: each kept
+# span with weight w adds w(w-1) to the variance), so a reader knows how far to trust it.
 STATS = f"""
 SELECT multiIf({{group_by:String}} = 'service', ServiceName,
                {{group_by:String}} = 'span_name', SpanName,
@@ -202,7 +204,8 @@ SELECT multiIf({{group_by:String}} = 'service', ServiceName,
        sum(SampleRate * toFloat64OrZero(SpanAttributes['gen_ai.usage.output_tokens'])),
        sum(SampleRate * toFloat64OrZero(SpanAttributes['gen_ai.usage.cache_read.input_tokens'])),
        sum(SampleRate * CostUsd),
-       count()
+       count(),
+       sqrt(sum(SampleRate * (SampleRate - 1)))
 FROM {SPANS_TABLE} FINAL
 WHERE ({{service:Nullable(String)}} IS NULL OR ServiceName = {{service:Nullable(String)}})
   AND ({{since_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Timestamp) >= {{since_ns:Nullable(Int64)}})

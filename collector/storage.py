@@ -205,7 +205,7 @@ class ClickHouseStore:
                   "since_ns": since_ns, "until_ns": until_ns}  # fmt: skip
         result = self._client.query(sql.STATS, parameters=params)
         out = []
-        for grp, count, errors, quantiles, tokens_in, tokens_out, cache_read, cost, stored in result.result_rows:
+        for grp, count, errors, quantiles, tokens_in, tokens_out, cache_read, cost, stored, stderr in result.result_rows:
             p50, p95, p99 = (float(q) / 1e6 for q in quantiles)
             out.append({
                 "group": grp, "count": round(count, 1), "errors": round(errors, 1),
@@ -213,6 +213,7 @@ class ClickHouseStore:
                 "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
                 "input_tokens": round(tokens_in), "output_tokens": round(tokens_out),
                 "cache_read_tokens": round(cache_read), "cost_usd": cost, "stored_spans": stored,
+                "count_stderr": round(stderr, 1),
             })  # fmt: skip
         return out
 

@@ -179,9 +179,12 @@ class CardinalityProcessor:
             if self.settings.high_cardinality_action == "drop":
                 doomed.append(i)
                 counts["high_cardinality_dropped"] += 1
-            elif kv.value.WhichOneof("value") == "string_value" or kv.value.WhichOneof("value") == "int_value":
-                raw = str(getattr(kv.value, str(kv.value.WhichOneof("value")))).encode()
-                kv.value.string_value = hmac.new(self._salt, raw, hashlib.sha256).hexdigest()[:16]
+            elif kv.value.WhichOneof("value") in ("string_value", "int_value"):
+                text = str(getattr(kv.value, str(kv.value.WhichOneof("value"))))
+                if text.startswith("[HASH:"):
+                    continue  # hashed already (e.g. by a tailsift in front of this one)
+                digest = hmac.new(self._salt, text.encode(), hashlib.sha256).hexdigest()[:16]
+                kv.value.string_value = f"[HASH:{kv.key}:{digest}]"
                 counts["high_cardinality_hashed"] += 1
         for i in reversed(doomed):
             del attributes[i]

@@ -85,7 +85,7 @@ def test_high_cardinality_keys_and_original_names(action: str) -> None:
     elif action == "drop":
         assert "user.id" not in attrs and counts["high_cardinality_dropped"] == 1
     else:
-        assert re.fullmatch(r"[0-9a-f]{16}", attrs["user.id"]) and counts["high_cardinality_hashed"] == 1
+        assert re.fullmatch(r"\[HASH:user\.id:[0-9a-f]{16}\]", attrs["user.id"]) and counts["high_cardinality_hashed"] == 1
 
 
 @pytest.mark.parametrize(("config", "message"), [

@@ -141,3 +141,49 @@ def test_component_lifecycle(name: str, tmp_path: Path, request: pytest.FixtureR
         await started.shutdown()
 
     asyncio.run(scenario())
+
+
+def _processors() -> dict[str, Callable[[], Any]]:
+    from processors.cardinality import CardinalityProcessor, CardinalitySettings
+    from processors.genai import PriceTable
+    from processors.redaction import RedactionSettings, Redactor
+    from processors.redaction.prefilter import BACKENDS
+    from processors.spanmetrics import SpanMetrics
+
+    salted = RedactionSettings(salt="pepper", builtin={"email": "hash", "us_ssn": "drop"})  # type: ignore[arg-type]
+    out: dict[str, Callable[[], Any]] = {f"redaction-{b}": lambda b=b: Redactor(salted, prefilter_backend=b)
+                                         for b in BACKENDS}  # fmt: skip
+    hashing = CardinalitySettings(high_cardinality_action="hash", original_name_attribute="tailsift.original_name")
+    out["cardinality"] = lambda: CardinalityProcessor(hashing, b"pepper")
+    out["span-metrics"] = lambda: SpanMetrics(CardinalitySettings(label_keys=["prompt_key"]), PriceTable([]))
+    return out
+
+
+def _busy_request() -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "api"
+    spans = rs.scope_spans.add().spans
+    for i, (name, value) in enumerate([("GET /users/42", "ann@example.com"), ("charge", "ssn 078-05-1120"),
+                                       ("chat gpt-4o", "plain"), ("GET /health", "")]):  # fmt: skip
+        span = spans.add(name=name, trace_id=b"\x01" * 16, span_id=bytes([i + 1]) * 8, end_time_unix_nano=10**6)
+        span.attributes.add(key="note").value.string_value = value
+        span.attributes.add(key="user.id").value.string_value = f"u{i}"
+        span.attributes.add(key="prompt_key").value.string_value = "v1"
+    return request
+
+
+@pytest.mark.parametrize("name", list(_processors()))
+def test_ingress_processor_contract(name: str) -> None:
+    """Every ingress processor: takes an empty request, gives the same result whether or not
+    it gets the raw bytes (they are only a shortcut), and is idempotent on what it changes."""
+    make = _processors()[name]
+    make()(ExportTraceServiceRequest(), b"")
+    with_raw, without_raw = _busy_request(), _busy_request()
+    make()(with_raw, with_raw.SerializeToString())
+    make()(without_raw, None)
+    assert with_raw.SerializeToString() == without_raw.SerializeToString()
+    once = with_raw.SerializeToString()
+    processor = make()
+    processor(with_raw, once)
+    assert with_raw.SerializeToString() == once

@@ -117,12 +117,17 @@ def test_stats_are_weighted_by_sample_rate(collector: Collector) -> None:
     stored_error_share = 200 / chat["stored_spans"]
     assert stored_error_share > 0.2  # unweighted, the kept sample would claim >20% errors
     assert abs(chat["count"] - n) <= 0.1 * n, chat
+    assert 0 < chat["count_stderr"] < 0.1 * n  # the estimate says how far to trust it
     assert abs(chat["error_rate"] - 0.02) <= 0.005, chat
     assert 0 < chat["p50_ms"] <= chat["p95_ms"] <= chat["p99_ms"]
 
     by_prompt = {g["group"]: g for g in collector.get("/api/stats", group_by="prompt_key").json()["groups"]}
     for prompt in ("v1", "v2"):
         assert abs(by_prompt[prompt]["error_rate"] - prompt_errors[prompt] / (n / 2)) <= 0.005, by_prompt[prompt]
+    for bad, message in ((dict(group_by="a b"), "group_by"), (dict(scope="leaf"), "scope"), (dict(limit="0"), "limit"),
+                         (dict(since="yesterday"), "since"), (dict(colour="red"), "unknown parameter 'colour'")):
+        response = collector.get("/api/stats", **bad)
+        assert response.status_code == 400 and message in response.json()["error"]
     cli = subprocess.run([sys.executable, "-m", "collector.cli", "stats", "--group-by", "prompt_key",
                           "--api", collector.api], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
