@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -28,6 +29,7 @@ from collector.units import parse_duration_ns
 
 if TYPE_CHECKING:
     from collector.pipeline import Pipeline
+    from collector.storage import ClickHouseStore
 
 _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _GROUP = re.compile(r"^[A-Za-z0-9_.:/-]{1,255}$")
@@ -154,28 +156,24 @@ class QueryApi:
         return _json({"trace_id": trace_id, "spans": spans})
 
     async def _search(self, request: web.Request) -> web.Response:
-        if (refusal := self._no_storage()) is not None:
-            return refusal
-        try:
-            params = _search_params(request.query)
-        except BadParameter as exc:
-            return _json({"error": str(exc)}, 400)
-        writer = self.pipeline.writer
-        assert writer is not None
-        traces = await writer.run(lambda: writer.store.search_traces(**params))
-        return _json({"traces": traces})
+        return await self._answer(request, _search_params, lambda store, p: {"traces": store.search_traces(**p)})
 
     async def _stats(self, request: web.Request) -> web.Response:
+        return await self._answer(request, _stats_params, lambda store, p: {
+            "group_by": p["group_by"], "weighted_by": "sample_rate", "groups": store.stats(**p)})  # fmt: skip
+
+    async def _answer(self, request: web.Request, parse: Callable[[Any], dict[str, Any]],
+                      query: Callable[[ClickHouseStore, dict[str, Any]], Any]) -> web.Response:  # fmt: skip
+        """Parse the query string (400 naming the parameter), then run ``query`` on the storage thread."""
         if (refusal := self._no_storage()) is not None:
             return refusal
         try:
-            params = _stats_params(request.query)
+            params = parse(request.query)
         except BadParameter as exc:
             return _json({"error": str(exc)}, 400)
         writer = self.pipeline.writer
         assert writer is not None
-        groups = await writer.run(lambda: writer.store.stats(**params))
-        return _json({"group_by": params["group_by"], "weighted_by": "sample_rate", "groups": groups})
+        return _json(await writer.run(query, writer.store, params))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """Prometheus text; OpenMetrics (which carries exemplars) when the scraper asks for it."""
