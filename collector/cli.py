@@ -184,6 +184,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate(value: str) -> str:
+    if value != "max" and not (value.replace(".", "", 1).isdigit() and float(value) > 0):
+        raise argparse.ArgumentTypeError("must be a number of spans/s or max")
+    return value
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from collector.bench.run import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailsift", description="OTLP trace ingestion and tail sampling")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the API's JSON")
     st.add_argument("--api", default=api, help=f"query API address (default {api}, env TAILSIFT_API)")
     st.set_defaults(func=cmd_stats)
+    bench = sub.add_parser("bench", help="drive a collector (its own, by default) with OTLP load and report")
+    bench.add_argument("--duration", type=float, default=30, help="seconds of load (default 30)")
+    bench.add_argument("--rate", default="max", type=_rate, help="spans/s to offer, or max (default)")
+    bench.add_argument("--shape", choices=("llm", "fanout", "deep"), default="llm")
+    bench.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    bench.add_argument("--senders", type=int, default=2, help="sender processes (default 2)")
+    bench.add_argument("--concurrency", type=int, default=4, help="requests in flight per sender (default 4)")
+    bench.add_argument("--config", help="YAML for the bench's own collector (rules, redaction, ...)")
+    bench.add_argument("--kafka", metavar="BOOTSTRAP", help="own collector on the Kafka queue (a fresh topic)")
+    bench.add_argument("--endpoint", help="drive a running collector instead: host:4318 (http) or host:4317 (grpc)")
+    bench.add_argument("--api", default=api, help="with --endpoint: its query API, for /metrics and probes")
+    bench.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    bench.add_argument("--plot", metavar="OUT.png", help="draw throughput and p99 latency over time (matplotlib)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

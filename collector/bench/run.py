@@ -1,0 +1,246 @@
+"""``tailsift bench``: drive a collector with OTLP load and report what it sustained.
+
+With no flags: start an own collector on the embedded default, send ``llm``-shaped load at
+the highest rate it accepts for ``--duration`` seconds from several sender processes, let
+it decide and store everything, stop it, and check the stored data independently: every
+error trace in an accepted request must be stored (the default rules keep errors 100%).
+The process exits 1 if that check fails.
+
+Printed (and written with ``--json``): spans/s accepted and carried through sampling, ack
+latency percentiles, time from send to queryable for a kept trace, kept fraction per rule
+against the configured rates, refused requests, and the collector's CPU % and peak RSS.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from collector.bench.load import COUNTERS, SenderResult, Target, merge, sender_process
+from collector.bench.target import OwnCollector, Probes, Scraper
+from collector.config import ConfigError, load_config
+
+RECEIVED = ("tailsift_sampler_events_total", {"event": "spans_received"})
+CR = "\r" if sys.stdout.isatty() else ""
+"""The progress line rewrites itself on a terminal, and is one line per second in a log."""
+
+
+def _percentile(values: list[float], q: int) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _decisions(scraper: Scraper) -> dict[tuple[str, str], float]:
+    return {(lab["rule"], lab["decision"]): v for n, lab, v in scraper.samples() if n == "tailsift_sampler_decisions_total"}
+
+
+def _configured_keep(config: dict[str, Any]) -> dict[str, float | None]:
+    try:
+        settings = load_config(None, config)
+    except ConfigError:
+        return {}
+    return {r.name: r.keep for r in settings.sampling.rules}
+
+
+class Watcher:
+    """Peak RSS and CPU % of the collector process, sampled 5 times a second."""
+
+    def __init__(self, pid: int | None):
+        import psutil
+
+        self.proc = psutil.Process(pid) if pid else None
+        self.peak_rss_mb = 0.0
+        self._stop = threading.Event()
+        if self.proc is not None:
+            self.proc.cpu_percent(None)
+            threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        assert self.proc is not None
+        while not self._stop.wait(0.2):
+            try:
+                self.peak_rss_mb = max(self.peak_rss_mb, self.proc.memory_info().rss / 2**20)
+            except Exception:  # noqa: BLE001 - the process may be gone at the end
+                return
+
+    def cpu_percent(self) -> float:
+        return float(self.proc.cpu_percent(None)) if self.proc is not None else 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def run(args: Any) -> int:
+    config: dict[str, Any] = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
+    if args.kafka:
+        run_id = uuid.uuid4().hex[:8]
+        config["queue"] = {"kind": "kafka", "kafka": {"bootstrap_servers": args.kafka, "topic": f"tailsift-bench-{run_id}",
+                                                      "group": f"tailsift-bench-{run_id}", "partitions": 4}}  # fmt: skip
+    own: OwnCollector | None = None
+    if args.endpoint:
+        host = args.endpoint.split("://")[-1].rstrip("/")
+        target = Target(args.protocol, f"http://{host}/v1/traces", host)
+        api = args.api
+    else:
+        own = OwnCollector(config)
+        print(f"starting a collector ({'Kafka ' + args.kafka if args.kafka else 'embedded'}) in {own.workdir}")
+        own.start()
+        target = Target(args.protocol, own.http_url, own.grpc_endpoint)
+        api = own.api
+    scraper = Scraper(api)
+    watcher = Watcher(own.proc.pid if own and own.proc else None)
+    try:
+        report = _drive(args, target, api, scraper, watcher)
+    finally:
+        watcher.stop()
+    report["configured_keep_by_rule"] = _configured_keep(own.config if own else config)
+    if own is not None:
+        code = own.stop()
+        report["error_traces_stored"] = _stored_error_traces(own.dsn)
+        report["collector_exit_code"] = code
+    else:
+        report["error_traces_stored"] = None
+    report["check_passed"] = report["error_traces_stored"] in (None, report["error_traces_sent"])
+    _print(report)
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    if args.plot:
+        from collector.bench.plot import plot
+
+        plot(report, args.plot)
+    return 0 if report["check_passed"] else 1
+
+
+def _drive(args: Any, target: Target, api: str, scraper: Scraper, watcher: Watcher) -> dict[str, Any]:
+    rate = None if args.rate == "max" else float(args.rate)
+    counters = mp.Array("q", len(COUNTERS))
+    out: mp.Queue[SenderResult] = mp.Queue()
+    received_before = scraper.value(RECEIVED[0], **RECEIVED[1])
+    decisions_before = _decisions(scraper)
+    probes = Probes(target.http_url, api)
+    start = time.monotonic() + 1.0  # the senders build their requests first
+    deadline = start + args.duration
+    per_sender = rate / args.senders if rate else None
+    procs = [mp.Process(target=sender_process, args=(target, args.shape, per_sender, args.concurrency, start,
+                                                      deadline, counters, out)) for _ in range(args.senders)]  # fmt: skip
+    for p in procs:
+        p.start()
+    time.sleep(max(0.0, start - time.monotonic()))
+    probes.start()
+    watcher.cpu_percent()
+    last = (time.monotonic(), 0, received_before)
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        now, accepted, received = time.monotonic(), counters[0], scraper.value(RECEIVED[0], **RECEIVED[1])
+        dt = max(1e-6, now - last[0])
+        print(f"{CR}{now - start:5.1f}s  accepted {(accepted - last[1]) / dt:>9,.0f} spans/s  sampled "
+              f"{(received - last[2]) / dt:>9,.0f} spans/s  refused {counters[2]:>5}  failed {counters[3]:>4}  "
+              f"RSS {watcher.peak_rss_mb:6.0f} MB", end="" if CR else "\n", flush=True)  # fmt: skip
+        last = (now, accepted, received)
+    if CR:
+        print()
+    probes.stop_sending()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    cpu = watcher.cpu_percent()
+    total = merge(results)
+    elapsed = args.duration
+    caught_up = time.monotonic()
+    while scraper.value(RECEIVED[0], **RECEIVED[1]) - received_before < total.accepted_spans:
+        if time.monotonic() - caught_up > 300:
+            break
+        time.sleep(0.1)
+    sampled = scraper.value(RECEIVED[0], **RECEIVED[1]) - received_before
+    drained = time.monotonic() - start
+    print("load done; waiting for every trace to be decided and stored ...")
+    _settle(scraper)
+    probes.finish()
+    decided = {k: v - decisions_before.get(k, 0.0) for k, v in _decisions(scraper).items()}
+    rules = sorted({rule for rule, _ in decided})
+    kept = {r: decided.get((r, "kept"), 0.0) / max(1.0, decided.get((r, "kept"), 0.0) + decided.get((r, "dropped"), 0.0))
+            for r in rules}  # fmt: skip
+    lat = sorted(total.latencies_ms)
+    return {
+        "shape": args.shape, "protocol": args.protocol, "rate": args.rate, "duration_s": elapsed,
+        "senders": args.senders, "concurrency": args.concurrency, "queue": f"kafka {args.kafka}" if args.kafka else "memory",
+        "spans_per_second": total.accepted_spans / elapsed, "spans_per_second_sampled": sampled / drained,
+        "ack_latency_ms_p50": _percentile(lat, 50), "ack_latency_ms_p95": _percentile(lat, 95),
+        "ack_latency_ms_p99": _percentile(lat, 99), "ack_latency_ms_max": lat[-1] if lat else 0.0,
+        "queryable_latency_ms_p50": _percentile(probes.latencies_ms, 50),
+        "queryable_latency_ms_max": max(probes.latencies_ms, default=0.0), "probes_lost": probes.lost,
+        "accepted_spans": total.accepted_spans, "accepted_requests": total.accepted_requests,
+        "refused_requests": total.refused_requests, "failed_requests": total.failed_requests,
+        "failures": total.failures, "kept_fraction_by_rule": kept,
+        "decisions_by_rule": {r: decided.get((r, "kept"), 0.0) + decided.get((r, "dropped"), 0.0) for r in rules},
+        "cpu_percent": cpu, "peak_rss_mb": watcher.peak_rss_mb, "error_traces_sent": total.error_traces,
+        "timeline": [{"second": s, "spans_per_second": row[0], "refused": row[1],
+                      "ack_latency_ms_p99": _percentile(sorted(row[2]), 99)} for s, row in total.timeline.items()],
+    }  # fmt: skip
+
+
+def _settle(scraper: Scraper, timeout: float = 180.0) -> None:
+    """Until nothing waits for a decision or an insert (the decision wait bounds this)."""
+    deadline = time.monotonic() + timeout
+    gauges = ("tailsift_sampler_buffered_traces", "tailsift_storage_pending_rows", "tailsift_queue_bytes")
+    while time.monotonic() < deadline:
+        if not any(scraper.value(g) for g in gauges):
+            time.sleep(1.5)  # one more flush interval: the last insert may be in flight
+            if not any(scraper.value(g) for g in gauges):
+                return
+        time.sleep(0.25)
+
+
+def _stored_error_traces(dsn: str) -> int:
+    """Count stored error traces straight from ClickHouse, not through the collector."""
+    import clickhouse_connect
+
+    from collector.storage import normalize_dsn
+
+    client = clickhouse_connect.get_client(dsn=normalize_dsn(dsn))
+    try:
+        return int(str(client.command("SELECT uniqExact(TraceId) FROM otel_traces "
+                                  "WHERE ServiceName = 'bench-app' AND StatusCode = 'Error'")))  # fmt: skip
+    finally:
+        client.close()
+
+
+def _print(r: dict[str, Any]) -> None:
+    rows = [
+        ("load", f"{r['shape']} over {r['protocol']}, rate {r['rate']}, {r['senders']} senders x {r['concurrency']} "
+                 f"in flight, {r['duration_s']:.0f}s, queue {r['queue']}"),
+        ("spans/s accepted", f"{r['spans_per_second']:,.0f}"),
+        ("spans/s through sampling", f"{r['spans_per_second_sampled']:,.0f}"),
+        ("ack latency p50 / p95 / p99", f"{r['ack_latency_ms_p50']:.1f} / {r['ack_latency_ms_p95']:.1f} / "
+                                        f"{r['ack_latency_ms_p99']:.1f} ms"),
+        ("send to queryable p50 / max", f"{r['queryable_latency_ms_p50'] / 1000:.2f} / "
+                                        f"{r['queryable_latency_ms_max'] / 1000:.2f} s ({r['probes_lost']} probes lost)"),
+        ("refused / failed requests", f"{r['refused_requests']} / {r['failed_requests']}"),
+        ("collector CPU / peak RSS", f"{r['cpu_percent']:.0f}% / {r['peak_rss_mb']:.0f} MB"),
+    ]  # fmt: skip
+    for rule, fraction in r["kept_fraction_by_rule"].items():
+        want = r["configured_keep_by_rule"].get(rule)
+        rows.append((f"kept by rule {rule!r}", f"{fraction:.2%} of {r['decisions_by_rule'][rule]:,.0f} traces"
+                     + (f" (configured {want:.0%})" if want is not None else "")))
+    stored = r["error_traces_stored"]
+    rows.append(("error traces sent / stored", f"{r['error_traces_sent']:,} / "
+                 + (f"{stored:,}" if stored is not None else "(not checked: not our collector)")
+                 + ("" if r["check_passed"] else "   MISMATCH")))
+    width = max(len(k) for k, _ in rows)
+    print()
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    for failure in r["failures"]:
+        print(f"  failed: {failure}")

@@ -1,0 +1,177 @@
+"""What ``tailsift bench`` drives: its own collector process, or one already running.
+
+:class:`OwnCollector` starts ``tailsift run`` on free loopback ports with a temporary
+embedded database (or the given config), so ``tailsift bench`` with no flags needs nothing
+else; it is stopped (SIGTERM: decide, flush) before the stored data is checked.
+:class:`Scraper` reads the collector's ``/metrics``; :class:`Probes` measures how long a
+kept trace takes from send to queryable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OwnCollector:
+    """A ``tailsift run`` subprocess on free ports; ``config`` is merged under the endpoints."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.workdir = Path(tempfile.mkdtemp(prefix="tailsift-bench-"))
+        self.grpc_port, self.http_port, self.api_port = free_port(), free_port(), free_port()
+        config = dict(config)
+        config["receivers"] = {"otlp": {**config.get("receivers", {}).get("otlp", {}),
+                                        "grpc": {"endpoint": f"127.0.0.1:{self.grpc_port}"},
+                                        "http": {"endpoint": f"127.0.0.1:{self.http_port}"}}}  # fmt: skip
+        config["query"] = {"endpoint": f"127.0.0.1:{self.api_port}"}
+        storage = config.setdefault("storage", {}).setdefault("clickhouse", {})
+        storage.setdefault("dsn", f"chdb://{self.workdir / 'data'}")
+        self.dsn = str(storage["dsn"])
+        self.config = config
+        self.config_path = self.workdir / "tailsift.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = self.workdir / "collector.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/v1/traces"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--config", str(self.config_path)],
+                                     stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the collector exited with {self.proc.returncode}:\n{self.log()}")
+            if "tailsift running" in self.log():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"the collector did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+class Scraper:
+    """Sums of ``/metrics`` samples by name and labels."""
+
+    def __init__(self, api: str):
+        self.url = api.rstrip("/") + "/metrics"
+
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        try:
+            with urllib.request.urlopen(self.url, timeout=10) as resp:
+                text = resp.read().decode()
+        except (urllib.error.URLError, OSError):
+            return []
+        return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def value(self, name: str, **labels: str) -> float:
+        return sum(v for n, lab, v in self.samples() if n == name and all(lab.get(k) == x for k, x in labels.items()))
+
+
+class Probes:
+    """Every ``every`` seconds, send one small error trace (kept by any sane rule set) and
+    poll the query API until it is served: the time from send to queryable."""
+
+    def __init__(self, http_url: str, api: str, every: float = 1.0, timeout: float = 90.0):
+        self.http_url, self.api, self.every, self.timeout = http_url, api.rstrip("/"), every, timeout
+        self.latencies_ms: list[float] = []
+        self.lost = 0
+        self._pending: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._sending = True
+        self._thread = threading.Thread(target=self._run, name="bench-probes", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop_sending(self) -> None:
+        self._sending = False
+
+    def finish(self) -> None:
+        """Wait for the probes in flight (up to ``timeout``), then stop."""
+        self._sending = False
+        deadline = time.monotonic() + self.timeout
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.lost = len(self._pending)
+        self._stop.set()
+        self._thread.join()
+
+    def _send(self) -> None:
+        trace_id = os.urandom(16)
+        req = ExportTraceServiceRequest()
+        rs = req.resource_spans.add()
+        rs.resource.attributes.add(key="service.name").value.string_value = "tailsift-bench-probe"
+        now = time.time_ns()
+        span = rs.scope_spans.add().spans.add(trace_id=trace_id, span_id=os.urandom(8), name="probe",
+                                              start_time_unix_nano=now, end_time_unix_nano=now + 1000)  # fmt: skip
+        span.status.code = 2  # type: ignore[assignment]  # error: the errors rule keeps it
+        post = urllib.request.Request(self.http_url, data=req.SerializeToString(), method="POST",
+                                      headers={"Content-Type": "application/x-protobuf"})  # fmt: skip
+        sent = time.monotonic()
+        try:
+            with urllib.request.urlopen(post, timeout=10) as resp:
+                if resp.status == 200:
+                    self._pending[trace_id.hex()] = sent
+        except (urllib.error.URLError, OSError):
+            pass  # refused under load: no probe this time
+
+    def _run(self) -> None:
+        next_probe = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self._sending and now >= next_probe:
+                next_probe = now + self.every
+                self._send()
+            for trace_id, sent in list(self._pending.items()):
+                try:
+                    with urllib.request.urlopen(f"{self.api}/api/traces/{trace_id}", timeout=10) as resp:
+                        if resp.status == 200:
+                            self.latencies_ms.append((time.monotonic() - sent) * 1000)
+                            del self._pending[trace_id]
+                except (urllib.error.URLError, OSError):
+                    if time.monotonic() - sent > self.timeout:
+                        del self._pending[trace_id]
+            self._stop.wait(0.05)
