@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -74,10 +75,23 @@ async def _run(settings: Settings, role: Role) -> int:
     return 0
 
 
+def _tune_gc() -> None:
+    """The sampler holds hundreds of thousands of small objects for seconds (buffered
+    fragments and summaries). With the default thresholds the cyclic collector walks all of
+    them every few milliseconds of allocation, which showed as stalls of tens of ms and a
+    throughput that swung between 45k and 100k spans/s. The pipeline makes no reference
+    cycles on its hot path, so collecting far less often loses nothing; the start-up objects
+    are frozen out of the walk altogether."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(200_000, 50, 1000)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if settings is None:
         return 2
+    _tune_gc()
     try:
         import uvloop
 

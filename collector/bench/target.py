@@ -174,4 +174,4 @@ class Probes:
                 except (urllib.error.URLError, OSError):
                     if time.monotonic() - sent > self.timeout:
                         del self._pending[trace_id]
-            self._stop.wait(0.05)
+            self._stop.wait(0.2)

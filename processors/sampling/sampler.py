@@ -295,7 +295,9 @@ class TailSampler:
     def _remember(self, trace_id: bytes, keep: bool, rule: str, rate: float, summary: TraceSummary) -> None:
         if self.settings.decision_cache_size == 0:
             return
-        self._decided[trace_id] = (keep, rule, rate, replace(summary))  # a copy: the decision keeps its own
+        # A kept trace's summary grows with late spans, so the cache holds a copy; a dropped
+        # trace's summary is never touched again (and copying it costs ~3 µs per trace).
+        self._decided[trace_id] = (keep, rule, rate, replace(summary) if keep else summary)
         if len(self._decided) > self.settings.decision_cache_size:
             self._decided.popitem(last=False)
 
