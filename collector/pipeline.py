@@ -30,6 +30,7 @@ from collector.query_api import QueryApi
 from collector.queue import MemoryQueue, Queue
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
+from collector.runtime import RuntimeMonitor
 from collector.writer import StorageWriter
 from processors.cardinality import CardinalityProcessor
 from processors.genai import PriceTable
@@ -38,7 +39,7 @@ from processors.spanmetrics import Histogram, SpanMetrics
 from processors.sampling.sampler import Decision, TailSampler
 
 log = logging.getLogger("tailsift")
-CONSUME_BATCH = 4096
+CONSUME_BATCH = 512
 TICK_SECONDS = 0.1
 RECALL_SECONDS = 3600
 """How far back kept decisions are read from storage to seed the decision cache."""
@@ -77,6 +78,7 @@ class Pipeline:
         self.query = QueryApi(settings.query.endpoint, self)
         self.queue.on_rebalance(self._revoked, self._assigned)
         self.decision_latency = Histogram()
+        self.runtime = RuntimeMonitor()
         self._step_lock = asyncio.Lock()
         self._rebalances = 0
         self._draining = False
@@ -84,6 +86,7 @@ class Pipeline:
         self._stopped = False
 
     async def start(self) -> None:
+        await self.runtime.start()
         if self.writer is not None:
             await self.writer.start()
             await self._recall_decisions()
@@ -176,3 +179,4 @@ class Pipeline:
             await self.writer.shutdown()
         await self.queue.shutdown()
         await self.query.shutdown()
+        await self.runtime.shutdown()

@@ -38,6 +38,9 @@ class PipelineCollector(Collector):
             yield from p.metrics.collect()
         yield _histogram("tailsift_decision_latency_seconds", "From a trace's first span to its decision",
                          p.decision_latency)  # fmt: skip
+        yield _histogram("tailsift_event_loop_lag_seconds", "How late a 50 ms timer fires on the event loop",
+                         p.runtime.loop_lag)  # fmt: skip
+        yield _histogram("tailsift_gc_pause_seconds", "Duration of each garbage collection", p.runtime.gc_pause)
         if p.sampler is not None:
             yield from self._sampler(p.sampler)
         yield from self._queue(p.queue)

@@ -40,9 +40,36 @@ def fragment(spans: int = 3, blob: int = 10, error_at: int | None = None) -> Fra
 
 def test_envelope_round_trip_keeps_every_fact() -> None:
     original = fragment(error_at=2)
-    (value,) = envelope.encode(original, 1 << 20)
-    assert value[0] == envelope.VERSION
-    back = envelope.decode(value, (3, 17))
+    other = fragment(spans=1)
+    other.trace_id = b"\x02" * 16
+    (value,) = envelope.encode([original, other], 1 << 20)  # one record for both traces
+    assert value[0] == envelope.VERSION == 2
+    back, second = envelope.decode(value, (3, 17))
+    assert back.source == second.source == (3, 17) and second.trace_id == b"\x02" * 16
+    assert back.root is not None and back.root.name == "step-0" and back.root.service == "checkout"
+
+
+def test_version_1_records_are_still_read() -> None:
+    from collector.kafka.envelope_pb2 import Envelope
+
+    original = fragment()
+    raw = Envelope(trace_id=original.trace_id, received_unix_nano=42, traces_data=original.payload, span_count=3,
+                   start_unix_nano=1000, end_unix_nano=2020).SerializeToString()  # fmt: skip
+    (back,) = envelope.decode(struct.pack(">BI", 1, len(raw)) + bytes(cramjam.zstd.compress(raw)), (0, 1))
+    assert (back.trace_id, back.payload, back.span_count, back.end_ns) == (original.trace_id, original.payload, 3, 2020)
+
+
+def test_traces_are_spread_over_partitions_by_id() -> None:
+    counts = [0] * 12
+    for _ in range(12_000):
+        counts[envelope.partition_of(os.urandom(16), 12)] += 1
+    assert min(counts) > 800 and envelope.partition_of(b"\x00" * 8 + (13).to_bytes(8, "big"), 12) == 1
+
+
+def test_envelope_keeps_every_fact() -> None:
+    original = fragment(error_at=2)
+    (value,) = envelope.encode([original], 1 << 20)
+    (back,) = envelope.decode(value, (3, 17))
     assert back.source == (3, 17)
     assert (back.trace_id, back.payload, back.span_count, back.start_ns, back.end_ns, back.has_error, back.root,
             back.received_ns) == (original.trace_id, original.payload, 3, 1000, 2020, True, original.root, 42)  # fmt: skip
@@ -52,7 +79,8 @@ def test_envelope_round_trip_keeps_every_fact() -> None:
 @pytest.mark.parametrize(("value", "why"), [
     (b"", "empty"),
     (b"\x01\x00", "truncated"),
-    (b"\x02" + bytes(20), "unknown envelope version 2"),
+    (b"\x03" + bytes(20), "unknown envelope version 3"),
+    (struct.pack(">BI", 2, 0) + bytes(cramjam.zstd.compress(b"")), "batch is empty"),
     (b"\x7b" + b"{\"json\": true}", "unknown envelope version 123"),
     (struct.pack(">BI", 1, 10) + b"not zstd at all", "bad zstd"),
     (struct.pack(">BI", 1, 1 << 30) + b"x", "exceeds"),
@@ -67,16 +95,19 @@ def test_envelope_refuses_what_it_cannot_read(value: bytes, why: str) -> None:
 
 def test_large_fragments_are_split_into_records_that_fit() -> None:
     big = fragment(spans=40, blob=20_000)  # 800 KB that zstd cannot shrink
-    values = envelope.encode(big, 128 * 1024)
+    small = fragment(spans=2)
+    small.trace_id = b"\x05" * 16
+    values = envelope.encode([small, big], 128 * 1024)
     assert len(values) > 4 and all(len(v) <= 128 * 1024 for v in values)
-    parts = [envelope.decode(v) for v in values]
+    parts = [p for v in values for p in envelope.decode(v) if p.trace_id == big.trace_id]
+    assert sum(p.trace_id == small.trace_id for v in values for p in envelope.decode(v)) == 1
     assert sum(p.span_count for p in parts) == 40
     ids = [s.span_id for p in parts for rs in TracesData.FromString(p.payload).resource_spans
            for ss in rs.scope_spans for s in ss.spans]  # fmt: skip
     assert sorted(ids) == [(i + 1).to_bytes(8, "big") for i in range(40)]
     assert sum(p.root is not None for p in parts) == 1  # the root stays a root, once
     with pytest.raises(RequestTooLarge):
-        envelope.encode(fragment(spans=1, blob=300_000), 64 * 1024)  # one span cannot be split
+        envelope.encode([fragment(spans=1, blob=300_000)], 64 * 1024)  # one span cannot be split
 
 
 def test_generated_envelope_code_is_current(tmp_path: Path) -> None:
@@ -105,6 +136,13 @@ def test_ledger_commits_only_below_the_oldest_unsettled_record() -> None:
     ledger.settle(0, 99)  # never consumed: ignored
     ledger.track(0, 15)
     assert ledger.watermark(0) == 15
-    ledger.forget({0})
+    ledger.track(0, 16, parts=3)  # a record of three traces settles with the last of them
     ledger.settle(0, 15)
+    ledger.settle(0, 16)
+    ledger.settle(0, 16)
+    assert ledger.watermark(0) == 16
+    ledger.settle(0, 16)
+    assert ledger.watermark(0) == 17
+    ledger.forget({0})
+    ledger.settle(0, 17)
     assert ledger.watermark(0) is None and ledger.watermark(1) == 7

@@ -46,6 +46,15 @@ def _decisions(scraper: Scraper) -> dict[tuple[str, str], float]:
     return {(lab["rule"], lab["decision"]): v for n, lab, v in scraper.samples() if n == "tailsift_sampler_decisions_total"}
 
 
+def _histogram_quantile(scraper: Scraper, name: str, q: float) -> float | None:
+    """The upper bound of the bucket holding quantile ``q`` (Prometheus histogram_quantile, coarse)."""
+    buckets = sorted((float(lab["le"]), v) for n, lab, v in scraper.samples() if n == f"{name}_bucket")
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    want = q * buckets[-1][1]
+    return next(le for le, count in buckets if count >= want)
+
+
 def _configured_keep(config: dict[str, Any]) -> dict[str, float | None]:
     try:
         settings = load_config(None, config)
@@ -173,7 +182,11 @@ def _drive(args: Any, target: Target, api: str, scraper: Scraper, watcher: Watch
     kept = {r: decided.get((r, "kept"), 0.0) / max(1.0, decided.get((r, "kept"), 0.0) + decided.get((r, "dropped"), 0.0))
             for r in rules}  # fmt: skip
     lat = sorted(total.latencies_ms)
+    gc_pauses = [(float(lab["le"]), v) for n, lab, v in scraper.samples() if n == "tailsift_gc_pause_seconds_bucket"]
     return {
+        "event_loop_lag_ms_p99": (_histogram_quantile(scraper, "tailsift_event_loop_lag_seconds", 0.99) or 0) * 1000,
+        "gc_pauses_over_10ms": sum(v for le, v in gc_pauses if le == float("inf"))
+        - sum(v for le, v in gc_pauses if le == 0.01),
         "shape": args.shape, "protocol": args.protocol, "rate": args.rate, "duration_s": elapsed,
         "senders": args.senders, "concurrency": args.concurrency, "queue": f"kafka {args.kafka}" if args.kafka else "memory",
         "spans_per_second": total.accepted_spans / elapsed, "spans_per_second_sampled": sampled / drained,
@@ -229,6 +242,8 @@ def _print(r: dict[str, Any]) -> None:
                                         f"{r['queryable_latency_ms_max'] / 1000:.2f} s ({r['probes_lost']} probes lost)"),
         ("refused / failed requests", f"{r['refused_requests']} / {r['failed_requests']}"),
         ("collector CPU / peak RSS", f"{r['cpu_percent']:.0f}% / {r['peak_rss_mb']:.0f} MB"),
+        ("event loop lag p99 (bucket)", f"<= {r['event_loop_lag_ms_p99']:.0f} ms; "
+                                        f"{r['gc_pauses_over_10ms']:.0f} GC pauses over 10 ms"),
     ]  # fmt: skip
     for rule, fraction in r["kept_fraction_by_rule"].items():
         want = r["configured_keep_by_rule"].get(rule)

@@ -1,8 +1,11 @@
-"""The Kafka record value: a versioned, compressed envelope around one trace fragment.
+"""The Kafka record value: a versioned, compressed batch of trace fragments.
 
-Layout (defined in ``proto/tailsift/v1/envelope.proto``): one version byte (1), the length of
-the uncompressed envelope (4 bytes, big-endian), then a zstd frame of a ``tailsift.v1.Envelope``.
-The declared length bounds decompression, so a hostile record cannot inflate without limit.
+Layout (defined in ``proto/tailsift/v1/envelope.proto``): one version byte, the length of the
+uncompressed message (4 bytes, big-endian), then a zstd frame of it. Version 2 (written)
+holds a ``tailsift.v1.Batch``: the fragments of one request bound for one partition, so a
+request of 128 traces costs a few records, not 128. Version 1 (still read) held one
+``tailsift.v1.Envelope``. The declared length bounds decompression, so a hostile record
+cannot inflate without limit.
 
 Anything else is an :class:`EnvelopeError`: the consumer sends such records to the
 dead-letter topic instead of guessing, and carries on.
@@ -18,10 +21,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 
 from collector.errors import RequestTooLarge
-from collector.kafka.envelope_pb2 import Envelope
+from collector.kafka.envelope_pb2 import Batch, Envelope
 from collector.otlp import Fragment, RootInfo, split_by_trace
 
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 _HEADER = struct.Struct(">BI")
 MAX_DECODED = 64 * 1024 * 1024
 """Largest uncompressed envelope either side accepts; bigger fragments are split."""
@@ -31,7 +35,7 @@ class EnvelopeError(ValueError):
     """A record value that is not a tailsift envelope this version can read."""
 
 
-def _encode_one(fragment: Fragment) -> bytes:
+def _envelope(fragment: Fragment) -> Envelope:
     envelope = Envelope(
         trace_id=fragment.trace_id, received_unix_nano=fragment.received_ns, traces_data=fragment.payload,
         span_count=fragment.span_count, start_unix_nano=fragment.start_ns,
@@ -41,8 +45,11 @@ def _encode_one(fragment: Fragment) -> bytes:
         root = fragment.root
         envelope.root.service, envelope.root.name = root.service, root.name
         envelope.root.start_unix_nano, envelope.root.end_unix_nano = root.start_ns, root.end_ns
-    raw = envelope.SerializeToString()
-    return _HEADER.pack(VERSION, len(raw)) + bytes(cramjam.zstd.compress(raw))
+    return envelope
+
+
+def _frame(version: int, raw: bytes) -> bytes:
+    return _HEADER.pack(version, len(raw)) + bytes(cramjam.zstd.compress(raw))
 
 
 def _halves(fragment: Fragment) -> list[Fragment]:
@@ -69,24 +76,30 @@ def _halves(fragment: Fragment) -> list[Fragment]:
     return out
 
 
-def encode(fragment: Fragment, max_record_size: int) -> list[bytes]:
-    """Record values for one fragment: usually one, more if it must be split to fit.
+def encode(fragments: list[Fragment], max_record_size: int) -> list[bytes]:
+    """Record values for fragments bound for one partition: usually one, more if they must
+    be split to fit. A fragment too big alone is cut into halves of its spans.
 
     Raises :class:`RequestTooLarge` if one span alone cannot fit (the client gets 413)."""
-    if len(fragment.payload) <= MAX_DECODED // 2:
-        value = _encode_one(fragment)
+    if not fragments:
+        return []
+    if sum(len(f.payload) for f in fragments) <= MAX_DECODED // 2:
+        value = _frame(VERSION, Batch(envelopes=[_envelope(f) for f in fragments]).SerializeToString())
         if len(value) <= max_record_size:
             return [value]
-    return [value for half in _halves(fragment) for value in encode(half, max_record_size)]
+    if len(fragments) > 1:
+        middle = len(fragments) // 2
+        return encode(fragments[:middle], max_record_size) + encode(fragments[middle:], max_record_size)
+    return [value for half in _halves(fragments[0]) for value in encode([half], max_record_size)]
 
 
-def decode(value: bytes | None, source: tuple[int, int] | None = None) -> Fragment:
-    """A record value back into a fragment; :class:`EnvelopeError` if it is not one."""
+def decode(value: bytes | None, source: tuple[int, int] | None = None) -> list[Fragment]:
+    """A record value back into its fragments; :class:`EnvelopeError` if it is not one."""
     if not value or len(value) < _HEADER.size:
         raise EnvelopeError("empty or truncated record value")
     version, length = _HEADER.unpack_from(value)
-    if version != VERSION:
-        raise EnvelopeError(f"unknown envelope version {version}; this tailsift reads version {VERSION}")
+    if version not in READS:
+        raise EnvelopeError(f"unknown envelope version {version}; this tailsift reads versions 1 and 2")
     if length > MAX_DECODED:
         raise EnvelopeError(f"declared envelope size {length} exceeds the {MAX_DECODED}-byte limit")
     raw = bytearray(length)
@@ -97,10 +110,17 @@ def decode(value: bytes | None, source: tuple[int, int] | None = None) -> Fragme
     if written != length:
         raise EnvelopeError(f"envelope is {written} bytes, header says {length}")
     try:
-        env = Envelope.FromString(bytes(raw))
-        TracesData.FromString(env.traces_data)  # reject now what storage could not parse later
+        envelopes = [Envelope.FromString(bytes(raw))] if version == 1 else list(Batch.FromString(bytes(raw)).envelopes)
+        for env in envelopes:
+            TracesData.FromString(env.traces_data)  # reject now what storage could not parse later
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise EnvelopeError(f"malformed envelope: {exc}") from None
+    if not envelopes:
+        raise EnvelopeError("envelope batch is empty")
+    return [_fragment(env, source) for env in envelopes]
+
+
+def _fragment(env: Envelope, source: tuple[int, int] | None) -> Fragment:
     if len(env.trace_id) != 16 or env.span_count == 0:
         raise EnvelopeError("envelope has no valid trace id or no spans")
     root = None
@@ -108,3 +128,8 @@ def decode(value: bytes | None, source: tuple[int, int] | None = None) -> Fragme
         root = RootInfo(env.root.service, env.root.name, env.root.start_unix_nano, env.root.end_unix_nano)
     return Fragment(env.trace_id, env.traces_data, env.span_count, env.start_unix_nano, env.end_unix_nano,
                     env.has_error, root, env.received_unix_nano, source)  # fmt: skip
+
+
+def partition_of(trace_id: bytes, partitions: int) -> int:
+    """The partition of a trace: its id's last 8 bytes (random by W3C trace context) mod the count."""
+    return int.from_bytes(trace_id[8:], "big") % partitions

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x65nvelope.proto\x12\x0btailsift.v1\"\xc5\x01\n\x08\x45nvelope\x12\x10\n\x08trace_id\x18\x01 \x01(\x0c\x12\x1a\n\x12received_unix_nano\x18\x02 \x01(\x06\x12\x13\n\x0btraces_data\x18\x03 \x01(\x0c\x12\x12\n\nspan_count\x18\x04 \x01(\r\x12\x17\n\x0fstart_unix_nano\x18\x05 \x01(\x06\x12\x15\n\rend_unix_nano\x18\x06 \x01(\x06\x12\x11\n\thas_error\x18\x07 \x01(\x08\x12\x1f\n\x04root\x18\x08 \x01(\x0b\x32\x11.tailsift.v1.Root\"U\n\x04Root\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0fstart_unix_nano\x18\x03 \x01(\x06\x12\x15\n\rend_unix_nano\x18\x04 \x01(\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x65nvelope.proto\x12\x0btailsift.v1\"\xc5\x01\n\x08\x45nvelope\x12\x10\n\x08trace_id\x18\x01 \x01(\x0c\x12\x1a\n\x12received_unix_nano\x18\x02 \x01(\x06\x12\x13\n\x0btraces_data\x18\x03 \x01(\x0c\x12\x12\n\nspan_count\x18\x04 \x01(\r\x12\x17\n\x0fstart_unix_nano\x18\x05 \x01(\x06\x12\x15\n\rend_unix_nano\x18\x06 \x01(\x06\x12\x11\n\thas_error\x18\x07 \x01(\x08\x12\x1f\n\x04root\x18\x08 \x01(\x0b\x32\x11.tailsift.v1.Root\"U\n\x04Root\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0fstart_unix_nano\x18\x03 \x01(\x06\x12\x15\n\rend_unix_nano\x18\x04 \x01(\x06\"1\n\x05\x42\x61tch\x12(\n\tenvelopes\x18\x01 \x03(\x0b\x32\x15.tailsift.v1.Envelopeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,4 +35,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVELOPE']._serialized_end=229
   _globals['_ROOT']._serialized_start=231
   _globals['_ROOT']._serialized_end=316
+  _globals['_BATCH']._serialized_start=318
+  _globals['_BATCH']._serialized_end=367
 # @@protoc_insertion_point(module_scope)

@@ -5,7 +5,8 @@ ClickHouse, or dropped by the sampler. The offset committed for a partition is t
 open one (or the next to consume, when none is open), so after a crash or a rebalance the
 next owner replays exactly the records whose outcome is not yet durable. Records settle
 out of order (a trace waits for its decision while later ones are dropped at once), which
-is why this is more than "the last offset seen".
+is why this is more than "the last offset seen". A record holds the fragments of several
+traces (envelope version 2), so it is settled once every one of them is.
 """
 
 from __future__ import annotations
@@ -19,19 +20,28 @@ class OffsetLedger:
     def __init__(self) -> None:
         self._open: dict[int, deque[int]] = {}  # consumed offsets, in order, not yet passed
         self._settled: dict[int, set[int]] = {}  # of those, the ones already settled
+        self._parts: dict[int, dict[int, int]] = {}  # offset -> fragments not yet settled
         self._next: dict[int, int] = {}  # next offset to consume
 
-    def track(self, partition: int, offset: int) -> None:
-        """A record was consumed (offsets arrive in increasing order per partition)."""
+    def track(self, partition: int, offset: int, parts: int = 1) -> None:
+        """A record of ``parts`` fragments was consumed (offsets increase per partition)."""
         self._open.setdefault(partition, deque()).append(offset)
         self._settled.setdefault(partition, set())
+        self._parts.setdefault(partition, {})[offset] = parts
         self._next[partition] = offset + 1
 
     def settle(self, partition: int, offset: int) -> None:
-        """The record's spans are stored or dropped. Unknown partitions (revoked) are ignored."""
-        settled, open_ = self._settled.get(partition), self._open.get(partition)
-        if settled is not None and open_ and open_[0] <= offset < self._next[partition]:
-            settled.add(offset)
+        """One fragment of the record is stored or dropped; the record is settled with its
+        last one. Unknown partitions (revoked) and offsets are ignored."""
+        settled, open_, parts = self._settled.get(partition), self._open.get(partition), self._parts.get(partition)
+        if settled is None or not open_ or parts is None or not open_[0] <= offset < self._next[partition]:
+            return
+        left = parts.get(offset, 1) - 1
+        if left > 0:
+            parts[offset] = left
+            return
+        parts.pop(offset, None)
+        settled.add(offset)
 
     def watermark(self, partition: int) -> int | None:
         """The offset to commit for ``partition``: everything below it is settled."""
@@ -54,4 +64,5 @@ class OffsetLedger:
         for partition in partitions:
             self._open.pop(partition, None)
             self._settled.pop(partition, None)
+            self._parts.pop(partition, None)
             self._next.pop(partition, None)

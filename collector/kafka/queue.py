@@ -1,7 +1,8 @@
 """The production queue: Apache Kafka between receivers and samplers.
 
-Receivers publish one record per trace fragment, keyed by trace id (so a trace lives on one
-partition) and valued by the versioned envelope of :mod:`collector.kafka.envelope`. The
+Receivers send each trace fragment to the partition its trace id hashes to (so a trace lives
+on one partition), the fragments of one request bound for one partition together in one
+record: the versioned envelope batch of :mod:`collector.kafka.envelope`. The
 client is answered only once the broker acknowledged every record (``acks=all``, idempotent
 producer): a span acknowledged to a client is in Kafka.
 
@@ -34,7 +35,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from collector.config import KafkaQueue as KafkaSettings
 from collector.errors import Backpressure, RequestTooLarge, Unavailable
-from collector.kafka.envelope import EnvelopeError, decode, encode
+from collector.kafka.envelope import EnvelopeError, decode, encode, partition_of
 from collector.kafka.ledger import OffsetLedger
 from collector.otlp import Fragment
 from collector.queue import RebalanceHook
@@ -74,6 +75,7 @@ class KafkaQueue:
         self._consumer: Any = None
         self._ledger = OffsetLedger()
         self._in_flight = 0
+        self._partition_count = 1  # read from the broker at start
         self._stuck_since: float | None = None  # first unacknowledged failure, while not recovered
         self._closed = False
         self._last_commit = 0.0
@@ -96,6 +98,7 @@ class KafkaQueue:
                 request_timeout_ms=30_000,
             )  # fmt: skip
             await self._producer.start()
+            self._partition_count = len(await self._producer.partitions_for(s.topic))
             if self._consume:
                 self._consumer = AIOKafkaConsumer(
                     bootstrap_servers=s.bootstrap_servers, client_id=f"{s.client_id}-sampler", group_id=s.group,
@@ -158,7 +161,10 @@ class KafkaQueue:
         if self._closed or self._producer is None:
             raise Unavailable("tailsift is shutting down", retry_after=self.retry_after)
         s = self.settings
-        records = [(f.trace_id, value) for f in fragments for value in encode(f, s.max_record_size)]
+        by_partition: dict[int, list[Fragment]] = {}
+        for f in fragments:
+            by_partition.setdefault(partition_of(f.trace_id, self._partition_count), []).append(f)
+        records = [(p, value) for p, group in by_partition.items() for value in encode(group, s.max_record_size)]
         size = sum(len(value) for _, value in records)
         if self._stuck_since is not None and self._in_flight:
             self.stats["refused_unavailable"] += 1
@@ -177,7 +183,7 @@ class KafkaQueue:
         if failed is not None:
             raise self._unavailable(str(failed))
 
-    async def _send_all(self, records: list[tuple[bytes, bytes]], size: int, deadline: float) -> list[asyncio.Future[Any]]:
+    async def _send_all(self, records: list[tuple[int, bytes]], size: int, deadline: float) -> list[asyncio.Future[Any]]:
         """Hand every record (``size`` bytes in all) to the producer by ``deadline``; each
         one's bytes count as in flight until the broker answers for it (``_acked``)."""
         unsent = size
@@ -185,8 +191,8 @@ class KafkaQueue:
         futures = []
         try:
             async with asyncio.timeout_at(deadline):
-                for key, value in records:
-                    future = await self._producer.send(self.settings.topic, value, key=key)
+                for partition, value in records:
+                    future = await self._producer.send(self.settings.topic, value, partition=partition)
                     unsent -= len(value)
                     future.add_done_callback(partial(self._acked, len(value)))
                     futures.append(future)
@@ -231,12 +237,15 @@ class KafkaQueue:
         out: list[Fragment] = []
         for tp, records in batches.items():
             for record in records:
-                self._ledger.track(tp.partition, record.offset)
                 try:
-                    out.append(decode(record.value, (tp.partition, record.offset)))
+                    fragments = decode(record.value, (tp.partition, record.offset))
                 except EnvelopeError as exc:
+                    self._ledger.track(tp.partition, record.offset)
                     await self._dead_letter(record, str(exc))
                     self._ledger.settle(tp.partition, record.offset)
+                    continue
+                self._ledger.track(tp.partition, record.offset, len(fragments))
+                out.extend(fragments)
         self.stats["records_consumed"] += sum(len(r) for r in batches.values())
         if time.monotonic() - self._last_commit >= self.settings.commit_interval / 1e9:
             await self._commit(set(self._ledger.partitions()))
