@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -76,16 +75,9 @@ async def _run(settings: Settings, role: Role) -> int:
 
 
 def _tune_runtime() -> None:
-    """The sampler holds hundreds of thousands of small objects for seconds (buffered
-    fragments and summaries). With the default thresholds the cyclic collector walks all of
-    them every few milliseconds of allocation, which showed as stalls of tens of ms and a
-    throughput that swung between 45k and 100k spans/s. The pipeline makes no reference
-    cycles on its hot path, so collecting far less often loses nothing; the start-up objects
-    are frozen out of the walk altogether. A 1 ms GIL switch interval (default 5 ms) lets
-    the event loop answer clients sooner while the storage thread converts rows."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(200_000, 50, 1000)
+    """A 1 ms GIL switch interval (default 5 ms) lets the event loop answer clients sooner
+    while the storage thread converts rows. (Garbage collection is tuned by
+    :class:`collector.runtime.RuntimeMonitor`.)"""
     sys.setswitchinterval(0.001)
 
 

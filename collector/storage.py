@@ -159,10 +159,17 @@ class ClickHouseStore:
             self._client = None
 
     def insert(self, rows: Rows) -> None:
-        if rows.spans:
-            self._client.insert(sql.SPANS_TABLE, rows.spans, column_names=sql.SPAN_COLUMNS)
-        if rows.traces:
-            self._client.insert(sql.TRACES_TABLE, rows.traces, column_names=sql.TRACE_COLUMNS)
+        try:
+            if rows.spans:
+                self._client.insert(sql.SPANS_TABLE, rows.spans, column_names=sql.SPAN_COLUMNS)
+            if rows.traces:
+                self._client.insert(sql.TRACES_TABLE, rows.traces, column_names=sql.TRACE_COLUMNS)
+        finally:
+            # clickhouse-connect's insert context keeps the rows and sits in a reference cycle
+            # (it stores a bound method of itself), so without this every inserted row would
+            # live until a full garbage collection (see collector.runtime).
+            rows.spans.clear()
+            rows.traces.clear()
 
     def get_trace(self, trace_id_hex: str) -> list[dict[str, Any]]:
         result = self._client.query(sql.GET_TRACE, parameters={"trace_id": trace_id_hex})

@@ -94,10 +94,16 @@ class HttpReceiver:
             raise UnsupportedMediaType(f"unsupported content encoding {encoding!r}; use gzip or none")
         if request.content_length is not None and request.content_length > self.limit:
             raise RequestTooLarge(f"request body of {request.content_length} bytes exceeds {self.limit}")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise RequestTooLarge(f"request body exceeds {self.limit} bytes") from None
+        # Read the stream ourselves rather than ``request.read()``, which caches the body on
+        # the request object: aiohttp's request objects sit in reference cycles, so a cached
+        # body lived until the next full garbage collection (see collector.runtime).
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > self.limit:
+                raise RequestTooLarge(f"request body exceeds {self.limit} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
         return _gunzip(body, self.limit) if encoding == "gzip" else body
 
     def _error(self, error: PipelineError, as_json: bool) -> web.Response:
