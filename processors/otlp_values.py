@@ -61,3 +61,17 @@ def service_name(resource_attributes: Iterable[Any]) -> str:
     """A resource's ``service.name``, or the SDKs' own fallback ``unknown_service``."""
     found, value = find_attribute(resource_attributes, "service.name")
     return str(value) if found else "unknown_service"
+
+
+def add_attributes(attributes: Any, values: dict[str, Any]) -> None:
+    """Append ``{key: value}`` to a ``KeyValue`` list: ints, floats, bools and strings."""
+    for key, value in values.items():
+        target = attributes.add(key=key).value
+        if isinstance(value, bool):
+            target.bool_value = value
+        elif isinstance(value, int):
+            target.int_value = value
+        elif isinstance(value, float):
+            target.double_value = value
+        else:
+            target.string_value = str(value)

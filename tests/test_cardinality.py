@@ -12,6 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from collector.config import ConfigError, load_config
 from processors.cardinality import OVERFLOW, CardinalityProcessor, CardinalitySettings, LabelLimiter, normalize_name
 from processors.genai import PriceTable
+from processors.otlp_values import add_attributes
 from processors.spanmetrics import SpanMetrics
 
 
@@ -62,12 +63,7 @@ def _request(names: list[str], attrs: dict[str, Any] | None = None, service: str
     for i, name in enumerate(names):
         span = ss.spans.add(name=name, trace_id=bytes([1] * 16), span_id=(i + 1).to_bytes(8, "big"),
                             start_time_unix_nano=10**18, end_time_unix_nano=10**18 + 30_000_000)  # fmt: skip
-        for key, value in (attrs or {}).items():
-            kv = span.attributes.add(key=key)
-            if isinstance(value, int):
-                kv.value.int_value = value
-            else:
-                kv.value.string_value = value
+        add_attributes(span.attributes, attrs or {})
     return req
 
 

@@ -9,6 +9,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from collector.config import SamplingSettings
 from collector.otlp import Fragment, split_by_trace
+from processors.otlp_values import add_attributes
 from processors.sampling.sampler import TailSampler, keep_by_trace_id
 
 S = 1_000_000_000
@@ -34,12 +35,7 @@ def fragment(trace: int, span: int, parent: int | None = None, *, error: bool = 
         start_time_unix_nano=10 * S, end_time_unix_nano=10 * S + int(duration_s * S),
     )  # fmt: skip
     s.status.code = 2 if error else 0
-    for key, value in (attrs or {}).items():
-        a = s.attributes.add(key=key)
-        if isinstance(value, int):
-            a.value.int_value = value
-        else:
-            a.value.string_value = value
+    add_attributes(s.attributes, attrs or {})
     (frag,) = split_by_trace(req).fragments
     return frag
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from processors.otlp_values import add_attributes
+
 SHAPES = ("llm", "fanout", "deep")
 ERROR_EVERY = 50
 _SPANS_PER_REQUEST = 512
@@ -104,12 +106,7 @@ def build(shape: str, service: str = "bench-app", first_trace: int = 0) -> Templ
             span = spans.add(trace_id=marker, span_id=os.urandom(8), name=name, kind=kind,
                              parent_span_id=parent.span_id if parent is not None else b"",
                              start_time_unix_nano=now + offset, end_time_unix_nano=now + offset + 40_000_000)  # fmt: skip
-            for key, value in (attrs or {}).items():
-                kv = span.attributes.add(key=key)
-                if isinstance(value, int):
-                    kv.value.int_value = value
-                else:
-                    kv.value.string_value = value
+            add_attributes(span.attributes, attrs or {})
             return span
 
         builder(add)

@@ -34,18 +34,25 @@ def free_port() -> int:
 
 
 class OwnCollector:
-    """A ``tailsift run`` subprocess on free ports; ``config`` is merged under the endpoints."""
+    """A ``tailsift run`` subprocess on free ports, in ``workdir`` (default: a new temporary
+    one); ``config`` is used as given except for the endpoints, and storage defaults to a
+    chDB database under ``data_dir`` (default ``workdir/data``). The tests run collectors
+    through this class too."""
 
-    def __init__(self, config: dict[str, Any]):
-        self.workdir = Path(tempfile.mkdtemp(prefix="tailsift-bench-"))
+    def __init__(self, config: dict[str, Any], workdir: Path | None = None, data_dir: Path | None = None,
+                 role: str = "all"):  # fmt: skip
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tailsift-bench-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.role = role
         self.grpc_port, self.http_port, self.api_port = free_port(), free_port(), free_port()
         config = dict(config)
         config["receivers"] = {"otlp": {**config.get("receivers", {}).get("otlp", {}),
                                         "grpc": {"endpoint": f"127.0.0.1:{self.grpc_port}"},
                                         "http": {"endpoint": f"127.0.0.1:{self.http_port}"}}}  # fmt: skip
         config["query"] = {"endpoint": f"127.0.0.1:{self.api_port}"}
-        storage = config.setdefault("storage", {}).setdefault("clickhouse", {})
-        storage.setdefault("dsn", f"chdb://{self.workdir / 'data'}")
+        storage = dict(config.get("storage", {}).get("clickhouse", {}))
+        storage.setdefault("dsn", f"chdb://{data_dir or self.workdir / 'data'}")
+        config["storage"] = {**config.get("storage", {}), "clickhouse": storage}
         self.dsn = str(storage["dsn"])
         self.config = config
         self.config_path = self.workdir / "tailsift.yaml"
@@ -65,31 +72,35 @@ class OwnCollector:
     def api(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0) -> OwnCollector:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--config", str(self.config_path)],
-                                     stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "collector.cli", "run", "--config", str(self.config_path), "--role", self.role],
+            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
+        )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the collector exited with {self.proc.returncode}:\n{self.log()}")
             if "tailsift running" in self.log():
-                return
+                return self
             time.sleep(0.1)
         raise TimeoutError(f"the collector did not start:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def stop(self, timeout: float = 60.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Signal the collector and wait; killed (and the wait's error raised) past ``timeout``."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            self.proc.wait()
+            raise
 
 
 class Scraper:
