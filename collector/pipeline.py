@@ -40,6 +40,9 @@ from processors.sampling.sampler import Decision, TailSampler
 
 log = logging.getLogger("tailsift")
 CONSUME_BATCH = 512
+DECIDE_BATCH = 256
+"""Fragments taken and traces decided per sampling step: small steps keep the event loop
+free for the receivers between them (ack latency), and the loop comes straight back."""
 TICK_SECONDS = 0.1
 RECALL_SECONDS = 3600
 """How far back kept decisions are read from storage to seed the decision cache."""
@@ -100,32 +103,36 @@ class Pipeline:
 
     async def _sample(self) -> None:
         """Feed queued fragments to the sampler and decided traces to storage."""
+        more_due = False
         while True:
-            batch = await self.queue.consume(CONSUME_BATCH, TICK_SECONDS)
+            batch = await self.queue.consume(CONSUME_BATCH, 0.0 if more_due else TICK_SECONDS)
             generation = self._rebalances
             if batch is None or (self._draining and (not batch or self.queue.durable)):
                 return
             async with self._step_lock:
                 if generation != self._rebalances:
                     continue  # a rebalance came in between: these records are replayed to their owner
-                await self._step(batch)
+                more_due = await self._step(batch)
 
-    async def _step(self, batch: list[Fragment]) -> None:
+    async def _step(self, batch: list[Fragment]) -> bool:
+        """One sampling step; True when more traces may be due right away."""
         assert self.sampler is not None and self.writer is not None
         try:
             decisions = self.sampler.add(batch) if batch else []
-            decisions += self.sampler.due()
+            due = self.sampler.due(DECIDE_BATCH)
+            decisions += due
         except Exception:  # a bug here must not stop sampling for everyone
             log.exception("tail sampler failed on a batch of %d fragments", len(batch))
             self.sampler.stats["batch_failures"] += 1
             self.queue.release(batch)
-            return
+            return False
         self.queue.release(self.sampler.take_settled())
         now = time.time_ns()
         for d in decisions:
             if d.fragments:
                 self.decision_latency.observe(max(0, now - min(f.received_ns for f in d.fragments)) / 1e9)
         await self.writer.write(decisions)
+        return len(due) >= DECIDE_BATCH
 
     def _stored(self, decisions: list[Decision]) -> None:
         """Storage finished these kept traces: their records may be committed."""

@@ -92,7 +92,7 @@ class StorageWriter:
             self._wake.set()
 
     async def _loop(self) -> None:
-        interval = self.settings.flush_interval / 1e9
+        interval = self.settings.flush_seconds
         backoff = 0.5
         while True:
             try:

@@ -209,18 +209,20 @@ class TailSampler:
                 out.append(self._decide_oldest())
         return out
 
-    def due(self) -> list[Decision]:
-        """Decide every trace whose wait or quiet period has passed."""
+    def due(self, limit: int | None = None) -> list[Decision]:
+        """Decide the traces whose wait or quiet period has passed, at most ``limit`` of them
+        (the caller comes back for the rest, so one call never holds the event loop long)."""
         now = self.clock()
-        out = []
+        out: list[Decision] = []
         wait, quiet = self.settings.decision_wait, self.settings.quiet_period
-        while self._rooted:
+        limit = limit if limit is not None else 2**62
+        while self._rooted and len(out) < limit:
             trace_id = next(iter(self._rooted))
             if self._buffer[trace_id].last_seen + quiet > now:
                 break
             self.stats["decided_root_quiet"] += 1
             out.append(self._decide(trace_id))
-        while self._buffer:
+        while self._buffer and len(out) < limit:
             trace_id, entry = next(iter(self._buffer.items()))
             if entry.first_seen + wait > now:
                 break
