@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="drive a collector (its own, by default) with OTLP load and report")
     bench.add_argument("--duration", type=float, default=30, help="seconds of load (default 30)")
     bench.add_argument("--rate", default="max", type=_rate, help="spans/s to offer, or max (default)")
+    bench.add_argument("--warmup", type=float, default=3, help="seconds left out of the figures (default 3)")
     bench.add_argument("--shape", choices=("llm", "fanout", "deep"), default="llm")
     bench.add_argument("--protocol", choices=("http", "grpc"), default="http")
     bench.add_argument("--senders", type=int, default=2, help="sender processes (default 2)")
