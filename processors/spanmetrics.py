@@ -139,8 +139,11 @@ class SpanMetrics:
             self._prune()
         look = raw is None or any(k in raw for k in self._wanted_bytes)
         wanted, label_keys, no_labels = self._wanted, self.label_keys, ("",) * len(self.label_keys)
-        local: dict[tuple[Any, ...], Series] = {}
+        # label set -> [calls, errors, duration sum, bucket counts]: plain lists, inlined,
+        # because this loop runs for every span that arrives.
+        local: dict[tuple[Any, ...], list[Any]] = {}
         usage: dict[tuple[str, str], UsageSeries] = {}
+        bounds, slots = BUCKETS, len(BUCKETS) + 1
         for rs in request.resource_spans:
             service = service_name(rs.resource.attributes)
             resource = {kv.key: kv.value for kv in rs.resource.attributes if kv.key in wanted} if look else {}
@@ -155,19 +158,25 @@ class SpanMetrics:
                         if not found.keys().isdisjoint(TOKEN_KEYS):
                             _add_tokens(usage, (service, model), found)
                         labels = tuple(value_as_string(found[k]) if k in found else "" for k in label_keys)
-                    key = (service, span.name, span.status.code, model, labels)
-                    series = local.get(key)
-                    if series is None:
-                        series = local[key] = Series()
-                    series.calls += 1
-                    series.errors += span.status.code == STATUS_ERROR
-                    series.duration.observe(max(0, span.end_time_unix_nano - span.start_time_unix_nano) / 1e9)
+                    code = span.status.code
+                    key = (service, span.name, code, model, labels)
+                    acc = local.get(key)
+                    if acc is None:
+                        acc = local[key] = [0, 0, 0.0, [0] * slots]
+                    seconds = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
+                    if seconds < 0:
+                        seconds = 0.0
+                    acc[0] += 1
+                    if code == STATUS_ERROR:
+                        acc[1] += 1
+                    acc[2] += seconds
+                    acc[3][bisect.bisect_left(bounds, seconds)] += 1
         admit = self.limiter.admit
-        for (service, name, code, model, labels), counted in local.items():
+        for (service, name, code, model, labels), (calls, errors, total, buckets) in local.items():
             admitted = (admit("service", service), admit("span_name", name), STATUS_NAMES.get(code, "Unset"),
                    admit("model", model) if model else "",
                    *(admit(k, v) if v else "" for k, v in zip(label_keys, labels, strict=True)))  # fmt: skip
-            self._merge(admitted, counted)
+            self._merge(admitted, Series(calls, errors, Histogram(buckets, total)))
         for (service, model), used in usage.items():
             self._merge_usage((admit("service", service), admit("model", model) if model else ""), used)
 
