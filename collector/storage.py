@@ -75,9 +75,25 @@ KeptSpanHook = Callable[[str, str, str, str, dict[str, str], int], None]
 
 
 def span_cost(prices: PriceTable | None, attributes: dict[str, str]) -> float:
-    usage = Usage.from_attributes(attributes) if prices is not None else None
+    if prices is None or not prices.priced:
+        return 0.0
+    usage = Usage.from_attributes(attributes)
     cost = prices.cost(usage) if prices is not None and usage is not None else None
     return cost or 0.0
+
+
+_NO_EVENTS: tuple[list[Any], ...] = ([], [], [])  # read-only: most spans have no events
+_NO_LINKS: tuple[list[Any], ...] = ([], [], [], [])
+
+
+def _event_columns(events: Any) -> tuple[list[Any], ...]:
+    return ([_ts(e.time_unix_nano) for e in events], [e.name for e in events],
+            [attributes_map(e.attributes) for e in events])  # fmt: skip
+
+
+def _link_columns(links: Any) -> tuple[list[Any], ...]:
+    return ([lk.trace_id.hex() for lk in links], [lk.span_id.hex() for lk in links],
+            [lk.trace_state for lk in links], [attributes_map(lk.attributes) for lk in links])  # fmt: skip
 
 
 def decision_rows(decisions: list[Decision], prices: PriceTable | None = None,
@@ -97,20 +113,21 @@ def decision_rows(decisions: list[Decision], prices: PriceTable | None = None,
                 service = service_name(rs.resource.attributes)
                 resource = attributes_map(rs.resource.attributes)
                 for ss in rs.scope_spans:
+                    scope_name, scope_version = ss.scope.name, ss.scope.version
                     for s in ss.spans:
                         attrs = attributes_map(s.attributes)
-                        status = STATUS_NAMES.get(s.status.code, "Unset")
+                        name, status = s.name, s.status
+                        status_code = STATUS_NAMES.get(status.code, "Unset")
                         duration = max(0, s.end_time_unix_nano - s.start_time_unix_nano)
                         if on_span is not None:
-                            on_span(trace_hex, service, s.name, status, attrs, duration)
+                            on_span(trace_hex, service, name, status_code, attrs, duration)
+                        events, links = s.events, s.links
                         spans.append([
                             _ts(s.start_time_unix_nano), trace_hex, s.span_id.hex(), s.parent_span_id.hex(),
-                            s.trace_state, s.name, KIND_NAMES.get(s.kind, "Unspecified"), service, resource,
-                            ss.scope.name, ss.scope.version, attrs, duration, status, s.status.message,
-                            [_ts(e.time_unix_nano) for e in s.events], [e.name for e in s.events],
-                            [attributes_map(e.attributes) for e in s.events],
-                            [lk.trace_id.hex() for lk in s.links], [lk.span_id.hex() for lk in s.links],
-                            [lk.trace_state for lk in s.links], [attributes_map(lk.attributes) for lk in s.links],
+                            s.trace_state, name, KIND_NAMES.get(s.kind, "Unspecified"), service, resource,
+                            scope_name, scope_version, attrs, duration, status_code, status.message,
+                            *(_event_columns(events) if events else _NO_EVENTS),
+                            *(_link_columns(links) if links else _NO_LINKS),
                             d.sample_rate, d.rule, span_cost(prices, attrs),
                         ])  # fmt: skip
         summary = d.summary

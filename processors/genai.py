@@ -84,6 +84,7 @@ class PriceTable:
     def __init__(self, prices: list[Price]):
         self._rows = [(re.compile(fnmatch.translate(p.model), re.IGNORECASE), p) for p in prices]
         self._cache: dict[str, Price | None] = {}
+        self.priced = bool(prices)
 
     def price(self, model: str) -> Price | None:
         if model not in self._cache:

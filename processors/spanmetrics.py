@@ -220,10 +220,8 @@ class SpanMetrics:
     def observe_kept(self, trace_hex: str, service: str, name: str, status: str, attrs: Mapping[str, str],
                      duration_ns: int) -> None:  # fmt: skip
         """A span of a kept trace was stored: make it the exemplar of its series."""
-        values = {k: attrs[k] for k in self._wanted if k in attrs}
-        usage = Usage.from_attributes(values) if values else None
-        key = (service, name, status, usage.model if usage is not None else "",
-               *(values.get(k, "") for k in self.label_keys))  # fmt: skip
+        model = attrs.get(MODEL_KEYS[0]) or attrs.get(MODEL_KEYS[1]) or ""
+        key = (service, name, status, model, *(attrs.get(k, "") for k in self.label_keys))
         series = self.series.get(key)
         if series is not None:
             series.exemplar = (trace_hex, max(0, duration_ns) / 1e9, time.time())
