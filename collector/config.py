@@ -103,8 +103,10 @@ class KafkaQueue(_Strict):
     """Bytes a receiver process has sent and not yet seen acknowledged; beyond it, 429."""
     ack_timeout: int = 5_000_000_000
     """How long a receiver waits for the broker's acknowledgement before answering 503."""
-    linger: int = 5_000_000
-    """How long the producer waits to fill a batch."""
+    linger: int = 1_000_000
+    """How long the producer waits to fill a batch. A request's fragments are already one
+    record per partition, so waiting longer mostly adds ack latency (p99 at half the
+    maximum rate: 20.8 ms with 1 ms, 24.0 ms with 5 ms)."""
     commit_interval: int = 1_000_000_000
     client_id: str = "tailsift"
 

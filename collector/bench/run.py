@@ -96,8 +96,10 @@ def run(args: Any) -> int:
     config: dict[str, Any] = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
     if args.kafka:
         run_id = uuid.uuid4().hex[:8]
-        config["queue"] = {"kind": "kafka", "kafka": {"bootstrap_servers": args.kafka, "topic": f"tailsift-bench-{run_id}",
-                                                      "group": f"tailsift-bench-{run_id}", "partitions": 4}}  # fmt: skip
+        queue = config.setdefault("queue", {})  # keep the --config file's Kafka settings
+        queue["kind"] = "kafka"
+        queue["kafka"] = {"partitions": 4, **queue.get("kafka", {}), "bootstrap_servers": args.kafka,
+                          "topic": f"tailsift-bench-{run_id}", "group": f"tailsift-bench-{run_id}"}  # fmt: skip
     own: OwnCollector | None = None
     if args.endpoint:
         host = args.endpoint.split("://")[-1].rstrip("/")
