@@ -42,10 +42,12 @@ class RuntimeMonitor:
         self.gc_pause = Histogram()
         self._gc_started = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._thresholds: tuple[int, int, int] | None = None
 
     async def start(self) -> None:
         gc.collect()
         gc.freeze()
+        self._thresholds = gc.get_threshold()
         gc.set_threshold(YOUNG_THRESHOLD, NEVER, NEVER)
         gc.callbacks.append(self._on_gc)
         self._task = asyncio.create_task(self._watch(), name="loop-lag")
@@ -74,6 +76,10 @@ class RuntimeMonitor:
     async def shutdown(self) -> None:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        if self._thresholds is not None:  # leave the interpreter as we found it (tests embed pipelines)
+            gc.set_threshold(*self._thresholds)
+            gc.unfreeze()
+            self._thresholds = None
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
