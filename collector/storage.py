@@ -75,11 +75,11 @@ KeptSpanHook = Callable[[str, str, str, str, dict[str, str], int], None]
 
 
 def span_cost(prices: PriceTable | None, attributes: dict[str, str]) -> float:
+    """What a stored span cost, from the price table (0 when not an LLM call or unpriced)."""
     if prices is None or not prices.priced:
         return 0.0
     usage = Usage.from_attributes(attributes)
-    cost = prices.cost(usage) if prices is not None and usage is not None else None
-    return cost or 0.0
+    return (prices.cost(usage) or 0.0) if usage is not None else 0.0
 
 
 _NO_EVENTS: tuple[list[Any], ...] = ([], [], [])  # read-only: most spans have no events

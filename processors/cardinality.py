@@ -17,8 +17,6 @@ as ``prompt_key``). Three defences, from the cheapest:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import time
 from collections import Counter
@@ -27,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collector.units import parse_duration_ns
+from processors.redaction.redactor import hash_placeholder
 
 OVERFLOW = "__overflow__"
 _NAMES_CACHED = 20_000
@@ -83,8 +82,8 @@ class LabelLimiter:
 
     A value seen in the current or the previous window keeps its place; at each window
     boundary the values not seen during the window that just ended are evicted (and
-    ``evicted`` tells the metrics store which series to forget). Refused values are
-    counted per key in ``overflows``.
+    ``generation`` moves on, telling the metrics store to forget their series). Refused
+    values are counted per key in ``overflows``.
     """
 
     def __init__(self, max_values: int, window_ns: int, clock: Any = time.monotonic_ns):
@@ -179,12 +178,11 @@ class CardinalityProcessor:
             if self.settings.high_cardinality_action == "drop":
                 doomed.append(i)
                 counts["high_cardinality_dropped"] += 1
-            elif kv.value.WhichOneof("value") in ("string_value", "int_value"):
-                text = str(getattr(kv.value, str(kv.value.WhichOneof("value"))))
+            elif (kind := kv.value.WhichOneof("value")) in ("string_value", "int_value"):
+                text = str(getattr(kv.value, str(kind)))
                 if text.startswith("[HASH:"):
                     continue  # hashed already (e.g. by a tailsift in front of this one)
-                digest = hmac.new(self._salt, text.encode(), hashlib.sha256).hexdigest()[:16]
-                kv.value.string_value = f"[HASH:{kv.key}:{digest}]"
+                kv.value.string_value = hash_placeholder(self._salt, kv.key, text, digits=16)
                 counts["high_cardinality_hashed"] += 1
         for i in reversed(doomed):
             del attributes[i]

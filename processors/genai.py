@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,11 @@ def parse_count(value: Any) -> int:
         return 0
 
 
+def model_of(attrs: Mapping[str, Any]) -> str:
+    """The model a span called: the response's model, else the requested one ("" if neither)."""
+    return next((str(attrs[k]) for k in MODEL_KEYS if attrs.get(k)), "")
+
+
 @dataclass(slots=True)
 class Usage:
     model: str
@@ -68,14 +73,17 @@ class Usage:
     cache_write: int = 0
 
     @classmethod
-    def from_attributes(cls, attrs: Mapping[str, Any]) -> Usage | None:
-        """From a span's attributes (any value types); None when it is not an LLM call."""
-        model = next((str(attrs[k]) for k in MODEL_KEYS if attrs.get(k)), "")
+    def from_attributes(cls, attrs: Mapping[str, Any], count: Callable[[Any], int] = parse_count,
+                        model: str | None = None) -> Usage | None:  # fmt: skip
+        """From a span's attributes; None when it is not an LLM call. ``count`` reads one
+        token count from a value (plain values by default; the span metrics pass a reader of
+        OTLP ``AnyValue``s, so the hot path converts nothing), ``model`` if already known."""
+        model = model_of(attrs) if model is None else model
         if not model and INPUT not in attrs and OUTPUT not in attrs:
             return None
-        read = next((parse_count(attrs[k]) for k in CACHE_READ if k in attrs), 0)
-        write = next((parse_count(attrs[k]) for k in CACHE_WRITE if k in attrs), 0)
-        return cls(model, parse_count(attrs.get(INPUT)), parse_count(attrs.get(OUTPUT)), read, write)
+        read = next((count(attrs[k]) for k in CACHE_READ if k in attrs), 0)
+        write = next((count(attrs[k]) for k in CACHE_WRITE if k in attrs), 0)
+        return cls(model, count(attrs.get(INPUT)), count(attrs.get(OUTPUT)), read, write)
 
 
 class PriceTable:

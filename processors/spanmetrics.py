@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.samples import Exemplar
 
 from processors.cardinality import OVERFLOW, CardinalitySettings, LabelLimiter
-from processors.genai import CACHE_READ, CACHE_WRITE, INPUT, MODEL_KEYS, OUTPUT, USAGE_KEYS, PriceTable, Usage, parse_count
+from processors.genai import CACHE_READ, CACHE_WRITE, INPUT, MODEL_KEYS, OUTPUT, USAGE_KEYS, PriceTable, Usage, model_of, parse_count
 from processors.otlp_values import STATUS_NAMES, service_name, value_as_string
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -84,35 +84,22 @@ class UsageSeries:
     cost: float = 0.0
     unpriced: int = 0
 
+    def add(self, use: Usage) -> None:
+        self.input += use.input
+        self.output += use.output
+        self.cache_read += use.cache_read
+        self.cache_write += use.cache_write
+        self.spans += 1
 
-def _number(value: Any) -> int:
-    """Token counts arrive as int, double or (from some SDKs) string attribute values."""
-    kind = value.WhichOneof("value")
+
+def _count(value: Any) -> int:
+    """A token count from an OTLP ``AnyValue`` (int, double or, from some SDKs, string)."""
+    kind = value.WhichOneof("value") if value is not None else None
     if kind == "int_value":
         return max(0, int(value.int_value))
     if kind == "double_value":
         return max(0, int(value.double_value))
     return parse_count(value.string_value) if kind == "string_value" else 0
-
-
-def _model(found: dict[str, Any]) -> str:
-    for key in MODEL_KEYS:
-        value = found.get(key)
-        if value is not None and value.string_value:
-            return str(value.string_value)
-    return ""
-
-
-def _add_tokens(usage: dict[tuple[str, str], UsageSeries], key: tuple[str, str], found: dict[str, Any]) -> None:
-    u = usage.get(key)
-    if u is None:
-        u = usage[key] = UsageSeries()
-    u.spans += 1
-    for name, keys in (("input", (INPUT,)), ("output", (OUTPUT,)), ("cache_read", CACHE_READ), ("cache_write", CACHE_WRITE)):
-        for k in keys:
-            if k in found:
-                setattr(u, name, getattr(u, name) + _number(found[k]))
-                break
 
 
 class SpanMetrics:
@@ -154,9 +141,14 @@ class SpanMetrics:
                         found = {**resource, **(found or {})}
                     model, labels = "", no_labels
                     if found:
-                        model = _model(found)
-                        if not found.keys().isdisjoint(TOKEN_KEYS):
-                            _add_tokens(usage, (service, model), found)
+                        model = model_of({k: found[k].string_value for k in MODEL_KEYS if k in found})
+                        if not found.keys().isdisjoint(TOKEN_KEYS):  # an LLM call: read its usage
+                            use = Usage.from_attributes(found, _count, model)
+                            if use is not None:
+                                used = usage.get((service, model))
+                                if used is None:
+                                    used = usage[(service, model)] = UsageSeries()
+                                used.add(use)
                         labels = tuple(value_as_string(found[k]) if k in found else "" for k in label_keys)
                     code = span.status.code
                     key = (service, span.name, code, model, labels)
@@ -176,24 +168,23 @@ class SpanMetrics:
             admitted = (admit("service", service), admit("span_name", name), STATUS_NAMES.get(code, "Unset"),
                    admit("model", model) if model else "",
                    *(admit(k, v) if v else "" for k, v in zip(label_keys, labels, strict=True)))  # fmt: skip
-            self._merge(admitted, Series(calls, errors, Histogram(buckets, total)))
+            self._merge(admitted, calls, errors, total, buckets)
         for (service, model), used in usage.items():
             self._merge_usage((admit("service", service), admit("model", model) if model else ""), used)
 
-    def _merge(self, key: tuple[str, ...], counted: Series) -> None:
+    def _merge(self, key: tuple[str, ...], calls: int, errors: int, seconds: float, buckets: list[int]) -> None:
         series = self.series.get(key)
         if series is None:
             if len(self.series) >= self.settings.max_series - 1:  # one place is kept for the overflow series
-                self.series_overflows += counted.calls
+                self.series_overflows += calls
                 key = self._overflow_key
                 series = self.series.get(key)
             if series is None:
                 series = self.series[key] = Series()
-        series.calls += counted.calls
-        series.errors += counted.errors
-        mine, theirs = series.duration, counted.duration
-        mine.buckets = [a + b for a, b in zip(mine.buckets, theirs.buckets, strict=True)]
-        mine.sum += theirs.sum
+        series.calls += calls
+        series.errors += errors
+        series.duration.buckets = [a + b for a, b in zip(series.duration.buckets, buckets, strict=True)]
+        series.duration.sum += seconds
 
     def _merge_usage(self, key: tuple[str, str], used: UsageSeries) -> None:
         """Cost is linear in tokens, so it is priced once per model and request, not per span."""
@@ -220,8 +211,7 @@ class SpanMetrics:
     def observe_kept(self, trace_hex: str, service: str, name: str, status: str, attrs: Mapping[str, str],
                      duration_ns: int) -> None:  # fmt: skip
         """A span of a kept trace was stored: make it the exemplar of its series."""
-        model = attrs.get(MODEL_KEYS[0]) or attrs.get(MODEL_KEYS[1]) or ""
-        key = (service, name, status, model, *(attrs.get(k, "") for k in self.label_keys))
+        key = (service, name, status, model_of(attrs), *(attrs.get(k, "") for k in self.label_keys))
         series = self.series.get(key)
         if series is not None:
             series.exemplar = (trace_hex, max(0, duration_ns) / 1e9, time.time())

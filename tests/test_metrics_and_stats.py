@@ -13,15 +13,14 @@ import random
 import re
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
 import requests
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client.parser import text_string_to_metric_families
 
+from collector.bench.target import Scraper
 from tests.support.collector import Collector
 from tests.support.otel import Sender
 
@@ -49,19 +48,12 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def samples(collector: Collector, name: str) -> list[tuple[dict[str, str], float]]:
-    text = collector.get("/metrics").text
-    return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+    return [(labels, v) for n, labels, v in Scraper(collector.api).samples() if n == name]
 
 
 def settle(collector: Collector) -> None:
     """Wait until nothing is buffered for a decision or waiting for an insert."""
-
-    def idle() -> bool:
-        gauges = {name: sum(v for _, v in samples(collector, name))
-                  for name in ("tailsift_sampler_buffered_traces", "tailsift_storage_pending_rows", "tailsift_queue_bytes")}
-        return not any(gauges.values())
-
-    collector.wait_for(lambda: idle() and (time.sleep(1.5) or idle()), 90, "the pipeline to settle")
+    assert Scraper(collector.api).settle(90), f"the pipeline did not settle\n{collector.log()[-3000:]}"
 
 
 def cost(model: str, tokens_in: int, tokens_out: int, cached: int) -> float:

@@ -183,7 +183,7 @@ def _drive(args: Any, target: Target, api: str, scraper: Scraper, watcher: Watch
     sampled = scraper.value(RECEIVED[0], **RECEIVED[1]) - warm[2]
     drained = max(1e-6, time.monotonic() - warm[0])
     print("load done; waiting for every trace to be decided and stored ...")
-    _settle(scraper)
+    scraper.settle()
     probes.finish()
     decided = {k: v - decisions_before.get(k, 0.0) for k, v in _decisions(scraper).items()}
     rules = sorted({rule for rule, _ in decided})
@@ -211,18 +211,6 @@ def _drive(args: Any, target: Target, api: str, scraper: Scraper, watcher: Watch
         "timeline": [{"second": s, "spans_per_second": row[0], "refused": row[1],
                       "ack_latency_ms_p99": _percentile(sorted(row[2]), 99)} for s, row in total.timeline.items()],
     }  # fmt: skip
-
-
-def _settle(scraper: Scraper, timeout: float = 180.0) -> None:
-    """Until nothing waits for a decision or an insert (the decision wait bounds this)."""
-    deadline = time.monotonic() + timeout
-    gauges = ("tailsift_sampler_buffered_traces", "tailsift_storage_pending_rows", "tailsift_queue_bytes")
-    while time.monotonic() < deadline:
-        if not any(scraper.value(g) for g in gauges):
-            time.sleep(1.5)  # one more flush interval: the last insert may be in flight
-            if not any(scraper.value(g) for g in gauges):
-                return
-        time.sleep(0.25)
 
 
 def _stored_error_traces(dsn: str) -> int:

@@ -120,6 +120,19 @@ class Scraper:
     def value(self, name: str, **labels: str) -> float:
         return sum(v for n, lab, v in self.samples() if n == name and all(lab.get(k) == x for k, x in labels.items()))
 
+    def settle(self, timeout: float = 180.0) -> bool:
+        """Wait until nothing waits for a decision or an insert (the decision wait bounds
+        this); False if that did not happen within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        gauges = ("tailsift_sampler_buffered_traces", "tailsift_storage_pending_rows", "tailsift_queue_bytes")
+        while time.monotonic() < deadline:
+            if not any(self.value(g) for g in gauges):
+                time.sleep(1.5)  # one more flush interval: the last insert may be in flight
+                if not any(self.value(g) for g in gauges):
+                    return True
+            time.sleep(0.25)
+        return False
+
 
 class Probes:
     """Every ``every`` seconds, send one small error trace (kept by any sane rule set) and

@@ -43,6 +43,12 @@ class RedactionResult:
     scanned: bool  # False when the prefilter let the request through untouched
 
 
+def hash_placeholder(salt: bytes, name: str, value: str, digits: int = 12) -> str:
+    """``[HASH:<name>:<hex>]``: an HMAC-SHA256 of ``value``, so equal values still correlate
+    and nobody without the salt can test guesses against it. Used by every ``hash`` action."""
+    return f"[HASH:{name}:{hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:digits]}]"
+
+
 def _glob_literal(glob: str) -> str | None:
     """The longest literal run of a glob, searched for in raw bytes (None: too short to help)."""
     longest = max(re.split(r"[*?\[\]]", glob), key=len)
@@ -154,10 +160,7 @@ class Redactor:
 
     def placeholder(self, name: str, secret: str) -> str:
         action = self._actions[name]
-        if action == "hash":
-            digest = hmac.new(self._salt, secret.encode(), hashlib.sha256).hexdigest()[:12]
-            return f"[HASH:{name}:{digest}]"
-        return f"[REDACTED:{name}]"
+        return hash_placeholder(self._salt, name, secret) if action == "hash" else f"[REDACTED:{name}]"
 
     def matched(self, m: re.Match[str]) -> tuple[str, str, bool] | None:
         """For one regex match: (text to put back, rule name, drop?) or None to leave it."""
