@@ -59,9 +59,14 @@ def parse_count(value: Any) -> int:
         return 0
 
 
-def model_of(attrs: Mapping[str, Any]) -> str:
-    """The model a span called: the response's model, else the requested one ("" if neither)."""
-    return next((str(attrs[k]) for k in MODEL_KEYS if attrs.get(k)), "")
+def model_of(attrs: Mapping[str, Any], text: Callable[[Any], str] = str) -> str:
+    """The model a span called: the response's model, else the requested one ("" if neither).
+    ``text`` reads a value (the span metrics pass a reader of OTLP ``AnyValue``s)."""
+    for key in MODEL_KEYS:
+        value = attrs.get(key)
+        if value is not None and (name := text(value)):
+            return name
+    return ""
 
 
 @dataclass(slots=True)
@@ -81,9 +86,16 @@ class Usage:
         model = model_of(attrs) if model is None else model
         if not model and INPUT not in attrs and OUTPUT not in attrs:
             return None
-        read = next((count(attrs[k]) for k in CACHE_READ if k in attrs), 0)
-        write = next((count(attrs[k]) for k in CACHE_WRITE if k in attrs), 0)
-        return cls(model, count(attrs.get(INPUT)), count(attrs.get(OUTPUT)), read, write)
+        return cls(model, count(attrs.get(INPUT)), count(attrs.get(OUTPUT)), _first(attrs, CACHE_READ, count),
+                   _first(attrs, CACHE_WRITE, count))  # fmt: skip
+
+
+def _first(attrs: Mapping[str, Any], keys: tuple[str, ...], count: Callable[[Any], int]) -> int:
+    """The count under the first of ``keys`` present (the current name, then the deprecated one)."""
+    for key in keys:
+        if key in attrs:
+            return count(attrs[key])
+    return 0
 
 
 class PriceTable:

@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.samples import Exemplar
 
 from processors.cardinality import OVERFLOW, CardinalitySettings, LabelLimiter
-from processors.genai import CACHE_READ, CACHE_WRITE, INPUT, MODEL_KEYS, OUTPUT, USAGE_KEYS, PriceTable, Usage, model_of, parse_count
+from processors.genai import CACHE_READ, CACHE_WRITE, INPUT, OUTPUT, USAGE_KEYS, PriceTable, Usage, model_of, parse_count
 from processors.otlp_values import STATUS_NAMES, service_name, value_as_string
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -92,6 +92,10 @@ class UsageSeries:
         self.spans += 1
 
 
+def _text(value: Any) -> str:
+    return str(value.string_value)
+
+
 def _count(value: Any) -> int:
     """A token count from an OTLP ``AnyValue`` (int, double or, from some SDKs, string)."""
     kind = value.WhichOneof("value") if value is not None else None
@@ -141,7 +145,7 @@ class SpanMetrics:
                         found = {**resource, **(found or {})}
                     model, labels = "", no_labels
                     if found:
-                        model = model_of({k: found[k].string_value for k in MODEL_KEYS if k in found})
+                        model = model_of(found, _text)
                         if not found.keys().isdisjoint(TOKEN_KEYS):  # an LLM call: read its usage
                             use = Usage.from_attributes(found, _count, model)
                             if use is not None:
