@@ -171,6 +171,12 @@ class ClickHouseSettings(_Strict):
     inserts keep ack latency low (p99 at half the maximum rate: ~16 ms instead of ~20)."""
     max_pending_rows: int = Field(default=200_000, ge=1)
     """Rows waiting for insert before the sampler is made to wait (which fills the queue)."""
+    batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    """Span bytes (OTLP) per insert at most, so a batch of huge spans stays a bounded insert."""
+    max_pending_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
+    """Span bytes (OTLP) waiting for insert before the sampler is made to wait."""
+
+    _bytes = _sizes("batch_bytes", "max_pending_bytes")
 
     _flush = field_validator("flush_interval", mode="before")(
         classmethod(lambda cls, v: None if v is None else parse_duration_ns(v)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 SPANS_TABLE = "otel_traces"
 TRACES_TABLE = "tailsift_traces"
+REJECTED_TABLE = "tailsift_rejected"
 
 
 def _ttl(column: str, days: int) -> str:
@@ -95,18 +96,38 @@ ORDER BY TraceId
 """
 
 
+def create_rejected_table(ttl_days: int) -> str:
+    """Dead letters: span rows ClickHouse refused even when inserted alone. ``Payload`` is
+    the span as OTLP ``TracesData`` protobuf (after redaction), base64-encoded, so it can be
+    inspected or sent again: ``SELECT Reason, count() FROM tailsift_rejected GROUP BY Reason``."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {REJECTED_TABLE} (
+    Received DateTime64(9),
+    TraceId String,
+    SpanId String,
+    Reason String,
+    Payload String CODEC(ZSTD(1))
+) ENGINE = MergeTree
+ORDER BY (Received, TraceId)
+{_ttl("Received", ttl_days)}
+"""
+
+
 def cluster_ddl(cluster: str, database: str, ttl_days: int) -> list[str]:
     """The same tables for a ClickHouse cluster: ``<table>_local`` replicated on every node,
     and ``<table>`` as a Distributed table over them, sharded by trace id so that a trace
     (and every copy of a span) lives on one shard, where FINAL and LIMIT BY see it whole.
     tailsift reads and writes ``<table>``; its own CREATE ... IF NOT EXISTS then finds it."""
     out = [f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER '{cluster}'\n"]
-    for table, ddl in ((SPANS_TABLE, create_spans_table(ttl_days)), (TRACES_TABLE, create_traces_table(ttl_days))):
+    tables = ((SPANS_TABLE, create_spans_table(ttl_days)), (TRACES_TABLE, create_traces_table(ttl_days)),
+              (REJECTED_TABLE, create_rejected_table(ttl_days)))
+    for table, ddl in tables:
         path = f"'/clickhouse/tables/{{shard}}/{database}/{table}', '{{replica}}'"
         local = ddl.replace(f"CREATE TABLE IF NOT EXISTS {table} (",
                             f"CREATE TABLE IF NOT EXISTS {database}.{table}_local ON CLUSTER '{cluster}' (")
         local = local.replace("ENGINE = ReplacingMergeTree(Version)", f"ENGINE = ReplicatedReplacingMergeTree({path}, Version)")
         local = local.replace("ENGINE = ReplacingMergeTree\n", f"ENGINE = ReplicatedReplacingMergeTree({path})\n")
+        local = local.replace("ENGINE = MergeTree\n", f"ENGINE = ReplicatedMergeTree({path})\n")
         out.append(local)
         out.append(f"CREATE TABLE IF NOT EXISTS {database}.{table} ON CLUSTER '{cluster}' AS {database}.{table}_local\n"
                    f"ENGINE = Distributed('{cluster}', '{database}', '{table}_local', cityHash64(TraceId))\n")
@@ -127,6 +148,8 @@ TRACE_COLUMNS = [
     "SpanCount", "HasError", "SampleRate", "SampledBy", "SourcePartition", "SourceOffset",
     "Decided", "Version",
 ]  # fmt: skip
+
+REJECTED_COLUMNS = ["Received", "TraceId", "SpanId", "Reason", "Payload"]
 
 GET_TRACE = f"""
 SELECT SpanId, ParentSpanId, SpanName, ServiceName, SpanKind,

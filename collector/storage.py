@@ -10,34 +10,19 @@ runs it on one dedicated thread so the event loop never blocks on the database.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
-from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
-
 from collector import sql
 from collector.config import ClickHouseSettings
 from collector.otlp import RootInfo
-from processors.genai import PriceTable, Usage
-from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, service_name
-from processors.sampling.sampler import Decision, TraceSummary
-
-
-# OTLP allows any uint64 timestamp. The TTL goes through DateTime, which ends in 2106: past
-# it, ``toDateTime(Timestamp) + ttl`` wraps to 1970 and the row is deleted at once. Clamping
-# to 2100-01-01 leaves room for the longest TTL the config accepts (5 years).
-MAX_TIMESTAMP_NS = 4_102_444_800 * 1_000_000_000
-
-
-def _ts(ns: int) -> int:
-    """Clamp a client-supplied timestamp into what ClickHouse can store, so one absurd span
-    cannot make its whole insert batch fail."""
-    return ns if ns <= MAX_TIMESTAMP_NS else MAX_TIMESTAMP_NS
+from collector.rows import Rejected
+from processors.sampling.sampler import TraceSummary
 
 
 def normalize_dsn(dsn: str) -> str:
@@ -70,78 +55,6 @@ class Rows:
     traces: list[list[Any]]
 
 
-KeptSpanHook = Callable[[str, str, str, str, dict[str, str], int], None]
-"""Told of every stored span: (trace id, service, name, status, attributes, duration ns)."""
-
-
-def span_cost(prices: PriceTable | None, attributes: dict[str, str]) -> float:
-    """What a stored span cost, from the price table (0 when not an LLM call or unpriced)."""
-    if prices is None or not prices.priced:
-        return 0.0
-    usage = Usage.from_attributes(attributes)
-    return (prices.cost(usage) or 0.0) if usage is not None else 0.0
-
-
-_NO_EVENTS: tuple[list[Any], ...] = ([], [], [])  # read-only: most spans have no events
-_NO_LINKS: tuple[list[Any], ...] = ([], [], [], [])
-
-
-def _event_columns(events: Any) -> tuple[list[Any], ...]:
-    return ([_ts(e.time_unix_nano) for e in events], [e.name for e in events],
-            [attributes_map(e.attributes) for e in events])  # fmt: skip
-
-
-def _link_columns(links: Any) -> tuple[list[Any], ...]:
-    return ([lk.trace_id.hex() for lk in links], [lk.span_id.hex() for lk in links],
-            [lk.trace_state for lk in links], [attributes_map(lk.attributes) for lk in links])  # fmt: skip
-
-
-def decision_rows(decisions: list[Decision], prices: PriceTable | None = None,
-                  on_span: KeptSpanHook | None = None) -> Rows:  # fmt: skip
-    """Turn kept decisions into rows. This is the only place spans become Python objects
-    after ingress, and it runs only for traces that are kept. Each span's cost comes from
-    the price table at the time it is stored."""
-    spans: list[list[Any]] = []
-    traces: list[list[Any]] = []
-    decided_ns = time.time_ns()
-    for d in decisions:
-        if not d.keep:
-            continue
-        trace_hex = d.summary.trace_id.hex()
-        for fragment in d.fragments:
-            for rs in TracesData.FromString(fragment.payload).resource_spans:
-                service = service_name(rs.resource.attributes)
-                resource = attributes_map(rs.resource.attributes)
-                for ss in rs.scope_spans:
-                    scope_name, scope_version = ss.scope.name, ss.scope.version
-                    for s in ss.spans:
-                        attrs = attributes_map(s.attributes)
-                        name, status = s.name, s.status
-                        status_code = STATUS_NAMES.get(status.code, "Unset")
-                        duration = max(0, s.end_time_unix_nano - s.start_time_unix_nano)
-                        if on_span is not None:
-                            on_span(trace_hex, service, name, status_code, attrs, duration)
-                        events, links = s.events, s.links
-                        spans.append([
-                            _ts(s.start_time_unix_nano), trace_hex, s.span_id.hex(), s.parent_span_id.hex(),
-                            s.trace_state, name, KIND_NAMES.get(s.kind, "Unspecified"), service, resource,
-                            scope_name, scope_version, attrs, duration, status_code, status.message,
-                            *(_event_columns(events) if events else _NO_EVENTS),
-                            *(_link_columns(links) if links else _NO_LINKS),
-                            d.sample_rate, d.rule, span_cost(prices, attrs),
-                        ])  # fmt: skip
-        summary = d.summary
-        root = summary.root
-        traces.append([
-            trace_hex, _ts(summary.start_ns), _ts(summary.end_ns), summary.duration_ns,
-            root.service if root else "", root.name if root else "",
-            _ts(root.start_ns) if root else 0, _ts(root.end_ns) if root else 0,
-            summary.span_count, int(summary.has_error), d.sample_rate, d.rule,
-            summary.source_partition, summary.source_offset, decided_ns, summary.span_count,
-        ])  # fmt: skip
-    return Rows(spans, traces)
-
-
 def summary_from_row(row: tuple[Any, ...]) -> tuple[TraceSummary, str, float]:
     """A row of :data:`sql.RECENT_KEPT` back into what the sampler remembers."""
     (trace_hex, start, end, root_service, root_name, root_start, root_end, span_count, has_error,
@@ -167,6 +80,7 @@ class ClickHouseStore:
         self._client = clickhouse_connect.get_client(dsn=self.dsn)
         self._client.command(sql.create_spans_table(self.settings.ttl_days))
         self._client.command(sql.create_traces_table(self.settings.ttl_days))
+        self._client.command(sql.create_rejected_table(self.settings.ttl_days))
         for statement in sql.MIGRATIONS:
             self._client.command(statement)
 
@@ -187,6 +101,12 @@ class ClickHouseStore:
             # live until a full garbage collection (see collector.runtime).
             rows.spans.clear()
             rows.traces.clear()
+
+    def insert_rejected(self, rejected: list[Rejected]) -> None:
+        """Dead letters: rows ClickHouse refused, with the span and the reason."""
+        now = time.time_ns()
+        rows = [[now, r.trace_id, r.span_id, r.reason[:2000], base64.b64encode(r.payload).decode()] for r in rejected]
+        self._client.insert(sql.REJECTED_TABLE, rows, column_names=sql.REJECTED_COLUMNS)
 
     def get_trace(self, trace_id_hex: str) -> list[dict[str, Any]]:
         result = self._client.query(sql.GET_TRACE, parameters={"trace_id": trace_id_hex})

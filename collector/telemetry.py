@@ -97,8 +97,14 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily("tailsift_storage_pending_rows", "Span rows waiting for insert", value=w.pending_rows)
         yield CounterMetricFamily("tailsift_storage_rows", "Span rows inserted", value=w.rows_written)
         yield CounterMetricFamily("tailsift_storage_insert_failures", "Failed inserts (retried)", value=w.insert_failures)
-        yield CounterMetricFamily("tailsift_storage_rows_dropped", "Rows dropped after permanent insert errors",
-                                  value=w.rows_dropped)  # fmt: skip
+        yield GaugeMetricFamily("tailsift_storage_pending_bytes", "Span bytes waiting for insert", value=w.pending_bytes)
+        yield CounterMetricFamily("tailsift_storage_rows_rejected", "Span rows ClickHouse refused even alone, "
+                                  "stored in the tailsift_rejected table", value=w.rows_rejected)  # fmt: skip
+        clamped = CounterMetricFamily("tailsift_storage_values_clamped", "Values made storable (timestamps past "
+                                      "2100, token counts not finite, negative or absurd)", labels=["kind"])  # fmt: skip
+        for kind in ("timestamp", "token_count"):
+            clamped.add_metric([kind], w.rows.clamped[kind])
+        yield clamped
         yield _histogram("tailsift_storage_insert_seconds", "Duration of inserts into ClickHouse", w.insert_latency)
 
 

@@ -1,25 +1,39 @@
-"""Batched, bounded writes to ClickHouse, off the event loop.
+"""Batched, bounded, isolated writes to ClickHouse, off the event loop.
 
-Kept traces accumulate here and are inserted in batches (``batch_rows`` or every
-``flush_interval``). The store runs on one dedicated thread: chDB clients are not
-thread-safe, and one thread also orders queries after the inserts before them.
+Kept traces accumulate here and are inserted in batches (at most ``batch_rows`` rows and
+``batch_bytes`` bytes, or every ``flush_interval``). The store runs on one dedicated
+thread: chDB clients are not thread-safe, and one thread also orders queries after the
+inserts before them.
 
-Backpressure: once ``max_pending_rows`` are waiting (ClickHouse slow or down), ``write``
-waits. The sampler then stops consuming, the queue fills, and receivers answer 429 /
-RESOURCE_EXHAUSTED: overload travels back to the client instead of into memory.
+Backpressure: once ``max_pending_rows`` rows or ``max_pending_bytes`` bytes are waiting
+(ClickHouse slow or down), ``write`` waits. The sampler then stops consuming, the queue
+fills, and receivers answer 429 / RESOURCE_EXHAUSTED: overload travels back to the client
+instead of into memory.
 
-Settling: ``on_settled`` is called with every batch once it is stored (or given up on), so
-the Kafka queue can commit past those records; ``flush`` waits for that (rebalances).
+Isolation: nothing one client sends can make another client's data disappear.
+- An unreachable database (a connection error) is retried with backoff for as long as it
+  takes; the batch is kept, unsettled.
+- Any other refusal is about the data: the batch is split in halves and each half
+  inserted again, down to one trace and then one span row. A row ClickHouse refuses even
+  alone goes to the dead-letter table ``tailsift_rejected`` with its span and the reason,
+  and is counted (``rows_rejected``). Everything else in the batch is stored.
+- If even the dead-letter insert fails, the batch is retried later: it is never dropped.
 
-Failures: an unreachable database (a connection error) is retried with backoff for as long
-as it takes. Any other error is retried ``PERMANENT_ATTEMPTS`` times; a batch that still
-fails is logged and counted (``rows_dropped``) so one bad batch cannot stall storage forever.
+Settling: ``on_settled`` is called with every batch once it is stored (rows or dead
+letters), so the queue (Kafka, or the in-process queue's write-ahead log) can forget those
+records; ``flush`` waits for that (rebalances). ``shutdown`` stops at its deadline: what is
+not stored by then stays unsettled, and the durable queue replays it at the next start.
+
+Thread safety: ``_pending`` and the counters are touched only on the event loop; the
+storage thread receives each batch as its own list and reports back by return value.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -27,41 +41,46 @@ from typing import Any, TypeVar
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from collector.config import ClickHouseSettings
-from collector.storage import ClickHouseStore, KeptSpanHook, decision_rows, safe_dsn
+from collector.rows import KeptSpanHook, Rejected, RowBuilder, TraceRows, raw_span
+from collector.storage import ClickHouseStore, Rows, safe_dsn
 from processors.genai import PriceTable
 from processors.spanmetrics import Histogram
 from processors.sampling.sampler import Decision
 
 log = logging.getLogger("tailsift.storage")
 T = TypeVar("T")
-PERMANENT_ATTEMPTS = 3
+
+
+def _size(d: Decision) -> tuple[int, int]:
+    """(span rows, payload bytes) a kept decision adds."""
+    return sum(f.span_count for f in d.fragments), sum(len(f.payload) for f in d.fragments)
 
 
 class StorageWriter:
-    """Component with start/shutdown; shutdown flushes, is safe twice and without start."""
+    """Component with start/shutdown; shutdown flushes until its deadline, is safe twice and without start."""
 
     def __init__(self, settings: ClickHouseSettings, store: ClickHouseStore | None = None,
                  on_settled: Callable[[list[Decision]], None] | None = None, prices: PriceTable | None = None,
                  on_kept_span: KeptSpanHook | None = None):  # fmt: skip
         self.settings = settings
-        self.prices = prices
-        self.on_kept_span = on_kept_span
+        self.rows = RowBuilder(prices, on_kept_span)
         self.store = store or ClickHouseStore(settings)
         self.on_settled = on_settled
         self._inserting = 0
         self._settled = asyncio.Condition()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
-        self._pending: list[Decision] = []
+        self._pending: deque[Decision] = deque()
         self._pending_rows = 0
+        self._pending_bytes = 0
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._deadline = float("inf")
         self.rows_written = 0
         self.insert_failures = 0
-        self.rows_dropped = 0
-        self._attempts = 0
+        self.rows_rejected = 0
         self.insert_latency = Histogram()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -79,98 +98,190 @@ class StorageWriter:
     def pending_rows(self) -> int:
         return self._pending_rows
 
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def _full(self) -> bool:
+        s = self.settings
+        return self._pending_rows >= s.max_pending_rows or self._pending_bytes >= s.max_pending_bytes
+
     async def write(self, decisions: list[Decision]) -> None:
         kept = [d for d in decisions if d.keep]
         if not kept:
             return
-        while self._pending_rows >= self.settings.max_pending_rows and not self._stopping:
+        while self._full() and not self._stopping:
             self._room.clear()
             await self._room.wait()
-        self._pending.extend(kept)
-        self._pending_rows += sum(sum(f.span_count for f in d.fragments) for d in kept)
-        if self._pending_rows >= self.settings.batch_rows:
+        for d in kept:
+            rows, size = _size(d)
+            self._pending.append(d)
+            self._pending_rows += rows
+            self._pending_bytes += size
+        if self._pending_rows >= self.settings.batch_rows or self._pending_bytes >= self.settings.batch_bytes:
             self._wake.set()
 
     async def _loop(self) -> None:
         interval = self.settings.flush_seconds
         backoff = 0.5
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), interval)
-            except TimeoutError:
-                pass
+            if not self._pending or not self._stopping:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), interval)
+                except TimeoutError:
+                    pass
             self._wake.clear()
+            if self._stopping and asyncio.get_running_loop().time() >= self._deadline:
+                return
             if not await self._flush_once():
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(min(backoff, max(0.0, self._deadline - asyncio.get_running_loop().time())))
                 backoff = min(backoff * 2, 10.0)
             else:
                 backoff = 0.5
             if self._stopping and not self._pending:
                 return
 
+    def _take_batch(self) -> tuple[list[Decision], int, int]:
+        batch: list[Decision] = []
+        rows = size = 0
+        limit_rows, limit_bytes = self.settings.batch_rows, self.settings.batch_bytes
+        while self._pending and (not batch or (rows < limit_rows and size < limit_bytes)):
+            d = self._pending.popleft()
+            r, b = _size(d)
+            batch.append(d)
+            rows, size = rows + r, size + b
+        self._pending_rows -= rows
+        self._pending_bytes -= size
+        return batch, rows, size
+
     async def _flush_once(self) -> bool:
-        """Insert everything pending; on failure put it back and report False."""
+        """Insert one batch; on a connection failure put it back and report False."""
         if not self._pending:
             return True
-        batch, rows = self._pending, self._pending_rows
-        self._pending, self._pending_rows = [], 0
+        batch, rows, size = self._take_batch()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._inserting = rows
         try:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            self._inserting = rows
-            await self.run(lambda: self.store.insert(decision_rows(batch, self.prices, self.on_kept_span)))
-            self.insert_latency.observe(loop.time() - started)
-            self.rows_written += rows
-            self._attempts = 0
-            await self._settle(batch)
-            return True
-        except Exception as exc:  # noqa: BLE001 - every storage failure is retried or counted
+            rejected = await self.run(self._store, batch)
+        except Exception as exc:  # noqa: BLE001 - the database is away: keep the batch, retry
             self.insert_failures += 1
-            self._attempts += 1
-            retryable = isinstance(exc, OperationalError)
-            if not retryable and self._attempts >= PERMANENT_ATTEMPTS:
-                log.error("insert into %s failed %d times, dropping %d rows: %s",
-                          safe_dsn(self.store.dsn), self._attempts, rows, exc)  # fmt: skip
-                self.rows_dropped += rows
-                self._attempts = 0
-                await self._settle(batch)
-                return True
             log.warning("insert into %s failed, will retry: %s", safe_dsn(self.store.dsn), exc)
-            self._pending = batch + self._pending
+            self._pending.extendleft(reversed(batch))
             self._pending_rows += rows
+            self._pending_bytes += size
             self._inserting = 0
             return False
+        self.insert_latency.observe(loop.time() - started)
+        self.rows_written += rows - rejected
+        self.rows_rejected += rejected
+        await self._settle(batch)
+        return True
 
+    # --- on the storage thread
+    def _store(self, batch: list[Decision]) -> int:
+        """Build and insert a batch, isolating what ClickHouse refuses; returns the number of
+        span rows that went to the dead-letter table. Raises only if the database is away."""
+        items: list[TraceRows] = []
+        rejected: list[Rejected] = []
+        decided_ns = time.time_ns()
+        for d in batch:
+            try:
+                items.append(self.rows(d, decided_ns))
+            except Exception as exc:  # noqa: BLE001 - a bug on one trace's data must not cost the batch
+                log.exception("cannot build rows for trace %s", d.summary.trace_id.hex())
+                rows, _ = _size(d)
+                payload = b"".join(f.payload for f in d.fragments)
+                rejected.append(Rejected(d.summary.trace_id.hex(), "", f"cannot build rows: {exc!r}", payload, rows))
+        self._insert_isolated(items, rejected)
+        if rejected:
+            self._dead_letter(rejected)
+        return sum(r.spans for r in rejected)
+
+    def _insert_isolated(self, items: list[TraceRows], rejected: list[Rejected]) -> None:
+        if not items:
+            return
+        try:
+            # New lists each time: ClickHouseStore.insert clears what it is given.
+            self.store.insert(Rows([r for i in items for r in i.spans], [r for i in items for r in i.traces]))
+            return
+        except OperationalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a refusal of the data: find the rows that cause it
+            if len(items) > 1:
+                middle = len(items) // 2
+                self._insert_isolated(items[:middle], rejected)
+                self._insert_isolated(items[middle:], rejected)
+                return
+            item = items[0]
+            if len(item.spans) > 1:
+                self._insert_isolated(list(item.halves()), rejected)
+                return
+            reason = str(exc).split("\n")[0][:2000]
+            trace_id = item.decision.summary.trace_id.hex()
+            for span in item.spans:
+                rejected.append(Rejected(trace_id, span[2], reason, raw_span(item.decision, span[2])))
+            if item.traces and not item.spans:
+                log.error("trace summary of %s refused: %s", trace_id, reason)
+            elif item.traces:
+                try:
+                    self.store.insert(Rows([], list(item.traces)))
+                except OperationalError:
+                    raise
+                except Exception:  # noqa: BLE001 - spans are in the dead-letter table, with their reason
+                    log.exception("trace summary of %s refused", trace_id)
+
+    def _dead_letter(self, rejected: list[Rejected]) -> None:
+        log.error("%d span rows refused by ClickHouse, stored in tailsift_rejected: %s",
+                  len(rejected), rejected[0].reason)  # fmt: skip
+        try:
+            self.store.insert_rejected(rejected)
+        except OperationalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep the reason even if the payload cannot be kept
+            for r in rejected:
+                r.reason, r.payload = f"{r.reason} (payload not kept: {exc})"[:2000], b""
+            self.store.insert_rejected(rejected)
+
+    # --- settling and shutdown
     async def _settle(self, batch: list[Decision]) -> None:
         self._inserting = 0
-        self._room.set()
+        if not self._full():
+            self._room.set()
         if self.on_settled is not None:
             self.on_settled(batch)
         async with self._settled:
             self._settled.notify_all()
 
     async def flush(self) -> None:
-        """Return once everything written so far is stored (or given up on)."""
+        """Return once everything written so far is stored."""
         if self._task is None:
             return
         async with self._settled:
-            while self._pending or self._inserting:
+            while (self._pending or self._inserting) and not self._task.done():
                 self._wake.set()
                 await self._settled.wait()
 
     async def shutdown(self, timeout: float = 5.0) -> None:
-        """Flush what is pending (retrying until ``timeout``), then close the store."""
+        """Insert what is pending until ``timeout``, then close the store. What is not stored
+        by then stays unsettled (a durable queue replays it at the next start)."""
         if self._stopping and self._task is None:
             return
         self._stopping = True
+        self._deadline = asyncio.get_running_loop().time() + timeout
         self._room.set()
         self._wake.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._task, timeout)
+                await asyncio.wait_for(asyncio.shield(self._task), timeout + 1.0)
             except TimeoutError:
-                log.error("storage flush timed out; %d rows not written", self._pending_rows)
                 self._task.cancel()
             self._task = None
-            await self.run(self.store.close)
+            if self._pending:
+                log.warning("storage: %d rows not inserted before the shutdown deadline; they stay in the queue "
+                            "and are stored after a restart", self._pending_rows)  # fmt: skip
+            try:
+                await asyncio.wait_for(self.run(self.store.close), 2.0)
+            except TimeoutError:
+                log.warning("storage: closing the database timed out")
         self._executor.shutdown(wait=False)

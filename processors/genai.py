@@ -14,6 +14,7 @@ counted as unpriced, so a missing row shows up instead of silently reading as fr
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,12 +52,21 @@ class GenAISettings(BaseModel):
     prices: list[Price] = Field(default_factory=list)
 
 
+MAX_TOKENS = 10**12
+"""The most tokens one span may claim; larger counts are capped (a poison value such as
+1e300 must not turn every total it joins into nonsense)."""
+
+
 def parse_count(value: Any) -> int:
-    """A token count from any attribute value; junk and negatives count as 0."""
+    """A token count from any attribute value: junk, negatives, NaN and infinities count as
+    0, and counts above :data:`MAX_TOKENS` are capped."""
     try:
-        return max(0, int(float(value)))
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return 0
+    if not math.isfinite(number) or number <= 0:
+        return 0
+    return int(min(number, MAX_TOKENS))
 
 
 def model_of(attrs: Mapping[str, Any], text: Callable[[Any], str] = str) -> str:

@@ -27,7 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.samples import Exemplar
 
 from processors.cardinality import OVERFLOW, CardinalitySettings, LabelLimiter
-from processors.genai import CACHE_READ, CACHE_WRITE, INPUT, OUTPUT, USAGE_KEYS, PriceTable, Usage, model_of, parse_count
+from processors.genai import (CACHE_READ, CACHE_WRITE, INPUT, MAX_TOKENS, OUTPUT, USAGE_KEYS, PriceTable, Usage,
+                              model_of, parse_count)
 from processors.otlp_values import STATUS_NAMES, service_name, value_as_string
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -100,9 +101,9 @@ def _count(value: Any) -> int:
     """A token count from an OTLP ``AnyValue`` (int, double or, from some SDKs, string)."""
     kind = value.WhichOneof("value") if value is not None else None
     if kind == "int_value":
-        return max(0, int(value.int_value))
+        return min(max(0, int(value.int_value)), MAX_TOKENS)
     if kind == "double_value":
-        return max(0, int(value.double_value))
+        return parse_count(value.double_value)  # NaN and infinities are 0, not an exception
     return parse_count(value.string_value) if kind == "string_value" else 0
 
 

@@ -102,7 +102,8 @@ def test_cluster_ddl_parses_and_keeps_the_single_node_columns() -> None:
     checked = subprocess.run([sys.executable, "-c", _PARSE], input=json.dumps(statements), capture_output=True,
                              text=True, timeout=120)  # fmt: skip
     assert checked.returncode == 0, checked.stderr
-    database, spans_local, spans, traces_local, traces = statements
+    database, spans_local, spans, traces_local, traces, rejected_local, rejected = statements
+    assert "ReplicatedMergeTree(" in rejected_local and "Distributed(" in rejected
     assert database.startswith("CREATE DATABASE IF NOT EXISTS otel ON CLUSTER 'tailsift'")
     columns = lambda ddl: ddl[ddl.index("(") : ddl.index(") ENGINE")]  # noqa: E731
     assert columns(spans_local) == columns(sql.create_spans_table(7))

@@ -1,0 +1,167 @@
+"""Kept traces → ClickHouse rows: the one place spans become Python objects after ingress.
+
+It runs only for traces that are kept, on the storage thread. Every value a client sent is
+made storable here, so that one absurd span can never make a whole insert fail: timestamps
+past 2100 are clamped (the TTL goes through ``DateTime``, which ends in 2106), token counts
+that are not finite, negative or absurd count as 0 or are capped (``parse_count``), and a
+cost is always a finite number. Each such repair is counted in ``RowBuilder.clamped``.
+
+Rows are built per trace (:class:`TraceRows`), so the writer can split a batch that
+ClickHouse refuses down to the trace and the span that caused it (see
+:mod:`collector.writer`) and put only those in the dead-letter table.
+
+Thread safety: a ``RowBuilder`` is used by the storage thread only; ``clamped`` is a
+Counter that the event loop reads for /metrics (reading an int is atomic under the GIL).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, TracesData
+
+from processors.genai import MAX_TOKENS, PriceTable, Usage, parse_count
+from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, service_name
+from processors.sampling.sampler import Decision
+
+# OTLP allows any uint64 timestamp. The TTL goes through DateTime, which ends in 2106: past
+# it, ``toDateTime(Timestamp) + ttl`` wraps to 1970 and the row is deleted at once. Clamping
+# to 2100-01-01 leaves room for the longest TTL the config accepts (5 years).
+MAX_TIMESTAMP_NS = 4_102_444_800 * 1_000_000_000
+
+KeptSpanHook = Callable[[str, str, str, str, dict[str, str], int], None]
+"""Told of every stored span: (trace id, service, name, status, attributes, duration ns)."""
+
+
+def _ts(ns: int) -> int:
+    return ns if ns <= MAX_TIMESTAMP_NS else MAX_TIMESTAMP_NS
+
+
+@dataclass(slots=True)
+class TraceRows:
+    """The rows of one kept trace (or of a part of it, once the writer has split it)."""
+
+    decision: Decision
+    spans: list[list[Any]]
+    traces: list[list[Any]]
+
+    def halves(self) -> tuple[TraceRows, TraceRows]:
+        """Two parts with half the span rows each; the summary row goes with the second."""
+        middle = len(self.spans) // 2
+        return (TraceRows(self.decision, self.spans[:middle], []),
+                TraceRows(self.decision, self.spans[middle:], self.traces))  # fmt: skip
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A row ClickHouse refused even alone: it goes to the dead-letter table with its span."""
+
+    trace_id: str
+    span_id: str
+    reason: str
+    payload: bytes = field(repr=False)
+    """The span as OTLP ``TracesData`` protobuf (with its resource and scope), redacted."""
+    spans: int = 1
+    """Spans it stands for: 1, or a whole trace's when its rows could not even be built."""
+
+
+_NO_EVENTS: tuple[list[Any], ...] = ([], [], [])  # read-only: most spans have no events
+_NO_LINKS: tuple[list[Any], ...] = ([], [], [], [])
+
+
+def _event_columns(events: Any) -> tuple[list[Any], ...]:
+    return ([_ts(e.time_unix_nano) for e in events], [e.name for e in events],
+            [attributes_map(e.attributes) for e in events])  # fmt: skip
+
+
+def _link_columns(links: Any) -> tuple[list[Any], ...]:
+    return ([lk.trace_id.hex() for lk in links], [lk.span_id.hex() for lk in links],
+            [lk.trace_state for lk in links], [attributes_map(lk.attributes) for lk in links])  # fmt: skip
+
+
+class RowBuilder:
+    """Settings in ``__init__``; ``__call__`` turns one kept decision into its rows."""
+
+    def __init__(self, prices: PriceTable | None = None, on_span: KeptSpanHook | None = None):
+        self.prices = prices
+        self.on_span = on_span
+        self.clamped: Counter[str] = Counter()
+
+    def _count(self, value: Any) -> int:
+        """``parse_count``, counting the values it had to repair."""
+        count = parse_count(value)
+        if count == 0 or count == MAX_TOKENS:
+            try:
+                number = float(value)
+                if not math.isfinite(number) or number < 0 or number > MAX_TOKENS:
+                    self.clamped["token_count"] += 1
+            except (TypeError, ValueError):
+                pass
+        return count
+
+    def cost(self, attributes: dict[str, str]) -> float:
+        """What a stored span cost, from the price table (0 when not an LLM call or unpriced)."""
+        if self.prices is None or not self.prices.priced:
+            return 0.0
+        usage = Usage.from_attributes(attributes, self._count)
+        cost = (self.prices.cost(usage) or 0.0) if usage is not None else 0.0
+        return cost if math.isfinite(cost) else 0.0
+
+    def __call__(self, d: Decision, decided_ns: int | None = None) -> TraceRows:
+        spans: list[list[Any]] = []
+        trace_hex = d.summary.trace_id.hex()
+        on_span = self.on_span
+        for fragment in d.fragments:
+            for rs in TracesData.FromString(fragment.payload).resource_spans:
+                service = service_name(rs.resource.attributes)
+                resource = attributes_map(rs.resource.attributes)
+                for ss in rs.scope_spans:
+                    scope_name, scope_version = ss.scope.name, ss.scope.version
+                    for s in ss.spans:
+                        attrs = attributes_map(s.attributes)
+                        name, status = s.name, s.status
+                        status_code = STATUS_NAMES.get(status.code, "Unset")
+                        start, end = s.start_time_unix_nano, s.end_time_unix_nano
+                        if start > MAX_TIMESTAMP_NS:
+                            self.clamped["timestamp"] += 1
+                        duration = max(0, end - start)
+                        if on_span is not None:
+                            on_span(trace_hex, service, name, status_code, attrs, duration)
+                        events, links = s.events, s.links
+                        spans.append([
+                            _ts(start), trace_hex, s.span_id.hex(), s.parent_span_id.hex(),
+                            s.trace_state, name, KIND_NAMES.get(s.kind, "Unspecified"), service, resource,
+                            scope_name, scope_version, attrs, duration, status_code, status.message,
+                            *(_event_columns(events) if events else _NO_EVENTS),
+                            *(_link_columns(links) if links else _NO_LINKS),
+                            d.sample_rate, d.rule, self.cost(attrs),
+                        ])  # fmt: skip
+        summary, root = d.summary, d.summary.root
+        trace = [
+            trace_hex, _ts(summary.start_ns), _ts(summary.end_ns), summary.duration_ns,
+            root.service if root else "", root.name if root else "",
+            _ts(root.start_ns) if root else 0, _ts(root.end_ns) if root else 0,
+            summary.span_count, int(summary.has_error), d.sample_rate, d.rule,
+            summary.source_partition, summary.source_offset, decided_ns or time.time_ns(), summary.span_count,
+        ]  # fmt: skip
+        return TraceRows(d, spans, [trace])
+
+
+def raw_span(decision: Decision, span_id_hex: str) -> bytes:
+    """The span with this id from a decision's fragments, as a one-span ``TracesData`` (with
+    its resource and scope), for the dead-letter table; the whole trace if not found."""
+    wanted = bytes.fromhex(span_id_hex) if span_id_hex else b""
+    for fragment in decision.fragments:
+        for rs in TracesData.FromString(fragment.payload).resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    if span.span_id == wanted:
+                        scope = ScopeSpans(scope=ss.scope, schema_url=ss.schema_url, spans=[span])
+                        out = ResourceSpans(resource=rs.resource, schema_url=rs.schema_url, scope_spans=[scope])
+                        return TracesData(resource_spans=[out]).SerializeToString()
+    return b"".join(f.payload for f in decision.fragments)

@@ -1,0 +1,129 @@
+"""One client's bad data never costs another client's traces (storage isolation).
+
+The writer is driven directly against the real embedded ClickHouse engine. A poison trace
+is put in the same insert batch as 60 good error traces; ClickHouse refusing the batch
+must cost nothing but the rows it refuses even alone, and those land in the dead-letter
+table ``tailsift_rejected`` with their span and reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+from pathlib import Path
+
+import clickhouse_connect
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from collector.config import ClickHouseSettings
+from collector.otlp import split_by_trace
+from collector.writer import StorageWriter
+from processors.genai import Price, PriceTable, parse_count
+from processors.sampling.sampler import Decision, TraceSummary
+
+DAY_NS = 86_400 * 10**9
+NOW = 1_780_000_000 * 10**9
+
+
+def request(trace: int, spans: int = 2, day_step: int = 0, name: str = "op",
+            attrs: dict[str, object] | None = None) -> ExportTraceServiceRequest:  # fmt: skip
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "isolation"
+    ss = rs.scope_spans.add()
+    for i in range(spans):
+        start = NOW - i * day_step * DAY_NS
+        s = ss.spans.add(trace_id=trace.to_bytes(16, "big"), span_id=(i + 1).to_bytes(8, "big"), name=name,
+                         start_time_unix_nano=start, end_time_unix_nano=start + 1000)  # fmt: skip
+        if i:
+            s.parent_span_id = (1).to_bytes(8, "big")
+        s.status.code = 2
+        for key, value in (attrs or {}).items():
+            v = s.attributes.add(key=key).value
+            if isinstance(value, float):
+                v.double_value = value
+            else:
+                v.string_value = str(value)
+    return req
+
+
+def kept(req: ExportTraceServiceRequest) -> Decision:
+    [fragment] = split_by_trace(req, NOW).fragments
+    summary = TraceSummary(fragment.trace_id)
+    summary.absorb(fragment)
+    return Decision(summary, True, "errors", 1.0, [fragment])
+
+
+def write_all(tmp_path: Path, decisions: list[Decision], prepare: str | None = None,
+              prices: PriceTable | None = None) -> tuple[StorageWriter, list[list[Decision]]]:  # fmt: skip
+    settled: list[list[Decision]] = []
+    settings = ClickHouseSettings(dsn=f"chdb://{tmp_path / 'db'}", ttl_days=0)  # type: ignore[arg-type]
+    writer = StorageWriter(settings, on_settled=settled.append, prices=prices)
+
+    async def go() -> None:
+        await writer.start()
+        if prepare:
+            await writer.run(lambda: writer.store._client.command(prepare))
+        await writer.write(decisions)
+        await writer.flush()
+        await writer.shutdown()
+
+    asyncio.run(go())
+    return writer, settled
+
+
+def query(tmp_path: Path, text: str) -> list[tuple[object, ...]]:
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'db'}")
+    try:
+        return list(client.query(text).result_rows)
+    finally:
+        client.close()
+
+
+GOOD = list(range(1, 61))
+
+
+def test_a_refused_row_costs_only_itself(tmp_path: Path) -> None:
+    """A span ClickHouse refuses (here: a table constraint) among 60 error traces: the 60 are
+    stored, the refused span is in the dead-letter table with its OTLP bytes, its trace's
+    other spans and summary are stored, and the batch is settled."""
+    poison = request(999, spans=3, name="fine")
+    poison.resource_spans[0].scope_spans[0].spans[1].name = "poison"
+    decisions = [kept(request(t)) for t in GOOD[:30]] + [kept(poison)] + [kept(request(t)) for t in GOOD[30:]]
+    writer, settled = write_all(tmp_path, decisions,
+                                prepare="ALTER TABLE otel_traces ADD CONSTRAINT no_poison CHECK SpanName != 'poison'")
+    stored = {int(t, 16) for (t,) in query(tmp_path, "SELECT DISTINCT TraceId FROM otel_traces")}
+    assert set(GOOD) <= stored and 999 in stored
+    assert query(tmp_path, "SELECT count() FROM otel_traces WHERE TraceId = '%032x'" % 999) == [(2,)]
+    [(trace_id, span_id, reason, payload)] = query(tmp_path, "SELECT TraceId, SpanId, Reason, Payload FROM tailsift_rejected")
+    assert trace_id == "%032x" % 999 and span_id == (2).to_bytes(8, "big").hex()
+    assert "no_poison" in reason
+    assert TracesData.FromString(base64.b64decode(payload)).resource_spans[0].scope_spans[0].spans[0].name == "poison"
+    assert writer.rows_rejected == 1 and writer.rows_written == 60 * 2 + 2
+    assert sum(len(b) for b in settled) == len(decisions)
+    assert query(tmp_path, "SELECT count() FROM tailsift_traces") == [(61,)]
+
+
+def test_spans_on_150_days_are_stored_without_costing_the_batch(tmp_path: Path) -> None:
+    """ClickHouse refuses an insert touching more than 100 partitions: the batch is split
+    until every part fits, so everything is stored and nothing is a dead letter."""
+    decisions = [kept(request(t)) for t in GOOD] + [kept(request(1000, spans=150, day_step=1))]
+    writer, _ = write_all(tmp_path, decisions)
+    assert query(tmp_path, "SELECT count(DISTINCT TraceId), count() FROM otel_traces") == [(61, 60 * 2 + 150)]
+    assert writer.rows_rejected == 0 and writer.insert_failures == 0
+
+
+def test_poison_token_counts_are_clamped_not_fatal(tmp_path: Path) -> None:
+    prices = PriceTable([Price(model="gpt-*", input=1.0, output=2.0)])
+    poison = [request(2000 + i, attrs={"gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": value,
+                                       "gen_ai.usage.output_tokens": value})
+              for i, value in enumerate((math.inf, math.nan, -5.0, 1e300, "inf", "NaN", "1e400"))]  # fmt: skip
+    decisions = [kept(request(t)) for t in GOOD] + [kept(p) for p in poison]
+    writer, _ = write_all(tmp_path, decisions, prices=prices)
+    assert query(tmp_path, "SELECT count(DISTINCT TraceId) FROM otel_traces") == [(67,)]
+    [(max_cost, finite)] = query(tmp_path, "SELECT max(CostUsd), min(isFinite(CostUsd)) FROM otel_traces")
+    assert finite == 1 and max_cost <= 2 * 3.0 * 10**12 / 1e6  # 1e300 is capped at MAX_TOKENS
+    assert writer.rows.clamped["token_count"] >= 2 * 6
+    assert [parse_count(v) for v in (math.inf, -math.inf, math.nan, -3, "x", None, "12", 7.9)] == [0, 0, 0, 0, 0, 0, 12, 7]
