@@ -125,6 +125,21 @@ class KafkaQueue(_Strict):
         return self.dead_letter_topic or f"{self.topic}-dlq"
 
 
+class WalSettings(_Strict):
+    """The in-process queue's write-ahead log (see :mod:`collector.wal`)."""
+
+    enabled: bool = True
+    """Acknowledged requests survive a crash; off, they are in memory only until stored."""
+    dir: str | None = None
+    """Default: ``tailsift-wal`` inside the chdb:// data directory, else ``./tailsift-wal``."""
+    fsync: Literal["always", "interval", "never"] = "always"
+    """always: answer after fdatasync (group commit; survives power loss). interval: answer
+    once written to the OS, sync every 100 ms (survives a process crash). never: no sync."""
+    segment_size: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+
+    _size = _sizes("segment_size")
+
+
 class QueueSettings(_Strict):
     kind: Literal["memory", "kafka"] = "memory"
     max_size: int = 256 * 1024 * 1024
@@ -132,6 +147,7 @@ class QueueSettings(_Strict):
     retry_after: float = 1.0
     """Seconds clients are told to wait when the queue is full."""
     kafka: KafkaQueue = Field(default_factory=KafkaQueue)
+    wal: WalSettings = Field(default_factory=WalSettings)
 
     _size = _sizes("max_size")
 
@@ -152,10 +168,13 @@ class SamplingSettings(_Strict):
     max_traces: int = Field(default=100_000, ge=1)
     max_spans_per_trace: int = Field(default=10_000, ge=1)
     max_buffered_spans: int = Field(default=1_000_000, ge=1)
+    max_buffered_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    """Span bytes (OTLP) awaiting a decision; past it the oldest trace is decided early."""
     decision_cache_size: int = Field(default=200_000, ge=0)
     rules: list[Rule] = Field(default_factory=_default_rules)
 
     _waits = _durations("decision_wait", "quiet_period")
+    _bytes = _sizes("max_buffered_bytes")
     _rules = field_validator("rules")(classmethod(lambda cls, v: validate_rule_list(v)))
 
 
@@ -209,6 +228,35 @@ class QuerySettings(Endpoint):
     endpoint: str = "127.0.0.1:3200"
 
 
+class MemoryLimiterSettings(_Strict):
+    """The process-wide memory limit (see :mod:`collector.memory`)."""
+
+    limit: int | None = None
+    """Resident memory the process must stay under; default 2GiB, or 80% of the container's
+    memory limit if lower."""
+    spike: int | None = None
+    """Headroom kept below ``limit`` for what arrives between two checks; default 20% of it.
+    New data is refused (429) once RSS plus requests in flight pass ``limit - spike``."""
+    check_interval: int = 100_000_000
+
+    _time = _durations("check_interval")
+
+    @field_validator("limit", "spike", mode="before")
+    @classmethod
+    def _optional_size(cls, value: Any) -> Any:
+        return None if value is None or value == "auto" else parse_size(value)
+
+    @property
+    def limit_bytes(self) -> int:
+        from collector.memory import default_limit
+
+        return self.limit if self.limit is not None else default_limit()
+
+    @property
+    def spike_bytes(self) -> int:
+        return self.spike if self.spike is not None else self.limit_bytes // 5
+
+
 class MetricsSettings(_Strict):
     enabled: bool = True
     """RED metrics and GenAI usage from every span, before sampling, on ``/metrics``."""
@@ -228,7 +276,10 @@ class Settings(BaseSettings):
     genai: GenAISettings = Field(default_factory=GenAISettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
+    memory_limiter: MemoryLimiterSettings = Field(default_factory=MemoryLimiterSettings)
     shutdown_timeout: int = 8_000_000_000
+    """SIGTERM to exit, whatever the load. With a durable queue (Kafka, or the write-ahead
+    log) what is not stored by then is replayed at the next start."""
 
     _timeout = _durations("shutdown_timeout")
 
@@ -241,6 +292,17 @@ class Settings(BaseSettings):
         if self.cardinality.high_cardinality_action == "hash" and not self.salt:
             raise ValueError("cardinality.high_cardinality_action: hash needs redaction.salt (TAILSIFT_REDACTION__SALT)")
         return self
+
+    @property
+    def wal_dir(self) -> Path:
+        """Where the in-process queue's write-ahead log lives (``queue.wal.dir``)."""
+        if self.queue.wal.dir:
+            return Path(self.queue.wal.dir).absolute()
+        dsn = self.storage.clickhouse.dsn.get_secret_value()
+        path = dsn[len("chdb://"):].partition("?")[0] if dsn.startswith("chdb://") else ""
+        if path in ("", "memory", ":memory:"):
+            return Path("tailsift-wal").absolute()
+        return Path(path).absolute() / "tailsift-wal"
 
     @property
     def salt(self) -> bytes:

@@ -37,6 +37,12 @@ class RequestTooLarge(PipelineError):
     """Body over the configured limit, before or after decompression. Permanent."""
 
 
+class RequestTimeout(PipelineError):
+    """The body did not arrive in time (a stalled or very slow upload). Retryable."""
+
+    retry_after = 1.0
+
+
 class Backpressure(PipelineError):
     """The queue is full. Retryable: the client should back off and send again."""
 
@@ -60,6 +66,7 @@ ERROR_CODES: list[tuple[type[PipelineError], Codes]] = [
     (InvalidRequest, Codes(grpc.StatusCode.INVALID_ARGUMENT, 400)),
     (UnsupportedMediaType, Codes(grpc.StatusCode.INVALID_ARGUMENT, 415)),
     (RequestTooLarge, Codes(grpc.StatusCode.RESOURCE_EXHAUSTED, 413)),
+    (RequestTimeout, Codes(grpc.StatusCode.DEADLINE_EXCEEDED, 408)),
     (Backpressure, Codes(grpc.StatusCode.RESOURCE_EXHAUSTED, 429)),
     (Unavailable, Codes(grpc.StatusCode.UNAVAILABLE, 503)),
 ]

@@ -7,8 +7,14 @@ from typing import Any
 from aiohttp import web
 
 
+SHUTDOWN_GRACE = 1.0
+"""Seconds requests in progress get at shutdown (aiohttp's default is 60, longer than any
+shutdown budget); a request cut off was not acknowledged, and its client sends it again."""
+
+
 async def serve(app: web.Application, endpoint: str, **runner_options: Any) -> tuple[web.AppRunner, int]:
     """Start ``app`` and return its runner and the bound port (port 0 picks a free one)."""
+    runner_options.setdefault("shutdown_timeout", SHUTDOWN_GRACE)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, **runner_options)
     await runner.setup()
     host, _, port = endpoint.rpartition(":")

@@ -1,27 +1,46 @@
-"""The ingress stage both receivers share: redact → normalise → validate and split → queue → count.
+"""The ingress stage both receivers share: decode → redact → normalise → validate and split → queue → count.
 
-Receivers only speak their protocol (decode bodies, map errors to codes); everything that
+Receivers only speak their protocol (read bodies, map errors to codes); everything that
 must be identical for gRPC and HTTP happens here, once. Redaction runs first, so a secret
 never reaches the queue (and so never Kafka, disk or logs); span names are normalised next
 (:mod:`processors.cardinality`), so what is queued, stored and counted agrees. Span metrics
 count a request only once the queue accepted it, so a client's retry after a 429 is not
 counted twice.
+
+No request may stall the others (or /healthz). A body of :data:`LARGE_BODY` bytes or more
+is decoded on a worker thread (decoding is a pure function, so nothing is shared), and a
+request of more than :data:`SLICE_SPANS` spans is processed in slices with the event loop
+free between them. The whole request is still published at once: it is accepted or
+refused as a whole.
+
+Memory: while a request is decoded and processed it holds :data:`DECODED_FACTOR` times its
+wire size, which is reserved with the memory limiter first (refused with 429 if it would
+pass the limit) and released when the request is answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.errors import PipelineError
-from collector.otlp import split_by_trace
+from collector.memory import DECODED_FACTOR, MemoryLimiter
+from collector.otlp import Fragment, decode_json, decode_protobuf, split_by_trace
 from collector.queue import Queue
 from processors.cardinality import CardinalityProcessor
 from processors.redaction import Redactor
 from processors.spanmetrics import SpanMetrics
+
+LARGE_BODY = 1 << 20
+"""Bodies from this size are decoded on a worker thread."""
+SLICE_SPANS = 4096
+"""Requests with more spans are processed this many spans at a time, yielding in between."""
+DAY_NS = 86_400 * 10**9
 
 
 @dataclass(slots=True)
@@ -32,20 +51,60 @@ class Accepted:
     error_message: str
 
 
+def span_count(request: ExportTraceServiceRequest) -> int:
+    return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+
+
+def slices(request: ExportTraceServiceRequest, size: int) -> Iterator[ExportTraceServiceRequest]:
+    """The request cut into requests of at most ``size`` spans, each span keeping its
+    resource and scope (the pieces are copies; the request is left as it was)."""
+    piece, count = ExportTraceServiceRequest(), 0
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            spans, start = ss.spans, 0
+            while start < len(spans):
+                take = spans[start : start + size - count]
+                out_rs = piece.resource_spans.add(resource=rs.resource, schema_url=rs.schema_url)
+                out_rs.scope_spans.add(scope=ss.scope, schema_url=ss.schema_url).spans.extend(take)
+                count += len(take)
+                start += len(take)
+                if count >= size:
+                    yield piece
+                    piece, count = ExportTraceServiceRequest(), 0
+    if piece.resource_spans:
+        yield piece
+
+
 class Ingest:
     """Counts in ``stats`` (read by /metrics): spans accepted, rejected, refused; redactions by kind."""
 
     def __init__(self, queue: Queue, redactor: Redactor | None, cardinality: CardinalityProcessor | None = None,
-                 metrics: SpanMetrics | None = None):  # fmt: skip
+                 metrics: SpanMetrics | None = None, memory: MemoryLimiter | None = None,
+                 retention_days: int = 0):  # fmt: skip
         self.queue = queue
         self.redactor = redactor
         self.cardinality = cardinality
         self.metrics = metrics
+        self.memory = memory
+        self.retention_ns = retention_days * DAY_NS
         self.stats: Counter[str] = Counter()
         self.redactions: Counter[str] = Counter()
 
-    async def export(self, request: ExportTraceServiceRequest, raw: bytes | None) -> Accepted:
-        """Take one decoded request. Raises :class:`PipelineError` (mapped by the receiver)."""
+    async def export_body(self, body: bytes, as_json: bool) -> Accepted:
+        """Decode a protobuf or JSON request body and take it; see :meth:`export`."""
+        reserved = len(body) * DECODED_FACTOR
+        if self.memory is not None:
+            self.memory.reserve(reserved)
+        try:
+            decode = decode_json if as_json else decode_protobuf
+            request = await asyncio.to_thread(decode, body) if len(body) >= LARGE_BODY else decode(body)
+            return await self.export(request, None if as_json else body)
+        finally:
+            if self.memory is not None:
+                self.memory.release(reserved)
+
+    def _process(self, request: ExportTraceServiceRequest, raw: bytes | None, now: int) -> tuple[
+            list[Fragment], int, str, bytes | None]:  # fmt: skip
         if self.redactor is not None:
             result = self.redactor(request, raw)
             self.redactions.update(result.counts)
@@ -56,18 +115,47 @@ class Ingest:
             if changed:
                 self.stats.update(changed)
                 raw = None
-        split = split_by_trace(request, time.time_ns())
-        accepted = sum(f.span_count for f in split.fragments)
+        oldest = now - self.retention_ns if self.retention_ns else 0
+        split = split_by_trace(request, now, oldest)
+        self.stats["spans_rejected_expired"] += split.expired_spans
+        return split.fragments, split.rejected_spans, split.error_message, raw
+
+    async def export(self, request: ExportTraceServiceRequest, raw: bytes | None) -> Accepted:
+        """Take one decoded request. Raises :class:`PipelineError` (mapped by the receiver).
+
+        ``raw`` is the request as the client sent it (protobuf), if at hand: processors scan
+        it to skip requests they have nothing to do in. A slice of a request is covered by
+        the scan of the whole."""
+        now = time.time_ns()
+        large = span_count(request) > SLICE_SPANS
+        pieces = list(slices(request, SLICE_SPANS)) if large else [request]
+        fragments: list[Fragment] = []
+        raws: list[bytes | None] = []
+        rejected, message = 0, ""
+        for piece in pieces:
+            got, piece_rejected, piece_message, piece_raw = self._process(piece, raw, now)
+            fragments.extend(got)
+            raws.append(piece_raw)
+            rejected += piece_rejected
+            message = message or piece_message
+            if large:
+                await asyncio.sleep(0)
+        accepted = sum(f.span_count for f in fragments)
         try:
-            if split.fragments:
-                await self.queue.publish(split.fragments)
+            if fragments:
+                await self.queue.publish(fragments)
         except PipelineError:
             self.stats["spans_refused"] += accepted
             self.stats["requests_refused"] += 1
             raise
         if self.metrics is not None:
-            self.metrics(request, raw)
+            for piece, piece_raw in zip(pieces, raws, strict=True):
+                self.metrics(piece, piece_raw)
+                if large:
+                    await asyncio.sleep(0)
         self.stats["spans_accepted"] += accepted
-        self.stats["spans_rejected"] += split.rejected_spans
+        self.stats["spans_rejected"] += rejected
         self.stats["requests_accepted"] += 1
-        return Accepted(split.rejected_spans, split.error_message)
+        if large and rejected:
+            message = f"{rejected} spans rejected: " + message.split(": ", 1)[-1]
+        return Accepted(rejected, message)

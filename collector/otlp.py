@@ -64,6 +64,7 @@ class SplitResult:
     fragments: list[Fragment]
     rejected_spans: int
     error_message: str
+    expired_spans: int = 0
 
 
 def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
@@ -168,11 +169,16 @@ def _framing(rs: Any, ss: Any) -> tuple[bytes, bytes, bytes, bytes]:
     return resource, rs_schema, scope, ss_schema
 
 
-def split_by_trace(request: ExportTraceServiceRequest, received_ns: int | None = None) -> SplitResult:
+EXPIRED = "start time is older than the storage retention (storage.clickhouse.ttl_days), so it would be deleted on arrival"
+
+
+def split_by_trace(request: ExportTraceServiceRequest, received_ns: int | None = None,
+                   oldest_ns: int = 0) -> SplitResult:  # fmt: skip
     """Validate ids and group spans by trace id into fragments.
 
-    Spans with invalid ids are dropped and counted, so that the rest of the request is
-    accepted (OTLP ``partial_success``).
+    Spans with invalid ids, and spans that start before ``oldest_ns`` (storage would delete
+    them at once, by its TTL), are rejected and counted, so that the rest of the request is
+    accepted (OTLP ``partial_success``): nothing is acknowledged and then silently deleted.
 
     This runs on every span that arrives, so it reads each span once and builds each
     fragment's ``TracesData`` from serialized pieces: every span is serialized on its own
@@ -183,7 +189,7 @@ def split_by_trace(request: ExportTraceServiceRequest, received_ns: int | None =
     # trace id -> [span count, start, end, error, root, {(ri, si): [serialized spans]}]
     groups: dict[bytes, list[Any]] = {}
     framing: dict[tuple[int, int], tuple[bytes, bytes, bytes, bytes]] = {}
-    rejected, reason = 0, ""
+    rejected, expired, reason = 0, 0, ""
     for ri, rs in enumerate(request.resource_spans):
         service = ""
         for si, ss in enumerate(rs.scope_spans):
@@ -197,6 +203,10 @@ def split_by_trace(request: ExportTraceServiceRequest, received_ns: int | None =
                     reason = reason or str(_invalid_id_reason(span))
                     continue
                 start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                if start < oldest_ns:
+                    rejected += 1
+                    expired += 1
+                    continue
                 group = groups.get(trace_id)
                 if group is None:
                     group = groups[trace_id] = [0, start, end, False, None, {}]
@@ -223,5 +233,7 @@ def split_by_trace(request: ExportTraceServiceRequest, received_ns: int | None =
             scope_spans = scope + b"".join([b"\x12" + _length(len(s)) + s for s in spans]) + ss_schema
             parts.append(_field(1, resource + _field(2, scope_spans) + rs_schema))
         fragments.append(Fragment(trace_id, b"".join(parts), count, start, end, error, root, now))
-    message = f"{rejected} spans rejected: {reason}" if rejected else ""
-    return SplitResult(fragments, rejected, message)
+    reasons = ([f"{rejected - expired} with invalid ids ({reason})"] if rejected > expired else []) + (
+        [f"{expired} whose {EXPIRED}"] if expired else [])
+    message = f"{rejected} spans rejected: " + "; ".join(reasons) if rejected else ""
+    return SplitResult(fragments, rejected, message, expired)

@@ -25,12 +25,14 @@ import time
 from collector.config import Role, Settings
 from collector.ingest import Ingest
 from collector.kafka.queue import KafkaQueue
+from collector.memory import MemoryLimiter
 from collector.otlp import Fragment
 from collector.query_api import QueryApi
 from collector.queue import MemoryQueue, Queue
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
 from collector.runtime import RuntimeMonitor
+from collector.wal import WriteAheadLog
 from collector.writer import StorageWriter
 from processors.cardinality import CardinalityProcessor
 from processors.genai import PriceTable
@@ -53,7 +55,8 @@ def make_queue(settings: Settings, role: Role = "all") -> Queue:
     if q.kind == "memory":
         if role != "all":
             raise ValueError(f"--role {role} needs queue.kind: kafka; the in-process queue cannot be shared")
-        return MemoryQueue(q.max_size, q.retry_after)
+        wal = WriteAheadLog(settings.wal_dir, q.wal.fsync, q.wal.segment_size) if q.wal.enabled else None
+        return MemoryQueue(q.max_size, q.retry_after, wal)
     return KafkaQueue(q.kafka, q.retry_after, produce=role != "sampler", consume=role != "receiver")
 
 
@@ -69,7 +72,11 @@ class Pipeline:
         self.prices = PriceTable(settings.genai.prices)
         self.metrics = SpanMetrics(settings.cardinality, self.prices) if receives and settings.metrics.enabled else None
         cardinality = CardinalityProcessor(settings.cardinality, settings.salt)
-        self.ingest = Ingest(self.queue, redactor, cardinality, self.metrics) if receives else None
+        limits = settings.memory_limiter
+        self.memory = MemoryLimiter(limits.limit_bytes, limits.spike_bytes, limits.check_interval / 1e9,
+                                    settings.queue.retry_after) if receives else None  # fmt: skip
+        self.ingest = Ingest(self.queue, redactor, cardinality, self.metrics, self.memory,
+                             settings.storage.clickhouse.ttl_days) if receives else None  # fmt: skip
         self.sampler = TailSampler(settings.sampling) if samples else None
         self.writer = StorageWriter(settings.storage.clickhouse, on_settled=self._stored, prices=self.prices,
                                     on_kept_span=self.metrics.observe_kept if self.metrics else None) if samples else None
@@ -90,6 +97,8 @@ class Pipeline:
 
     async def start(self) -> None:
         await self.runtime.start()
+        if self.memory is not None:
+            await self.memory.start()
         if self.writer is not None:
             await self.writer.start()
             await self._recall_decisions()
@@ -166,24 +175,43 @@ class Pipeline:
         async with self._step_lock:
             await self._recall_decisions()
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop within ``timeout`` (default ``shutdown_timeout``), whatever the load.
+
+        Receivers stop taking requests; the sampler decides what it buffered; storage
+        inserts until the deadline (less a reserve for closing the queue). With a durable
+        queue (Kafka, or the write-ahead log) nothing more is read from it, and what is not
+        stored by the deadline stays unsettled and is replayed at the next start. Without
+        one, the in-process queue is drained first: those requests exist nowhere else."""
         if self._stopped:
             return
         self._stopped = True
+        loop = asyncio.get_running_loop()
+        budget = self.settings.shutdown_timeout / 1e9 if timeout is None else timeout
+        deadline = loop.time() + budget
+        reserve = min(2.0, budget / 4)  # for the queue (Kafka: commit, leave the group) and the rest
         for receiver in (self.grpc, self.http):
             if receiver is not None:
-                await receiver.shutdown()
+                await receiver.shutdown(min(1.0, budget / 8))
         self._draining = True
         if self._sampling_task is not None:
-            await self._sampling_task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sampling_task), max(0.1, deadline - reserve - loop.time()))
+            except TimeoutError:
+                log.warning("shutdown: stopped reading the queue at the deadline")
+                self._sampling_task.cancel()
+                await asyncio.gather(self._sampling_task, return_exceptions=True)
             self._sampling_task = None
         if self.sampler is not None and self.writer is not None:
             async with self._step_lock:
+                self.writer.stop_waiting()
                 decisions = self.sampler.flush()
                 self.queue.release(self.sampler.take_settled())
                 await self.writer.write(decisions)
             log.info("shutdown: decided %d buffered traces", len(decisions))
-            await self.writer.shutdown()
+            await self.writer.shutdown(max(0.1, deadline - reserve - loop.time()))
         await self.queue.shutdown()
+        if self.memory is not None:
+            await self.memory.shutdown()
         await self.query.shutdown()
         await self.runtime.shutdown()

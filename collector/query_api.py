@@ -13,6 +13,7 @@ duration back from now (``15m``). Bad parameters get 400 naming the parameter.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import datetime
@@ -43,18 +44,43 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+MAX_TIME_NS = 2**63 - 1
+"""Times are Int64 nanoseconds in the queries (up to 2262); anything past that is refused,
+not wrapped around into a filter that silently matches everything."""
+
+
 def parse_time_ns(value: str) -> int:
     """RFC 3339, unix nanoseconds, or a duration ago ("15m")."""
-    if value.isdigit():
-        return int(value)
+    if value.isascii() and value.isdigit():
+        ns = int(value)
+    else:
+        try:
+            ns = time.time_ns() - parse_duration_ns(value)
+        except (ValueError, OverflowError):
+            try:
+                ns = int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
+            except (ValueError, OverflowError):
+                raise BadParameter("must be RFC 3339, unix nanoseconds, or a duration ago such as 15m") from None
+    if not 0 <= ns <= MAX_TIME_NS:
+        raise BadParameter("must be between 1970 and 2262")
+    return ns
+
+
+def _integer(key: str, value: str, low: int, high: int) -> int:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+        raise BadParameter(f"{key}: must be an integer from {low} to {high}")
+    return int(value)
+
+
+def _milliseconds(key: str, value: str) -> int:
+    """A non-negative, finite number of milliseconds, as nanoseconds within UInt64."""
     try:
-        return time.time_ns() - parse_duration_ns(value)
+        ms = float(value)
     except ValueError:
-        pass
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
-    except ValueError:
-        raise BadParameter("must be RFC 3339, unix nanoseconds, or a duration ago such as 15m") from None
+        raise BadParameter(f"{key}: must be a number of milliseconds") from None
+    if not math.isfinite(ms) or not 0 <= ms * 1_000_000 < 2**63:
+        raise BadParameter(f"{key}: must be a number of milliseconds from 0 to 9.2e12")
+    return int(ms * 1_000_000)
 
 
 def _search_params(query: Any) -> dict[str, Any]:
@@ -70,15 +96,9 @@ def _search_params(query: Any) -> dict[str, Any]:
         out["error"] = 1 if err.lower() in ("true", "1") else 0
     for key, target in (("min_duration_ms", "min_duration_ns"), ("max_duration_ms", "max_duration_ns")):
         if query.get(key):
-            try:
-                out[target] = int(float(query[key]) * 1_000_000)
-            except ValueError:
-                raise BadParameter(f"{key}: must be a number of milliseconds") from None
+            out[target] = _milliseconds(key, query[key])
     _time_params(query, out)
-    limit = query.get("limit") or "20"
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        raise BadParameter("limit: must be an integer from 1 to 1000")
-    out["limit"] = int(limit)
+    out["limit"] = _integer("limit", query.get("limit") or "20", 1, 1000)
     return out
 
 
@@ -101,10 +121,8 @@ def _stats_params(query: Any) -> dict[str, Any]:
     scope = query.get("scope") or "all"
     if scope not in ("all", "root"):
         raise BadParameter("scope: must be all or root")
-    limit = query.get("limit") or "100"
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        raise BadParameter("limit: must be an integer from 1 to 1000")
-    out: dict[str, Any] = {"group_by": group_by, "root_only": scope == "root", "limit": int(limit),
+    limit = _integer("limit", query.get("limit") or "100", 1, 1000)
+    out: dict[str, Any] = {"group_by": group_by, "root_only": scope == "root", "limit": limit,
                            "service": query.get("service") or None}  # fmt: skip
     _time_params(query, out)
     return out

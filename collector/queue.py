@@ -12,12 +12,19 @@ orders of magnitude.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from collector.errors import Backpressure, Unavailable
+from collector.kafka.envelope import EnvelopeError, pack, unpack
+from collector.kafka.ledger import OffsetLedger
 from collector.otlp import Fragment
+from collector.wal import Entry, WriteAheadLog
+
+log = logging.getLogger("tailsift.queue")
 
 
 RebalanceHook = Callable[[set[int]], Awaitable[None]]
@@ -57,32 +64,68 @@ class Queue(Protocol):
 
 
 class MemoryQueue:
-    """The embedded default: a byte-bounded in-process FIFO."""
+    """The embedded default: a byte-bounded in-process FIFO, crash-safe with a write-ahead log.
 
-    durable = False
+    With ``wal`` (the default in ``tailsift run``) every published batch is appended to the
+    log before ``publish`` returns, each fragment carries its record's position (partition
+    0, sequence), and ``release`` settles it in an :class:`OffsetLedger` exactly as the
+    Kafka queue does; the settled watermark is checkpointed every ``checkpoint_interval``
+    and whole segments below it are deleted. At start the records at or above the
+    checkpoint are replayed first, read lazily, before anything published since.
+    """
 
-    def __init__(self, max_bytes: int, retry_after: float = 1.0):
+    def __init__(self, max_bytes: int, retry_after: float = 1.0, wal: WriteAheadLog | None = None,
+                 checkpoint_interval: float = 1.0):  # fmt: skip
         self.max_bytes = max_bytes
         self.retry_after = retry_after
+        self.wal = wal
+        self.durable = wal is not None
+        self.checkpoint_interval = checkpoint_interval
         self._items: deque[Fragment] = deque()
         self._bytes = 0
         self._closed = False
         self._ready = asyncio.Event()
+        self._ledger = OffsetLedger()
+        self._replay: deque[Entry] = deque()
+        self._last_checkpoint = 0.0
         self.refused_batches = 0
+        self.replayed_records = 0
 
     async def start(self) -> None:
         self._closed = False
+        if self.wal is not None:
+            entries = self.wal.open()
+            for entry in entries:
+                self._ledger.track(0, entry.seq, entry.parts)
+            self._replay.extend(entries)
+            if entries:
+                log.info("write-ahead log: replaying %d accepted requests not yet stored", len(entries))
 
     async def shutdown(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         self._ready.set()
+        if self.wal is not None:
+            self._checkpoint()
+            await self.wal.close()
 
     @property
     def depth_bytes(self) -> int:
         return self._bytes
 
     def release(self, fragments: list[Fragment]) -> None:
-        """Nothing to do: a fragment left memory when it was consumed."""
+        """Settled: with the log, these records may be truncated once all before them are too."""
+        for fragment in fragments:
+            if fragment.source is not None:
+                self._ledger.settle(*fragment.source)
+
+    def _checkpoint(self) -> None:
+        assert self.wal is not None
+        self._last_checkpoint = time.monotonic()
+        mark = self._ledger.watermark(0)
+        if mark is not None:
+            self.wal.checkpoint(mark)
 
     def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
         """Never called: one process owns the whole in-process queue."""
@@ -97,11 +140,32 @@ class MemoryQueue:
                 f"queue full ({self._bytes} of {self.max_bytes} bytes used); retry later",
                 retry_after=self.retry_after,
             )
+        if self.wal is not None:
+            await self._log(fragments)
         self._items.extend(fragments)
         self._bytes += size
         self._ready.set()
 
+    async def _log(self, fragments: list[Fragment]) -> None:
+        """Append to the write-ahead log and wait until it is durable; on a disk error the
+        client gets 503 (and the record counts as settled: it was never acknowledged)."""
+        assert self.wal is not None
+        seq = self.wal.append(pack(fragments), len(fragments))
+        self._ledger.track(0, seq, len(fragments))
+        try:
+            await self.wal.durable()
+        except OSError as exc:
+            for _ in fragments:
+                self._ledger.settle(0, seq)
+            raise Unavailable(f"cannot write the write-ahead log: {exc.strerror}", retry_after=self.retry_after) from None
+        for f in fragments:
+            f.source = (0, seq)
+
     async def consume(self, max_items: int, timeout: float) -> list[Fragment] | None:
+        if self.wal is not None and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
+            self._checkpoint()
+        if self._replay:
+            return self._replayed(max_items)
         if not self._items:
             if self._closed:
                 return None
@@ -117,4 +181,17 @@ class MemoryQueue:
             out.append(item)
         if not out and self._closed:
             return None
+        return out
+
+    def _replayed(self, max_items: int) -> list[Fragment]:
+        out: list[Fragment] = []
+        while self._replay and len(out) < max_items:
+            entry = self._replay.popleft()
+            self.replayed_records += 1
+            try:
+                out.extend(unpack(WriteAheadLog.read(entry), (0, entry.seq)))
+            except (EnvelopeError, OSError) as exc:
+                log.error("write-ahead log: record %d cannot be read (%s); skipped", entry.seq, exc)
+                for _ in range(entry.parts):
+                    self._ledger.settle(0, entry.seq)
         return out

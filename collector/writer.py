@@ -76,7 +76,8 @@ class StorageWriter:
         self._room = asyncio.Event()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._stopping = False  # write() no longer waits for room
+        self._closing = False  # the loop ends once nothing is pending, or at the deadline
         self._deadline = float("inf")
         self.rows_written = 0
         self.insert_failures = 0
@@ -125,20 +126,20 @@ class StorageWriter:
         interval = self.settings.flush_seconds
         backoff = 0.5
         while True:
-            if not self._pending or not self._stopping:
+            if not self._pending or not self._closing:
                 try:
                     await asyncio.wait_for(self._wake.wait(), interval)
                 except TimeoutError:
                     pass
             self._wake.clear()
-            if self._stopping and asyncio.get_running_loop().time() >= self._deadline:
+            if self._closing and asyncio.get_running_loop().time() >= self._deadline:
                 return
             if not await self._flush_once():
                 await asyncio.sleep(min(backoff, max(0.0, self._deadline - asyncio.get_running_loop().time())))
                 backoff = min(backoff * 2, 10.0)
             else:
                 backoff = 0.5
-            if self._stopping and not self._pending:
+            if self._closing and not self._pending:
                 return
 
     def _take_batch(self) -> tuple[list[Decision], int, int]:
@@ -262,12 +263,17 @@ class StorageWriter:
                 self._wake.set()
                 await self._settled.wait()
 
+    def stop_waiting(self) -> None:
+        """From now on ``write`` never waits for room (shutdown: everything is written at once)."""
+        self._stopping = True
+        self._room.set()
+
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Insert what is pending until ``timeout``, then close the store. What is not stored
         by then stays unsettled (a durable queue replays it at the next start)."""
-        if self._stopping and self._task is None:
+        if self._closing:
             return
-        self._stopping = True
+        self._stopping = self._closing = True
         self._deadline = asyncio.get_running_loop().time() + timeout
         self._room.set()
         self._wake.set()

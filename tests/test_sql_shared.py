@@ -34,10 +34,11 @@ def _normalise(sql_text: str) -> str:
 def _expected_statements() -> set[str]:
     insert = "INSERT INTO {table} ({cols}) FORMAT Native"
     return {_normalise(s) for s in (
-        sql.create_spans_table(7), sql.create_traces_table(7), sql.GET_TRACE, sql.SEARCH_TRACES, sql.PING,
+        sql.create_spans_table(7), sql.create_traces_table(7), sql.create_rejected_table(7), sql.GET_TRACE, sql.SEARCH_TRACES, sql.PING,
         sql.RECENT_KEPT, sql.TRACE_COSTS, sql.STATS, *sql.MIGRATIONS,
         insert.format(table=sql.SPANS_TABLE, cols=", ".join(sql.SPAN_COLUMNS)),
         insert.format(table=sql.TRACES_TABLE, cols=", ".join(sql.TRACE_COLUMNS)),
+        insert.format(table=sql.REJECTED_TABLE, cols=", ".join(sql.REJECTED_COLUMNS)),
     )}  # fmt: skip
 
 

@@ -130,6 +130,19 @@ def _fragment(env: Envelope, source: tuple[int, int] | None) -> Fragment:
                     env.has_error, root, env.received_unix_nano, source)  # fmt: skip
 
 
+def pack(fragments: list[Fragment]) -> bytes:
+    """Fragments as an uncompressed ``tailsift.v1.Batch`` (the write-ahead log's record)."""
+    return Batch(envelopes=[_envelope(f) for f in fragments]).SerializeToString()
+
+
+def unpack(raw: bytes, source: tuple[int, int]) -> list[Fragment]:
+    """A :func:`pack` record back into its fragments; :class:`EnvelopeError` if it is not one."""
+    try:
+        return [_fragment(env, source) for env in Batch.FromString(raw).envelopes]
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise EnvelopeError(f"malformed batch: {exc}") from None
+
+
 def partition_of(trace_id: bytes, partitions: int) -> int:
     """The partition of a trace: its id's last 8 bytes (random by W3C trace context) mod the count."""
     return int.from_bytes(trace_id[8:], "big") % partitions

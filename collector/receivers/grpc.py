@@ -23,7 +23,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from collector.errors import PipelineError, codes_for
 from collector.ingest import Ingest
-from collector.otlp import decode_protobuf
 
 log = logging.getLogger("tailsift.receiver.grpc")
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -72,8 +71,7 @@ class GrpcReceiver:
 
     async def _export(self, body: bytes, context: Any) -> bytes:
         try:
-            request = decode_protobuf(body)
-            accepted = await self.ingest.export(request, body)
+            accepted = await self.ingest.export_body(body, as_json=False)
         except PipelineError as exc:
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from None

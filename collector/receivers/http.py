@@ -3,11 +3,14 @@
 Answers follow the OTLP/HTTP spec: the response (or the ``google.rpc.Status`` error body)
 uses the request's content type; 429/503 carry ``Retry-After``. Size is checked three
 times: the declared Content-Length, the bytes actually read, and the decompressed size
-(a small gzip body can inflate without limit, so inflation stops at the limit).
+(a small gzip body can inflate without limit, so inflation stops at the limit). Body bytes
+count against the memory limit while they are read, and a body that does not arrive
+within ``body_timeout`` is refused (408), so stalled uploads cannot hold memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 
@@ -16,10 +19,10 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from collector.errors import InvalidRequest, PipelineError, RequestTooLarge, UnsupportedMediaType, codes_for
+from collector.errors import (InvalidRequest, PipelineError, RequestTimeout, RequestTooLarge, UnsupportedMediaType,
+                              codes_for)
 from collector.http_server import serve
-from collector.ingest import Ingest
-from collector.otlp import decode_json, decode_protobuf
+from collector.ingest import LARGE_BODY, Ingest
 
 log = logging.getLogger("tailsift.receiver.http")
 PROTOBUF = "application/x-protobuf"
@@ -27,15 +30,26 @@ JSON = "application/json"
 _PROTOBUF_TYPES = {PROTOBUF, "application/protobuf"}
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidRequest(f"malformed gzip body: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise RequestTooLarge(f"request body exceeds {limit} bytes after decompression")
-    return out
+def gunzip(body: bytes, limit: int) -> bytes:
+    """Inflate a gzip body, every member of it (RFC 1952 allows several, and concatenated
+    gzip files are one valid body), stopping at ``limit`` bytes. A truncated member or
+    trailing bytes that are not gzip are a malformed body, not silently ignored."""
+    out: list[bytes] = []
+    size, rest = 0, body
+    while rest:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise InvalidRequest(f"malformed gzip body: {exc}") from None
+        size += len(chunk)
+        if size > limit or inflater.unconsumed_tail:
+            raise RequestTooLarge(f"request body exceeds {limit} bytes after decompression")
+        if not inflater.eof:
+            raise InvalidRequest("malformed gzip body: truncated")
+        out.append(chunk)
+        rest = inflater.unused_data
+    return b"".join(out)
 
 
 def _encode(message: object, as_json: bool) -> bytes:
@@ -47,10 +61,11 @@ def _encode(message: object, as_json: bool) -> bytes:
 class HttpReceiver:
     """Component: ``start`` binds, ``shutdown`` stops taking requests (safe twice, without start)."""
 
-    def __init__(self, endpoint: str, ingest: Ingest, max_request_size: int):
+    def __init__(self, endpoint: str, ingest: Ingest, max_request_size: int, body_timeout: float = 30.0):
         self.endpoint = endpoint
         self.ingest = ingest
         self.limit = max_request_size
+        self.body_timeout = body_timeout
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -59,32 +74,35 @@ class HttpReceiver:
         app.router.add_post("/v1/traces", self._traces)
         self._runner, self.port = await serve(app, self.endpoint, auto_decompress=False)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace: float = 1.0) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
 
     async def _traces(self, request: web.Request) -> web.Response:
         as_json = request.content_type == JSON
+        reserved = [0]
         try:
-            body = await self._read_body(request)
-            if as_json:
-                message = decode_json(body)
-            else:
-                message = decode_protobuf(body)
-            accepted = await self.ingest.export(message, None if as_json else body)
+            body = await self._read_body(request, reserved)
+            accepted = await self.ingest.export_body(body, as_json)
         except PipelineError as exc:
             return self._error(exc, as_json)
         except Exception:
             log.exception("unexpected error handling an OTLP/HTTP export")
             return self._error(PipelineError("internal error"), as_json)
+        finally:
+            if self.ingest.memory is not None:
+                self.ingest.memory.release(reserved[0])
         response = ExportTraceServiceResponse()
         if accepted.rejected_spans:
             response.partial_success.rejected_spans = accepted.rejected_spans
             response.partial_success.error_message = accepted.error_message
         return web.Response(body=_encode(response, as_json), content_type=JSON if as_json else PROTOBUF)
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.Request, reserved: list[int]) -> bytes:
+        """The body, decompressed. Its bytes are reserved with the memory limiter as they
+        come (all at once when Content-Length announces them), added to ``reserved[0]`` for
+        the caller to release; a body not received within ``body_timeout`` is refused."""
         if request.content_type not in _PROTOBUF_TYPES and request.content_type != JSON:
             raise UnsupportedMediaType(
                 f"unsupported content type {request.content_type!r}; use {PROTOBUF} or {JSON}"
@@ -94,17 +112,30 @@ class HttpReceiver:
             raise UnsupportedMediaType(f"unsupported content encoding {encoding!r}; use gzip or none")
         if request.content_length is not None and request.content_length > self.limit:
             raise RequestTooLarge(f"request body of {request.content_length} bytes exceeds {self.limit}")
+        memory = self.ingest.memory
+        if memory is not None and request.content_length:
+            memory.reserve(request.content_length)
+            reserved[0] += request.content_length
         # Read the stream ourselves rather than ``request.read()``, which caches the body on
         # the request object: aiohttp's request objects sit in reference cycles, so a cached
         # body lived until the next full garbage collection (see collector.runtime).
         chunks, size = [], 0
-        async for chunk in request.content.iter_chunked(1 << 16):
-            size += len(chunk)
-            if size > self.limit:
-                raise RequestTooLarge(f"request body exceeds {self.limit} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > self.limit:
+                        raise RequestTooLarge(f"request body exceeds {self.limit} bytes")
+                    if memory is not None and size > reserved[0]:
+                        memory.reserve(size - reserved[0])
+                        reserved[0] = size
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestTimeout(f"request body not received within {self.body_timeout:g}s") from None
         body = b"".join(chunks)
-        return _gunzip(body, self.limit) if encoding == "gzip" else body
+        if encoding != "gzip":
+            return body
+        return await asyncio.to_thread(gunzip, body, self.limit) if len(body) >= LARGE_BODY else gunzip(body, self.limit)
 
     def _error(self, error: PipelineError, as_json: bool) -> web.Response:
         codes = codes_for(error)

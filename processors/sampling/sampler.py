@@ -7,8 +7,9 @@ no I/O, so the pipeline decides where kept traces go and tests can drive the clo
 A trace is decided when the first of these happens:
 - ``decision_wait`` has passed since its first span arrived;
 - its root span has arrived and ``quiet_period`` passed with no new span (early decision);
-- a memory bound is hit (``max_traces``, ``max_buffered_spans``: the oldest trace is decided
-  now; ``max_spans_per_trace``: that trace is decided now). Each is counted in ``stats``.
+- a memory bound is hit (``max_traces``, ``max_buffered_spans``, ``max_buffered_bytes``: the
+  oldest trace is decided now; ``max_spans_per_trace``: that trace is decided now). Each is
+  counted in ``stats``. Deciding early never drops anything a rule would keep.
 
 Spans arriving after their trace was decided follow the remembered decision (a bounded
 decision cache), so a kept trace is stored whole and a dropped one stays dropped. The
@@ -167,6 +168,7 @@ class TailSampler:
         self._rooted: OrderedDict[bytes, None] = OrderedDict()  # root seen, by last arrival
         self._decided: OrderedDict[bytes, tuple[bool, str, float, TraceSummary]] = OrderedDict()
         self.buffered_spans = 0
+        self.buffered_bytes = 0
         self.stats: Counter[str] = Counter()
         self.decisions: Counter[tuple[str, bool]] = Counter()
         self._settled: list[Fragment] = []
@@ -198,6 +200,7 @@ class TailSampler:
             entry.last_seen = now
             entry._parsed = None
             self.buffered_spans += fragment.span_count
+            self.buffered_bytes += fragment.size
             if entry.summary.root is not None:
                 self._rooted[trace_id] = None
                 self._rooted.move_to_end(trace_id)
@@ -206,6 +209,9 @@ class TailSampler:
                 out.append(self._decide(trace_id))
             while self.buffered_spans > limits.max_buffered_spans and self._buffer:
                 self.stats["decided_early_max_buffered_spans"] += 1
+                out.append(self._decide_oldest())
+            while self.buffered_bytes > limits.max_buffered_bytes and self._buffer:
+                self.stats["decided_early_max_buffered_bytes"] += 1
                 out.append(self._decide_oldest())
         return out
 
@@ -250,6 +256,7 @@ class TailSampler:
             entry = self._buffer.pop(trace_id)
             self._rooted.pop(trace_id, None)
             self.buffered_spans -= entry.summary.span_count
+            self.buffered_bytes -= sum(f.size for f in entry.fragments)
         self._settled = [f for f in self._settled if f.source is None or f.source[0] not in partitions]
         self.stats["forgotten_on_rebalance"] += len(gone)
         return len(gone)
@@ -271,6 +278,7 @@ class TailSampler:
         entry = self._buffer.pop(trace_id)
         self._rooted.pop(trace_id, None)
         self.buffered_spans -= entry.summary.span_count
+        self.buffered_bytes -= sum(f.size for f in entry.fragments)
         keep, rule_name, rate = False, "", 1.0
         for rule, matches, limiter in self._rules:
             try:
