@@ -114,6 +114,11 @@ class MemoryQueue:
     def depth_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def replay_pending(self) -> int:
+        """Logged records still to be replayed (after a restart)."""
+        return len(self._replay)
+
     def release(self, fragments: list[Fragment]) -> None:
         """Settled: with the log, these records may be truncated once all before them are too."""
         for fragment in fragments:

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from collector.kafka.queue import KafkaQueue
+from collector.queue import MemoryQueue
 from processors.spanmetrics import Histogram
 
 if TYPE_CHECKING:
@@ -36,6 +37,15 @@ class PipelineCollector(Collector):
             yield from self._ingest(p.ingest)
         if p.metrics is not None:
             yield from p.metrics.collect()
+        if p.memory is not None:
+            yield GaugeMetricFamily("tailsift_memory_rss_bytes", "Resident memory, as the memory limiter last read it",
+                                    value=p.memory.rss)  # fmt: skip
+            yield GaugeMetricFamily("tailsift_memory_reserved_bytes", "Bytes reserved by requests being received "
+                                    "and decoded", value=p.memory.reserved)  # fmt: skip
+            yield GaugeMetricFamily("tailsift_memory_soft_limit_bytes", "RSS past which new data is refused",
+                                    value=p.memory.soft_limit)  # fmt: skip
+            yield CounterMetricFamily("tailsift_memory_refused_requests", "Requests refused (429) by the memory limit",
+                                      value=p.memory.refused)  # fmt: skip
         yield _histogram("tailsift_decision_latency_seconds", "From a trace's first span to its decision",
                          p.decision_latency)  # fmt: skip
         yield _histogram("tailsift_event_loop_lag_seconds", "How late a 50 ms timer fires on the event loop",
@@ -52,6 +62,9 @@ class PipelineCollector(Collector):
         for outcome in ("accepted", "rejected", "refused"):
             spans.add_metric([outcome], ingest.stats[f"spans_{outcome}"])
         yield spans
+        expired = CounterMetricFamily("tailsift_receiver_spans_expired", "Spans rejected (partial_success) because "
+                                      "they start before the storage retention", value=ingest.stats["spans_rejected_expired"])  # fmt: skip
+        yield expired
         requests = CounterMetricFamily("tailsift_receiver_requests", "Export requests by outcome", labels=["outcome"])
         for outcome in ("accepted", "refused"):
             requests.add_metric([outcome], ingest.stats[f"requests_{outcome}"])
@@ -84,6 +97,11 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily("tailsift_queue_bytes",
                                 "Bytes in the in-process queue, or sent to Kafka and not yet acknowledged",
                                 value=queue.depth_bytes)  # fmt: skip
+        if isinstance(queue, MemoryQueue) and queue.wal is not None:
+            yield GaugeMetricFamily("tailsift_wal_bytes", "Size of the write-ahead log on disk", value=queue.wal.size_bytes)
+            yield GaugeMetricFamily("tailsift_wal_replay_pending_records", "Logged requests still to replay after a "
+                                    "restart", value=queue.replay_pending)  # fmt: skip
+            yield CounterMetricFamily("tailsift_wal_syncs", "fdatasync calls (one per group commit)", value=queue.wal.syncs)
         if isinstance(queue, KafkaQueue):
             events = CounterMetricFamily("tailsift_kafka_events", "Kafka transport events", labels=["event"])
             for event, count in sorted(queue.stats.items()):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -63,16 +63,22 @@ class Template:
     """Per trace: the byte offsets of its trace id in ``body``."""
     spans: int
     error_traces: int
+    errors: list[int] = field(default_factory=list)
+    """Indexes (into ``slots``) of the traces that have an error span."""
 
     def fresh(self) -> bytes:
         """A copy with a new random trace id per trace."""
+        return self.fresh_with_ids()[0]
+
+    def fresh_with_ids(self) -> tuple[bytes, bytes]:
+        """A copy with a new random trace id per trace, and those ids (16 bytes each, in order)."""
         out = bytearray(self.body)
         ids = os.urandom(16 * len(self.slots))
         for i, offsets in enumerate(self.slots):
             new = ids[16 * i:16 * i + 16]
             for at in offsets:
                 out[at:at + 16] = new
-        return bytes(out)
+        return bytes(out), ids
 
 
 def build_set(shape: str, count: int = 16) -> list[Template]:
@@ -95,6 +101,7 @@ def build(shape: str, service: str = "bench-app", first_trace: int = 0) -> Templ
     now = time.time_ns()
     markers: list[bytes] = []
     errors = 0
+    error_indexes: list[int] = []
     trace_index = first_trace
     while len(spans) < _SPANS_PER_REQUEST:
         marker = os.urandom(16)
@@ -115,6 +122,7 @@ def build(shape: str, service: str = "bench-app", first_trace: int = 0) -> Templ
             spans[len(spans) - 1].status.code = 2  # type: ignore[assignment]  # STATUS_CODE_ERROR
             spans[len(spans) - 1].status.message = "bench: injected error"
             errors += 1
+            error_indexes.append(len(markers) - 1)
     body = req.SerializeToString()
     slots = []
     for marker in markers:
@@ -123,4 +131,4 @@ def build(shape: str, service: str = "bench-app", first_trace: int = 0) -> Templ
             offsets.append(at)
             at = body.find(marker, at + 16)
         slots.append(offsets)
-    return Template(body, slots, len(spans), errors)
+    return Template(body, slots, len(spans), errors, error_indexes)
