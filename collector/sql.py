@@ -198,11 +198,18 @@ MIGRATIONS = [
     f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS CostUsd Float64 CODEC(ZSTD(1)) AFTER SampledBy",
 ]
 
+def tokens(key: str) -> str:
+    """A token count attribute as a number, read the way ``processors.genai.parse_count``
+    reads it at ingest: not a number, not finite or negative is 0, and at most 10^12. A
+    stored ``"inf"`` must not turn a whole group's total into infinity."""
+    return f"least(greatest(ifNotFinite(toFloat64OrZero(SpanAttributes['{key}']), 0), 0), 1e12)"
+
+
 # Tokens and cost per trace, for trace lists. Spans are deduplicated first (at-least-once).
 TRACE_COSTS = f"""
 SELECT TraceId, sum(CostUsd),
-       sum(toFloat64OrZero(SpanAttributes['gen_ai.usage.input_tokens'])),
-       sum(toFloat64OrZero(SpanAttributes['gen_ai.usage.output_tokens']))
+       sum({tokens('gen_ai.usage.input_tokens')}),
+       sum({tokens('gen_ai.usage.output_tokens')})
 FROM (SELECT TraceId, CostUsd, SpanAttributes FROM {SPANS_TABLE}
       WHERE TraceId IN {{trace_ids:Array(String)}} LIMIT 1 BY TraceId, SpanId)
 GROUP BY TraceId
@@ -223,9 +230,9 @@ SELECT multiIf({{group_by:String}} = 'service', ServiceName,
        sum(SampleRate) AS Weighted,
        sumIf(SampleRate, StatusCode = 'Error'),
        quantilesTDigestWeighted(0.5, 0.95, 0.99)(Duration, toUInt64(round(SampleRate * 100))),
-       sum(SampleRate * toFloat64OrZero(SpanAttributes['gen_ai.usage.input_tokens'])),
-       sum(SampleRate * toFloat64OrZero(SpanAttributes['gen_ai.usage.output_tokens'])),
-       sum(SampleRate * toFloat64OrZero(SpanAttributes['gen_ai.usage.cache_read.input_tokens'])),
+       sum(SampleRate * {tokens('gen_ai.usage.input_tokens')}),
+       sum(SampleRate * {tokens('gen_ai.usage.output_tokens')}),
+       sum(SampleRate * {tokens('gen_ai.usage.cache_read.input_tokens')}),
        sum(SampleRate * CostUsd),
        count(),
        sqrt(sum(SampleRate * (SampleRate - 1)))

@@ -11,7 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
 
 import clickhouse_connect
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -22,19 +27,21 @@ from collector.otlp import split_by_trace
 from collector.writer import StorageWriter
 from processors.genai import Price, PriceTable, parse_count
 from processors.sampling.sampler import Decision, TraceSummary
+from tests.support.collector import Collector, deep_merge
+from tests.support.otel import Sender, Status, StatusCode, llm_trace
 
 DAY_NS = 86_400 * 10**9
 NOW = 1_780_000_000 * 10**9
 
 
 def request(trace: int, spans: int = 2, day_step: int = 0, name: str = "op",
-            attrs: dict[str, object] | None = None) -> ExportTraceServiceRequest:  # fmt: skip
+            attrs: dict[str, object] | None = None, now: int = NOW) -> ExportTraceServiceRequest:  # fmt: skip
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
     rs.resource.attributes.add(key="service.name").value.string_value = "isolation"
     ss = rs.scope_spans.add()
     for i in range(spans):
-        start = NOW - i * day_step * DAY_NS
+        start = now - i * day_step * DAY_NS
         s = ss.spans.add(trace_id=trace.to_bytes(16, "big"), span_id=(i + 1).to_bytes(8, "big"), name=name,
                          start_time_unix_nano=start, end_time_unix_nano=start + 1000)  # fmt: skip
         if i:
@@ -127,3 +134,65 @@ def test_poison_token_counts_are_clamped_not_fatal(tmp_path: Path) -> None:
     assert finite == 1 and max_cost <= 2 * 3.0 * 10**12 / 1e6  # 1e300 is capped at MAX_TOKENS
     assert writer.rows.clamped["token_count"] >= 2 * 6
     assert [parse_count(v) for v in (math.inf, -math.inf, math.nan, -3, "x", None, "12", 7.9)] == [0, 0, 0, 0, 0, 0, 12, 7]
+
+
+# --- end to end: poison requests among good ones, through the real receivers and both queues
+
+POISON_CONFIG = {
+    "storage": {"clickhouse": {"ttl_days": 365}},  # spans on 150 past days are within retention
+    "genai": {"prices": [{"model": "gpt-*", "input": 2.5, "output": 10.0}]},
+    "sampling": {"decision_wait": "2s", "quiet_period": "300ms"},
+}
+
+
+def raw_request(trace: int, spans: int = 1, day_step: int = 0, attributes: int = 0, big: int = 0) -> bytes:
+    req = request(trace, spans, day_step, now=time.time_ns())
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    for i in range(attributes):
+        span.attributes.add(key=f"k{i}")
+    if big:
+        span.attributes.add(key="big").value.string_value = "z" * big
+    return req.SerializeToString()
+
+
+@pytest.mark.e2e
+def test_poison_among_good_error_traces_costs_nothing(tmp_path: Path, queue_config: dict[str, Any]) -> None:
+    c = Collector(tmp_path, deep_merge(POISON_CONFIG, queue_config)).start()
+    try:
+        good: list[str] = []
+        sender = Sender("http", c, service="good-client")
+        poison_sdk = Sender("grpc", c, service="poison-client")
+        tokens = [math.inf, math.nan, -5, 1e300, "inf", "NaN", -1e300]
+
+        def bad_usage(value: Any) -> Any:
+            return lambda span: (span.set_attribute("gen_ai.usage.input_tokens", value),
+                                 span.set_attribute("gen_ai.usage.output_tokens", value))  # fmt: skip
+
+        for i in range(60):
+            good.append(llm_trace(sender.tracer, error_in="llm.chat"))
+            if i < len(tokens):
+                llm_trace(poison_sdk.tracer, error_in="llm.chat", extra=bad_usage(tokens[i]))
+            if i == 20:  # raw OTLP poison, in the middle of the good traffic
+                for body in (raw_request(7001, spans=150, day_step=1), raw_request(7002, attributes=1_000_000),
+                             raw_request(7003, big=10 * 1024 * 1024)):  # fmt: skip
+                    resp = requests.post(c.http_url, data=body, headers={"Content-Type": "application/x-protobuf"},
+                                         timeout=120)  # fmt: skip
+                    assert resp.status_code == 200, resp.text
+        with_big = Sender("http", c, service="poison-client")
+        with with_big.tracer.start_as_current_span("huge") as span:
+            span.set_attribute("blob", "q" * (10 * 1024 * 1024))
+            span.set_status(Status(StatusCode.ERROR, "huge"))
+        for s in (sender, poison_sdk, with_big):
+            s.close()
+        c.wait_for(lambda: all(c.get(f"/api/traces/{t}").status_code == 200 for t in good), 120, "60 good error traces")
+        for trace in (7001, 7002, 7003):
+            c.wait_for(lambda: c.get("/api/traces/%032x" % trace).status_code == 200, 120, f"poison trace {trace}")
+        assert len(c.get("/api/traces/%032x" % 7001).json()["spans"]) == 150
+        m = c.metrics()
+        assert m["tailsift_storage_values_clamped_total{kind=\"token_count\"}"] >= 6
+        assert m.get("tailsift_storage_rows_rejected_total", 0) == 0  # everything was storable after clamping
+        assert "Traceback" not in c.log()
+        stats = c.get("/api/stats", group_by="model").json()["groups"]
+        assert all(math.isfinite(g["cost_usd"]) and g["input_tokens"] >= 0 for g in stats)
+    finally:
+        assert c.stop() == 0, c.log()
