@@ -38,7 +38,7 @@ from processors.spanmetrics import SpanMetrics
 
 LARGE_BODY = 1 << 20
 """Bodies from this size are decoded on a worker thread."""
-SLICE_SPANS = 4096
+SLICE_SPANS = 1024
 """Requests with more spans are processed this many spans at a time, yielding in between."""
 DAY_NS = 86_400 * 10**9
 
@@ -96,9 +96,12 @@ class Ingest:
         if self.memory is not None:
             self.memory.reserve(reserved)
         try:
-            decode = decode_json if as_json else decode_protobuf
-            request = await asyncio.to_thread(decode, body) if len(body) >= LARGE_BODY else decode(body)
-            return await self.export(request, None if as_json else body)
+            dropped = 0
+            if as_json:
+                request, dropped = await asyncio.to_thread(decode_json, body) if len(body) >= LARGE_BODY else decode_json(body)
+            else:
+                request = await asyncio.to_thread(decode_protobuf, body) if len(body) >= LARGE_BODY else decode_protobuf(body)
+            return await self.export(request, None if as_json else body, dropped)
         finally:
             if self.memory is not None:
                 self.memory.release(reserved)
@@ -120,20 +123,24 @@ class Ingest:
         self.stats["spans_rejected_expired"] += split.expired_spans
         return split.fragments, split.rejected_spans, split.error_message, raw
 
-    async def export(self, request: ExportTraceServiceRequest, raw: bytes | None) -> Accepted:
+    async def export(self, request: ExportTraceServiceRequest, raw: bytes | None, dropped: int = 0) -> Accepted:
         """Take one decoded request. Raises :class:`PipelineError` (mapped by the receiver).
 
         ``raw`` is the request as the client sent it (protobuf), if at hand: processors scan
-        it to skip requests they have nothing to do in. A slice of a request is covered by
-        the scan of the whole."""
+        it to skip requests they have nothing to do in. ``dropped`` spans were left out by the decoder (no valid
+        ids) and are reported as rejected."""
         now = time.time_ns()
         large = span_count(request) > SLICE_SPANS
-        pieces = list(slices(request, SLICE_SPANS)) if large else [request]
+        pieces: list[ExportTraceServiceRequest] = []
         fragments: list[Fragment] = []
         raws: list[bytes | None] = []
-        rejected, message = 0, ""
-        for piece in pieces:
-            got, piece_rejected, piece_message, piece_raw = self._process(piece, raw, now)
+        rejected, message = dropped, f"{dropped} spans rejected: trace_id and span_id must be valid hex" if dropped else ""
+        for piece in slices(request, SLICE_SPANS) if large else [request]:
+            pieces.append(piece)
+            # A slice's own bytes, for the processors' scans: rescanning the whole body for
+            # every slice would cost (slices x body) bytes.
+            piece_raw = piece.SerializeToString() if large and raw is not None else raw
+            got, piece_rejected, piece_message, piece_raw = self._process(piece, piece_raw, now)
             fragments.extend(got)
             raws.append(piece_raw)
             rejected += piece_rejected

@@ -78,14 +78,16 @@ def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
 
 
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+_REQUIRED_IDS = ("traceId", "spanId", "trace_id", "span_id")
 
 
-def _hex_ids_to_base64(obj: dict[str, Any]) -> None:
+def _hex_ids_to_base64(obj: dict[str, Any]) -> bool:
     """OTLP/JSON writes ids as hex, protobuf's JSON mapping expects base64: convert.
 
-    An id that is not valid hex becomes an 8-byte marker of the wrong length so that
-    validation rejects that one span through ``partial_success`` instead of the request.
-    """
+    Returns False when the trace or span id is missing or not valid hex: such a span is
+    rejected before the (slow) protobuf JSON parser ever sees it. An invalid parent or link
+    id becomes an 8-byte marker of the wrong length, rejected per span later."""
+    valid = True
     for key in _ID_FIELDS:
         value = obj.get(key)
         if isinstance(value, str) and value:
@@ -93,28 +95,40 @@ def _hex_ids_to_base64(obj: dict[str, Any]) -> None:
                 raw = bytes.fromhex(value)
             except ValueError:
                 raw = b"\xff"  # invalid length on purpose: rejected per span later
+                valid = valid and key not in _REQUIRED_IDS
             obj[key] = base64.b64encode(raw).decode()
+    return valid and any(obj.get(k) for k in ("traceId", "trace_id")) and any(obj.get(k) for k in ("spanId", "span_id"))
 
 
-def decode_json(body: bytes) -> ExportTraceServiceRequest:
-    """Parse an OTLP/JSON request body (hex ids, integer enums, camelCase keys)."""
+def decode_json(body: bytes) -> tuple[ExportTraceServiceRequest, int]:
+    """Parse an OTLP/JSON request body (hex ids, integer enums, camelCase keys). Returns the
+    request and how many spans were left out for missing or malformed trace or span ids."""
+    dropped = 0
     try:
         doc = orjson.loads(body)
         if not isinstance(doc, dict):
             raise InvalidRequest("OTLP/JSON body must be an object with resourceSpans")
         for rs in _list(doc, "resourceSpans", "resource_spans"):
             for ss in _list(rs, "scopeSpans", "scope_spans"):
-                for span in _list(ss, "spans"):
-                    _hex_ids_to_base64(span)
+                spans = _list(ss, "spans")
+                kept = []
+                for span in spans:
+                    if not isinstance(span, dict):
+                        raise InvalidRequest("OTLP/JSON: a span must be an object")
+                    if _hex_ids_to_base64(span):
+                        kept.append(span)
                     for link in _list(span, "links"):
                         _hex_ids_to_base64(link)
+                if len(kept) != len(spans):
+                    dropped += len(spans) - len(kept)
+                    ss["spans"] = kept
         request = ExportTraceServiceRequest()
         json_format.ParseDict(doc, request, ignore_unknown_fields=True)
     except InvalidRequest:
         raise
     except (orjson.JSONDecodeError, json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidRequest(f"malformed OTLP JSON: {exc}") from None
-    return request
+    return request, dropped
 
 
 def _list(obj: Any, *keys: str) -> list[Any]:

@@ -194,6 +194,8 @@ class Pipeline:
             if receiver is not None:
                 await receiver.shutdown(min(1.0, budget / 8))
         self._draining = True
+        if self.writer is not None:
+            self.writer.stop_waiting()  # a sampling step blocked on a full writer finishes now
         if self._sampling_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._sampling_task), max(0.1, deadline - reserve - loop.time()))
@@ -204,7 +206,6 @@ class Pipeline:
             self._sampling_task = None
         if self.sampler is not None and self.writer is not None:
             async with self._step_lock:
-                self.writer.stop_waiting()
                 decisions = self.sampler.flush()
                 self.queue.release(self.sampler.take_settled())
                 await self.writer.write(decisions)

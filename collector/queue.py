@@ -25,6 +25,8 @@ from collector.otlp import Fragment
 from collector.wal import Entry, WriteAheadLog
 
 log = logging.getLogger("tailsift.queue")
+RECORD_FRAGMENTS = 512
+"""Fragments per write-ahead log record at most (a request of more becomes several)."""
 
 
 RebalanceHook = Callable[[set[int]], Awaitable[None]]
@@ -153,18 +155,27 @@ class MemoryQueue:
 
     async def _log(self, fragments: list[Fragment]) -> None:
         """Append to the write-ahead log and wait until it is durable; on a disk error the
-        client gets 503 (and the record counts as settled: it was never acknowledged)."""
+        client gets 503 (and the records count as settled: they were never acknowledged).
+        A large batch becomes several records, with the event loop free in between."""
         assert self.wal is not None
-        seq = self.wal.append(pack(fragments), len(fragments))
-        self._ledger.track(0, seq, len(fragments))
+        written: list[tuple[int, list[Fragment]]] = []
+        for start in range(0, len(fragments), RECORD_FRAGMENTS):
+            chunk = fragments[start : start + RECORD_FRAGMENTS]
+            seq = self.wal.append(pack(chunk), len(chunk))
+            self._ledger.track(0, seq, len(chunk))
+            written.append((seq, chunk))
+            if len(fragments) > RECORD_FRAGMENTS:
+                await asyncio.sleep(0)
         try:
             await self.wal.durable()
         except OSError as exc:
-            for _ in fragments:
-                self._ledger.settle(0, seq)
+            for seq, chunk in written:
+                for _ in chunk:
+                    self._ledger.settle(0, seq)
             raise Unavailable(f"cannot write the write-ahead log: {exc.strerror}", retry_after=self.retry_after) from None
-        for f in fragments:
-            f.source = (0, seq)
+        for seq, chunk in written:
+            for f in chunk:
+                f.source = (0, seq)
 
     async def consume(self, max_items: int, timeout: float) -> list[Fragment] | None:
         if self.wal is not None and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
