@@ -38,7 +38,7 @@ from processors.spanmetrics import SpanMetrics
 
 LARGE_BODY = 1 << 20
 """Bodies from this size are decoded on a worker thread."""
-SLICE_SPANS = 1024
+SLICE_SPANS = 512
 """Requests with more spans are processed this many spans at a time, yielding in between."""
 DAY_NS = 86_400 * 10**9
 

@@ -31,6 +31,7 @@ import time
 import psutil
 
 from collector.errors import Backpressure
+from collector.runtime import stop_task
 
 log = logging.getLogger("tailsift.memory")
 DECODED_FACTOR = 4
@@ -77,18 +78,13 @@ class MemoryLimiter:
     async def start(self) -> None:
         self._check()
         if self.rss > self.soft_limit // 2:
-            log.warning("memory: RSS at start is %d MiB, more than half the soft limit of %d MiB (memory_limit.limit "
-                        "minus spike); raise memory_limit.limit", self.rss >> 20, self.soft_limit >> 20)  # fmt: skip
+            log.warning("memory: RSS at start is %d MiB, more than half the soft limit of %d MiB (memory_limiter.limit "
+                        "minus spike); raise memory_limiter.limit", self.rss >> 20, self.soft_limit >> 20)  # fmt: skip
         self._task = asyncio.create_task(self._watch(), name="memory-limiter")
 
     async def shutdown(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
 
     async def _watch(self) -> None:
         while True:
@@ -114,7 +110,7 @@ class MemoryLimiter:
         if self.rss + self.reserved + size > self.soft_limit:
             self.refused += 1
             raise Backpressure(f"memory limit: {self.in_use >> 20} MiB in use of {self.soft_limit >> 20} MiB "
-                               "(memory_limit.limit - spike); retry later", retry_after=self.retry_after)  # fmt: skip
+                               "(memory_limiter.limit - spike); retry later", retry_after=self.retry_after)  # fmt: skip
         self.reserved += size
 
     def release(self, size: int) -> None:

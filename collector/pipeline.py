@@ -41,7 +41,7 @@ from processors.spanmetrics import Histogram, SpanMetrics
 from processors.sampling.sampler import Decision, TailSampler
 
 log = logging.getLogger("tailsift")
-CONSUME_BATCH = 512
+CONSUME_BATCH = 256
 DECIDE_BATCH = 256
 """Fragments taken and traces decided per sampling step: small steps keep the event loop
 free for the receivers between them (ack latency), and the loop comes straight back."""
@@ -122,6 +122,9 @@ class Pipeline:
                 if generation != self._rebalances:
                     continue  # a rebalance came in between: these records are replayed to their owner
                 more_due = await self._step(batch)
+            # The in-process queue hands out what it holds without awaiting anything, so
+            # without this a backlog would be worked off in one go, stalling every client.
+            await asyncio.sleep(0)
 
     async def _step(self, batch: list[Fragment]) -> bool:
         """One sampling step; True when more traces may be due right away."""

@@ -81,9 +81,14 @@ class RuntimeMonitor:
             gc.unfreeze()
             self._thresholds = None
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a component's background task and wait for it to end (None: nothing to do)."""
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass

@@ -138,11 +138,10 @@ def test_large_requests_do_not_stall_other_clients(collector: Collector) -> None
     summary = {k: (len(v), statistics.median(v) * 1000, max(v) * 1000) for k, v in latencies.items()}
     print("\nduring the large requests (count, median ms, max ms):", {k: f"{n}, {m:.0f}, {x:.0f}" for k, (n, m, x) in
                                                                      summary.items()})  # fmt: skip
-    # Behavioural bounds, not a benchmark: before, every one of these waited for the whole
-    # 7-8 s of the large requests. (A single stall of a few seconds per run remains; see
-    # the README's "Overload".)
+    # Behavioural bounds, not a benchmark (figures: the README's "No request stalls the
+    # others"): before, every one of these waited for the whole 7-8 s of the large requests.
     assert all(m < 250 for _, m, _ in summary.values()), summary
-    assert all(x < 15_000 for _, _, x in summary.values()), summary
+    assert all(x < 2_000 for _, _, x in summary.values()), summary
 
 
 # --- fuzzing
