@@ -226,6 +226,10 @@ class StorageSettings(_Strict):
 
 class QuerySettings(Endpoint):
     endpoint: str = "127.0.0.1:3200"
+    hosts: list[str] = Field(default_factory=list)
+    """Host names the query API answers to (the ``Host`` header, without port). Empty: the
+    loopback names when bound to loopback, so a web page using DNS rebinding cannot read
+    local traces; any name otherwise."""
 
 
 class MemoryLimiterSettings(_Strict):

@@ -85,7 +85,7 @@ class Pipeline:
         if self.ingest is not None:
             self.grpc = GrpcReceiver(otlp.grpc.endpoint, self.ingest, otlp.max_request_size) if otlp.grpc else None
             self.http = HttpReceiver(otlp.http.endpoint, self.ingest, otlp.max_request_size) if otlp.http else None
-        self.query = QueryApi(settings.query.endpoint, self)
+        self.query = QueryApi(settings.query.endpoint, self, settings.query.hosts)
         self.queue.on_rebalance(self._revoked, self._assigned)
         self.decision_latency = Histogram()
         self.runtime = RuntimeMonitor()

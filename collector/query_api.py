@@ -128,12 +128,37 @@ def _stats_params(query: Any) -> dict[str, Any]:
     return out
 
 
-class QueryApi:
-    """Component serving the query API; reads storage through the writer's storage thread."""
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
-    def __init__(self, endpoint: str, pipeline: Pipeline):
+
+def allowed_hosts(endpoint: str, configured: list[str]) -> frozenset[str] | None:
+    """The Host names to answer (None: any). See ``query.hosts``."""
+    if configured:
+        return frozenset(h.lower() for h in configured)
+    host = endpoint.rpartition(":")[0].strip("[]")
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    return LOOPBACK_NAMES | {host} if loopback else None
+
+
+def _host_name(header: str) -> str:
+    """``Host`` without its port (``[::1]:3200`` → ``[::1]``, ``example.com:80`` → ``example.com``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header.partition("]")[0] + "]"
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+class QueryApi:
+    """Component serving the query API; reads storage through the writer's storage thread.
+
+    It answers only to the Host names it is meant for (``query.hosts``), so a page in a
+    developer's browser cannot reach it through DNS rebinding, and it sends no CORS headers,
+    so no other origin can read its answers."""
+
+    def __init__(self, endpoint: str, pipeline: Pipeline, hosts: list[str] | None = None):
         self.endpoint = endpoint
         self.pipeline = pipeline
+        self.hosts = allowed_hosts(endpoint, hosts or [])
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -141,13 +166,21 @@ class QueryApi:
         from collector.telemetry import build_registry
 
         self._registry = build_registry(self.pipeline)
-        app = web.Application()
+        app = web.Application(middlewares=[self._check_host])
         app.router.add_get("/api/traces/{trace_id}", self._trace)
         app.router.add_get("/api/traces", self._search)
         app.router.add_get("/api/stats", self._stats)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
         self._runner, self.port = await serve(app, self.endpoint)
+
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.hosts is not None and _host_name(request.headers.get("Host", "")) not in self.hosts:
+            return _json({"error": "this Host is not served here; allowed: " + ", ".join(sorted(self.hosts))
+                          + " (query.hosts)"}, 421)  # fmt: skip
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def shutdown(self) -> None:
         runner, self._runner = self._runner, None

@@ -195,3 +195,16 @@ def test_fuzz_query_parameters(collector: Collector, path: str, params: dict[str
 def test_still_serving_after_the_fuzzing(collector: Collector) -> None:
     assert collector.get("/healthz").status_code == 200
     assert "Traceback" not in collector.log(), collector.log()[-3000:]
+
+
+@pytest.mark.parametrize("host,status", [
+    ("evil.example", 421), ("evil.example:3200", 421), ("127.0.0.1.nip.io", 421),
+    ("localhost", 200), ("127.0.0.1:3200", 200), ("[::1]:3200", 200),
+])  # fmt: skip
+def test_query_api_answers_only_its_own_host_names(collector: Collector, host: str, status: int) -> None:
+    """Bound to loopback, the query API refuses foreign Host headers (DNS rebinding: a web
+    page whose name resolves to 127.0.0.1 cannot read local traces) and sends no CORS headers."""
+    reply = requests.get(collector.api + "/api/traces", headers={"Host": host, "Origin": "http://evil.example"},
+                         timeout=30)  # fmt: skip
+    assert reply.status_code == status, reply.text
+    assert not any(h.lower().startswith("access-control-") for h in reply.headers)

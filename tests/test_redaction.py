@@ -207,3 +207,20 @@ def test_bad_redaction_config_names_the_key(redaction: dict[str, Any], message: 
     with pytest.raises(ConfigError) as err:
         load_config(overrides={"redaction": redaction})
     assert message in str(err.value)
+
+
+def test_anchored_own_patterns_redact(backend: str) -> None:
+    """A pattern anchored to the whole value (``^...$``) cannot match inside the serialized
+    request the prefilter searches; the prefilter must not make it a rule that never fires."""
+    r = redactor(backend, patterns=[{"name": "ticket", "regex": r"^TICKET-\d{6}$"},
+                                    {"name": "tail", "regex": r"secret-\w+\Z"}])  # fmt: skip
+    req = request_with("TICKET-123456")
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    span.attributes.add(key="note").value.string_value = "see TICKET-123456 later"  # not the whole value
+    span.attributes.add(key="end").value.string_value = "ends with secret-abc"
+    result = r(req, req.SerializeToString())
+    assert result.counts["ticket"] == 10 and result.counts["tail"] == 1
+    values = {kv.key: kv.value.string_value for kv in span.attributes}
+    assert values["plain"] == "[REDACTED:ticket]" and span.name == "[REDACTED:ticket]"
+    assert values["note"] == "see TICKET-123456 later"
+    assert "secret-abc" not in values["end"]

@@ -59,6 +59,14 @@ def _globs(globs: list[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(fnmatch.translate(g) for g in globs), re.IGNORECASE) if globs else None
 
 
+def _anchored(regex: str) -> bool:
+    """Whether a user's pattern may use anchors (``^ $ \\A \\Z``). The prefilter searches the
+    serialized request, where a value never starts or ends the buffer, so such a rule is
+    always run instead: a prefilter must never make a rule weaker. (Conservative: ``[^x]``
+    also counts; that rule is then merely not prefiltered.)"""
+    return any(token in regex for token in ("^", "$", "\\A", "\\Z"))
+
+
 class Redactor:
     """Replace secrets in an OTLP ``ExportTraceServiceRequest`` in place.
 
@@ -90,7 +98,8 @@ class Redactor:
         for rule in key_rules:
             self._actions[rule.name] = rule.action
         self._allow = _globs(settings.allow_keys)
-        candidates = [Candidate(p.name, p.body) for p in patterns]
+        own_names = {p.name for p in settings.patterns}
+        candidates = [Candidate(p.name, None if p.name in own_names and _anchored(p.body) else p.body) for p in patterns]
         for rule in key_rules:
             literals = [_glob_literal(g) for g in rule.match]
             searchable = rule.regex is None and all(literals)
