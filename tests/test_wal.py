@@ -1,0 +1,109 @@
+"""The write-ahead log of the in-process queue: replay, truncation, torn records, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from collector.otlp import Fragment, split_by_trace
+from collector.queue import MemoryQueue
+from collector.wal import HEADER, WriteAheadLog
+
+
+def fragments(first: int, count: int) -> list[Fragment]:
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    for t in range(first, first + count):
+        spans.add(trace_id=t.to_bytes(16, "big"), span_id=b"\x01" * 8, start_time_unix_nano=1, end_time_unix_nano=2)
+    return split_by_trace(req).fragments
+
+
+def trace_numbers(batch: list[Fragment] | None) -> list[int]:
+    return [int.from_bytes(f.trace_id, "big") for f in batch or []]
+
+
+def test_unsettled_records_are_replayed_in_order_and_settled_ones_are_not(tmp_path: Path) -> None:
+    async def first_life() -> None:
+        queue = MemoryQueue(1 << 30, wal=WriteAheadLog(tmp_path, segment_bytes=1 << 20))
+        await queue.start()
+        for n in range(5):
+            await queue.publish(fragments(1 + 10 * n, 3))  # records: traces 1-3, 11-13, ..., 41-43
+        got = await queue.consume(100, 0.1)
+        assert trace_numbers(got) == [1, 2, 3, 11, 12, 13, 21, 22, 23, 31, 32, 33, 41, 42, 43]
+        assert got is not None and all(f.source is not None for f in got)
+        queue.release(got[:6])  # the first two records are settled (stored or dropped)
+        queue.release(got[9:12])  # the fourth too, but the third is still open
+        await queue.shutdown()  # writes the checkpoint: everything below the third record
+
+    async def second_life() -> list[int]:
+        queue = MemoryQueue(1 << 30, wal=WriteAheadLog(tmp_path))
+        await queue.start()
+        replayed = trace_numbers(await queue.consume(100, 0.1))
+        await queue.publish(fragments(100, 1))
+        replayed += trace_numbers(await queue.consume(100, 0.1))
+        await queue.shutdown()
+        return replayed
+
+    asyncio.run(first_life())
+    # Records from the watermark on come back (a settled record after an open one too: the
+    # sampler recognises kept traces already stored by their log position), then new data.
+    assert asyncio.run(second_life()) == [21, 22, 23, 31, 32, 33, 41, 42, 43, 100]
+
+
+def test_a_torn_record_ends_the_replay_of_its_segment(tmp_path: Path) -> None:
+    async def write() -> None:
+        wal = WriteAheadLog(tmp_path)
+        wal.open()
+        for payload in (b"one", b"two", b"three"):
+            wal.append(payload, 1)
+        await wal.durable()
+        await wal.close()
+
+    asyncio.run(write())
+    [segment] = sorted(tmp_path.glob("*.wal"))
+    data = segment.read_bytes()
+    segment.write_bytes(data[: len(data) - 2])  # the last write was cut short by a crash
+    wal = WriteAheadLog(tmp_path)
+    entries = wal.open()
+    assert [WriteAheadLog.read(e) for e in entries] == [b"one", b"two"]
+    corrupt = bytearray(data)
+    corrupt[HEADER.size + 1] ^= 0xFF  # a flipped bit in the first payload: its checksum fails
+    segment.write_bytes(bytes(corrupt))
+    assert WriteAheadLog(tmp_path).open() == []
+
+
+def test_segments_below_the_checkpoint_are_deleted(tmp_path: Path) -> None:
+    async def run() -> tuple[int, int]:
+        wal = WriteAheadLog(tmp_path, segment_bytes=1 << 20)
+        wal.open()
+        seqs = [wal.append(b"x" * (300 << 10), 1) for _ in range(12)]  # ~3.6 MB: 3 segments or more
+        await wal.durable()
+        before = len(list(tmp_path.glob("*.wal")))
+        wal.checkpoint(seqs[-1] + 1)  # everything settled
+        after = len(list(tmp_path.glob("*.wal")))
+        await wal.close()
+        return before, after
+
+    before, after = asyncio.run(run())
+    assert before >= 3 and after == 1  # only the segment being written remains
+    assert WriteAheadLog(tmp_path).open() == []
+
+
+def test_concurrent_requests_share_one_fdatasync(tmp_path: Path) -> None:
+    async def run() -> tuple[int, int]:
+        wal = WriteAheadLog(tmp_path, fsync="always")
+        wal.open()
+
+        async def one(i: int) -> None:
+            wal.append(b"request %d" % i, 1)
+            await wal.durable()
+
+        await asyncio.gather(*(one(i) for i in range(200)))
+        syncs = wal.syncs
+        await wal.close()
+        return syncs, 200
+
+    syncs, requests = asyncio.run(run())
+    assert 1 <= syncs < requests / 10
