@@ -9,7 +9,7 @@ counted twice.
 
 No request may stall the others (or /healthz). A body of :data:`LARGE_BODY` bytes or more
 is decoded on a worker thread (decoding is a pure function, so nothing is shared), and a
-request of more than :data:`SLICE_SPANS` spans is processed in slices with the event loop
+request of more than :data:`SLICE_ABOVE` spans is processed in slices with the event loop
 free between them. The whole request is still published at once: it is accepted or
 refused as a whole.
 
@@ -38,8 +38,11 @@ from processors.spanmetrics import SpanMetrics
 
 LARGE_BODY = 1 << 20
 """Bodies from this size are decoded on a worker thread."""
+SLICE_ABOVE = 4096
+"""Requests with more spans than this are processed in slices (an ordinary export of a few
+hundred spans is not: slicing copies every span)."""
 SLICE_SPANS = 512
-"""Requests with more spans are processed this many spans at a time, yielding in between."""
+"""Spans per slice, with the event loop free in between."""
 DAY_NS = 86_400 * 10**9
 
 
@@ -130,7 +133,7 @@ class Ingest:
         it to skip requests they have nothing to do in. ``dropped`` spans were left out by the decoder (no valid
         ids) and are reported as rejected."""
         now = time.time_ns()
-        large = span_count(request) > SLICE_SPANS
+        large = span_count(request) > SLICE_ABOVE
         pieces: list[ExportTraceServiceRequest] = []
         fragments: list[Fragment] = []
         raws: list[bytes | None] = []
