@@ -278,8 +278,8 @@ class StorageWriter:
         self._room.set()
         self._wake.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout + 1.0)
+            try:  # the loop stops at the deadline itself; an insert under way may overrun it
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
                 self._task.cancel()
             self._task = None
@@ -287,7 +287,7 @@ class StorageWriter:
                 log.warning("storage: %d rows not inserted before the shutdown deadline; they stay in the queue "
                             "and are stored after a restart", self._pending_rows)  # fmt: skip
             try:
-                await asyncio.wait_for(self.run(self.store.close), 2.0)
+                await asyncio.wait_for(self.run(self.store.close), 1.0)
             except TimeoutError:
                 log.warning("storage: closing the database timed out")
         self._executor.shutdown(wait=False)
