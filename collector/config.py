@@ -17,7 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from collector.units import parse_duration_ns, parse_size
+from collector.auth import AuthSettings
+from collector.server_config import GrpcServerSettings, HttpServerSettings, host_port
+from collector.units import StrictModel, duration_fields, parse_duration_ns, parse_size, size_fields
 from processors.cardinality import CardinalitySettings
 from processors.genai import GenAISettings
 from processors.redaction.settings import RedactionSettings
@@ -37,38 +39,18 @@ class ConfigError(Exception):
         self.errors = errors
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = StrictModel
 
 
-def _host_port(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not host:port")
-    return value
+_durations = duration_fields
+_sizes = size_fields
 
 
-def _durations(*names: str) -> Any:
-    """A validator that reads ``10s``/``250ms``-style durations into nanoseconds."""
-    return field_validator(*names, mode="before")(classmethod(lambda cls, v: parse_duration_ns(v)))
-
-
-def _sizes(*names: str) -> Any:
-    """A validator that reads ``16MiB``-style sizes into bytes."""
-    return field_validator(*names, mode="before")(classmethod(lambda cls, v: parse_size(v)))
-
-
-class Endpoint(_Strict):
-    endpoint: str
-
-    _check = field_validator("endpoint")(classmethod(lambda cls, v: _host_port(v)))
-
-
-class GrpcReceiver(Endpoint):
+class GrpcReceiver(GrpcServerSettings):
     endpoint: str = "127.0.0.1:4317"
 
 
-class HttpReceiver(Endpoint):
+class HttpReceiver(HttpServerSettings):
     endpoint: str = "127.0.0.1:4318"
 
 
@@ -117,7 +99,7 @@ class KafkaQueue(_Strict):
     @classmethod
     def _servers(cls, value: str) -> str:
         for server in value.split(","):
-            _host_port(server.strip())
+            host_port(server.strip())
         return value
 
     @property
@@ -224,12 +206,15 @@ class StorageSettings(_Strict):
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
 
 
-class QuerySettings(Endpoint):
+class QuerySettings(HttpServerSettings):
     endpoint: str = "127.0.0.1:3200"
     hosts: list[str] = Field(default_factory=list)
     """Host names the query API answers to (the ``Host`` header, without port). Empty: the
     loopback names when bound to loopback, so a web page using DNS rebinding cannot read
     local traces; any name otherwise."""
+    metrics_auth: AuthSettings | None = None
+    """Tokens for ``/metrics`` alone (a Prometheus scraper's); default: those of ``auth``.
+    ``/healthz`` is always open: it says nothing but ``ok``."""
 
 
 class MemoryLimiterSettings(_Strict):

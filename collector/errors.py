@@ -55,6 +55,14 @@ class Unavailable(PipelineError):
     retry_after = 1.0
 
 
+class Unauthenticated(PipelineError):
+    """No valid bearer token (see :mod:`collector.auth`). Permanent: sending again cannot help."""
+
+
+class Forbidden(PipelineError):
+    """A valid token that may not do this (another tenant's data). Permanent."""
+
+
 @dataclass(frozen=True)
 class Codes:
     grpc: grpc.StatusCode
@@ -69,6 +77,8 @@ ERROR_CODES: list[tuple[type[PipelineError], Codes]] = [
     (RequestTimeout, Codes(grpc.StatusCode.DEADLINE_EXCEEDED, 408)),
     (Backpressure, Codes(grpc.StatusCode.RESOURCE_EXHAUSTED, 429)),
     (Unavailable, Codes(grpc.StatusCode.UNAVAILABLE, 503)),
+    (Unauthenticated, Codes(grpc.StatusCode.UNAUTHENTICATED, 401)),
+    (Forbidden, Codes(grpc.StatusCode.PERMISSION_DENIED, 403)),
 ]
 _INTERNAL = Codes(grpc.StatusCode.INTERNAL, 500)
 

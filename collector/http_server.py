@@ -1,29 +1,136 @@
-"""One way to serve an aiohttp app on ``host:port`` (used by the OTLP/HTTP receiver and the query API)."""
+"""One way to serve an aiohttp app (the OTLP/HTTP receiver and the query API): TLS,
+connection limits and the bearer-token check, configured by
+:class:`collector.server_config.HttpServerSettings`.
+
+Connection hygiene, so that misbehaving clients cannot take the port (or the process's
+file descriptors) away from everyone else:
+
+- a connection that has not sent a complete request head within ``read_header_timeout``
+  is closed (slowloris; also a connection that sends nothing at all);
+- a keep-alive connection idle for ``idle_timeout`` is closed (aiohttp's keep-alive timer);
+- at ``max_connections`` the longest-idle connection (no request in progress) is closed to
+  admit the new one, so idle clients can never lock out an active one; only when every
+  connection is busy is the new one refused;
+- a TLS handshake must finish within ``read_header_timeout`` too.
+
+aiohttp has no hook for the first two of these, so :class:`ConnectionGuard` wraps its
+protocol factory and reads two fields of its connection handler (``_request_count``,
+``_request_in_progress``) and the server's table of live connections; aiohttp is pinned
+to a minor range in pyproject for that reason, and tests/test_slow_clients.py covers it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from collector.auth import Authenticator
+from collector.server_config import HttpServerSettings
 
 SHUTDOWN_GRACE = 1.0
 """Seconds requests in progress get at shutdown (aiohttp's default is 60, longer than any
 shutdown budget); a request cut off was not acknowledged, and its client sends it again."""
 
+IDENTITY = "tailsift.identity"
+"""Where the auth middleware leaves the caller's :class:`~collector.auth.Identity` on the request."""
 
-async def serve(app: web.Application, endpoint: str, **runner_options: Any) -> tuple[web.AppRunner, int]:
-    """Start ``app`` and return its runner and the bound port (port 0 picks a free one)."""
+
+class _Refuse(asyncio.Protocol):
+    """Closes a connection as soon as it is accepted (every slot holds an active request)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+class ConnectionGuard:
+    """The protocol factory given to ``create_server``: enforces the header timeout and
+    the connection cap around aiohttp's own handlers. Used on the event loop only."""
+
+    def __init__(self, server: web.Server, limit: int, header_timeout: float):
+        self.server = server
+        self.limit = limit
+        self.header_timeout = header_timeout
+        self.stats = {"evicted": 0, "refused": 0, "header_timeouts": 0}
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        live: dict[Any, Any] = self.server._connections  # handler -> transport, oldest first
+        if len(live) >= self.limit:
+            victim = next((h for h in live if h.transport is not None and not h._request_in_progress), None)
+            if victim is None:
+                self.stats["refused"] += 1
+                return _Refuse()
+            victim.force_close()
+            self.stats["evicted"] += 1
+        handler = self.server()
+        asyncio.get_running_loop().call_later(self.header_timeout, self._check_head, handler)
+        return handler
+
+    def _check_head(self, handler: Any) -> None:
+        if handler._request_count == 0 and handler.transport is not None:
+            handler.force_close()
+            self.stats["header_timeouts"] += 1
+
+
+class _GuardedSite(web.TCPSite):
+    """``TCPSite`` whose listening socket is served through a :class:`ConnectionGuard`."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, settings: HttpServerSettings,
+                 ssl_context: ssl.SSLContext | None):  # fmt: skip
+        super().__init__(runner, host, port, ssl_context=ssl_context, backlog=1024, reuse_address=True)
+        self.settings = settings
+        self.guard: ConnectionGuard | None = None
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        header_timeout = self.settings.read_header_timeout / 1e9
+        self.guard = ConnectionGuard(server, self.settings.connection_limit, header_timeout)
+        self._server = await asyncio.get_running_loop().create_server(
+            self.guard, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=True, ssl_handshake_timeout=header_timeout if self._ssl_context else None)  # fmt: skip
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def auth_middleware(check: Callable[[web.Request], Authenticator | None],
+                    refuse: Callable[[web.Request], web.StreamResponse]) -> Any:  # fmt: skip
+    """A middleware that lets a request through only with a valid token for its path:
+    ``check(request)`` names the authenticator (None: open), ``refuse`` builds the 401."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        authenticator = check(request)
+        if authenticator is not None:
+            identity = authenticator.check(request.headers.get("Authorization"))
+            if identity is None:
+                return refuse(request)
+            request[IDENTITY] = identity
+        return await handler(request)
+
+    return middleware
+
+
+async def serve(app: web.Application, settings: HttpServerSettings, ssl_context: ssl.SSLContext | None = None,
+                **runner_options: Any) -> tuple[web.AppRunner, int, ConnectionGuard]:  # fmt: skip
+    """Start ``app`` and return its runner, the bound port (port 0 picks a free one) and the guard."""
     runner_options.setdefault("shutdown_timeout", SHUTDOWN_GRACE)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, **runner_options)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=settings.idle_timeout / 1e9, **runner_options)  # fmt: skip
     await runner.setup()
-    host, _, port = endpoint.rpartition(":")
-    site = web.TCPSite(runner, host, int(port), reuse_address=True)
+    host, _, port = settings.endpoint.rpartition(":")
+    site = _GuardedSite(runner, host, int(port), settings, ssl_context)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise RuntimeError(f"cannot listen on {endpoint}: {exc.strerror}") from None
-    server: Any = site._server  # aiohttp keeps the listening sockets here
+        raise RuntimeError(f"cannot listen on {settings.endpoint}: {exc.strerror}") from None
+    server: Any = site._server
     sockets = server.sockets if server is not None else []
-    return runner, sockets[0].getsockname()[1] if sockets else int(port)
+    assert site.guard is not None
+    return runner, sockets[0].getsockname()[1] if sockets else int(port), site.guard

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from collector.auth import TENANT_KEY
 from collector.errors import PipelineError
 from collector.memory import DECODED_FACTOR, MemoryLimiter
 from collector.otlp import Fragment, decode_json, decode_protobuf, split_by_trace
@@ -78,6 +79,23 @@ def slices(request: ExportTraceServiceRequest, size: int) -> Iterator[ExportTrac
         yield piece
 
 
+def stamp_tenant(request: ExportTraceServiceRequest, tenant: str) -> bool:
+    """Set ``tailsift.tenant`` on every resource to ``tenant`` (remove it for ""), replacing
+    whatever the client sent, so no one writes as another tenant. True if anything changed."""
+    changed = False
+    for rs in request.resource_spans:
+        attributes = rs.resource.attributes
+        found = [i for i, kv in enumerate(attributes) if kv.key == TENANT_KEY]
+        if len(found) == 1 and tenant and attributes[found[0]].value.string_value == tenant:
+            continue
+        for i in reversed(found):
+            del attributes[i]
+        if tenant:
+            attributes.add(key=TENANT_KEY).value.string_value = tenant
+        changed = changed or bool(found) or bool(tenant)
+    return changed
+
+
 class Ingest:
     """Counts in ``stats`` (read by /metrics): spans accepted, rejected, refused; redactions by kind."""
 
@@ -93,7 +111,7 @@ class Ingest:
         self.stats: Counter[str] = Counter()
         self.redactions: Counter[str] = Counter()
 
-    async def export_body(self, body: bytes, as_json: bool) -> Accepted:
+    async def export_body(self, body: bytes, as_json: bool, tenant: str | None = None) -> Accepted:
         """Decode a protobuf or JSON request body and take it; see :meth:`export`."""
         reserved = len(body) * DECODED_FACTOR
         if self.memory is not None:
@@ -104,18 +122,20 @@ class Ingest:
                 request, dropped = await asyncio.to_thread(decode_json, body) if len(body) >= LARGE_BODY else decode_json(body)
             else:
                 request = await asyncio.to_thread(decode_protobuf, body) if len(body) >= LARGE_BODY else decode_protobuf(body)
-            return await self.export(request, None if as_json else body, dropped)
+            return await self.export(request, None if as_json else body, dropped, tenant)
         finally:
             if self.memory is not None:
                 self.memory.release(reserved)
 
-    def _process(self, request: ExportTraceServiceRequest, raw: bytes | None, now: int) -> tuple[
+    def _process(self, request: ExportTraceServiceRequest, raw: bytes | None, now: int, tenant: str | None) -> tuple[
             list[Fragment], int, str, bytes | None]:  # fmt: skip
         if self.redactor is not None:
             result = self.redactor(request, raw)
             self.redactions.update(result.counts)
             if result.counts:
                 raw = None  # the bytes no longer match the request
+        if tenant is not None and stamp_tenant(request, tenant):
+            raw = None
         if self.cardinality is not None:
             changed = self.cardinality(request, raw)
             if changed:
@@ -126,12 +146,15 @@ class Ingest:
         self.stats["spans_rejected_expired"] += split.expired_spans
         return split.fragments, split.rejected_spans, split.error_message, raw
 
-    async def export(self, request: ExportTraceServiceRequest, raw: bytes | None, dropped: int = 0) -> Accepted:
+    async def export(self, request: ExportTraceServiceRequest, raw: bytes | None, dropped: int = 0,
+                     tenant: str | None = None) -> Accepted:  # fmt: skip
         """Take one decoded request. Raises :class:`PipelineError` (mapped by the receiver).
 
         ``raw`` is the request as the client sent it (protobuf), if at hand: processors scan
         it to skip requests they have nothing to do in. ``dropped`` spans were left out by the decoder (no valid
-        ids) and are reported as rejected."""
+        ids) and are reported as rejected. ``tenant``: None when the receiver has no auth (a
+        ``tailsift.tenant`` the client sent is kept); else the caller's tenant, stamped on
+        every resource ("" for an operator's token: any client-sent value is removed)."""
         now = time.time_ns()
         large = span_count(request) > SLICE_ABOVE
         pieces: list[ExportTraceServiceRequest] = []
@@ -143,7 +166,7 @@ class Ingest:
             # A slice's own bytes, for the processors' scans: rescanning the whole body for
             # every slice would cost (slices x body) bytes.
             piece_raw = piece.SerializeToString() if large and raw is not None else raw
-            got, piece_rejected, piece_message, piece_raw = self._process(piece, piece_raw, now)
+            got, piece_rejected, piece_message, piece_raw = self._process(piece, piece_raw, now, tenant)
             fragments.extend(got)
             raws.append(piece_raw)
             rejected += piece_rejected

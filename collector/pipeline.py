@@ -83,9 +83,9 @@ class Pipeline:
         otlp = settings.receivers.otlp
         self.grpc = self.http = None
         if self.ingest is not None:
-            self.grpc = GrpcReceiver(otlp.grpc.endpoint, self.ingest, otlp.max_request_size) if otlp.grpc else None
-            self.http = HttpReceiver(otlp.http.endpoint, self.ingest, otlp.max_request_size) if otlp.http else None
-        self.query = QueryApi(settings.query.endpoint, self, settings.query.hosts)
+            self.grpc = GrpcReceiver(otlp.grpc, self.ingest, otlp.max_request_size) if otlp.grpc else None
+            self.http = HttpReceiver(otlp.http, self.ingest, otlp.max_request_size) if otlp.http else None
+        self.query = QueryApi(settings.query, self)
         self.queue.on_rebalance(self._revoked, self._assigned)
         self.decision_latency = Histogram()
         self.runtime = RuntimeMonitor()
@@ -193,9 +193,10 @@ class Pipeline:
         budget = self.settings.shutdown_timeout / 1e9 if timeout is None else timeout
         deadline = loop.time() + budget
         reserve = min(2.0, budget / 4)  # for the queue (Kafka: commit, leave the group) and the rest
-        for receiver in (self.grpc, self.http):
-            if receiver is not None:
-                await receiver.shutdown(min(1.0, budget / 8))
+        if self.grpc is not None:
+            await self.grpc.shutdown(min(1.0, budget / 8))
+        if self.http is not None:
+            await self.http.shutdown()
         self._draining = True
         if self.writer is not None:
             self.writer.stop_waiting()  # a sampling step blocked on a full writer finishes now

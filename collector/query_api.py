@@ -7,6 +7,11 @@
   count, error rate, p50/p95/p99, tokens and cost per group, each span weighted by its
   trace's sample rate (see :data:`collector.sql.STATS`).
 
+``tenant=`` limits a query to one tenant's spans (see :mod:`collector.auth`); a token
+bound to a tenant is always limited to its own (403 for another). With ``query.auth``
+every path but ``/healthz`` needs a bearer token (401 otherwise); ``/metrics`` takes the
+tokens of ``query.metrics_auth`` when set.
+
 ``since``/``until`` take RFC 3339 (``2026-11-24T10:00:00Z``), unix nanoseconds, or a
 duration back from now (``15m``). Bad parameters get 400 naming the parameter.
 """
@@ -25,10 +30,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from collector.http_server import serve
+from collector.auth import UNAUTHENTICATED, Authenticator, Identity
+from collector.errors import Forbidden
+from collector.http_server import IDENTITY, ConnectionGuard, auth_middleware, serve
+from collector.tls import ServerTls
 from collector.units import parse_duration_ns
 
 if TYPE_CHECKING:
+    from collector.config import QuerySettings
     from collector.pipeline import Pipeline
     from collector.storage import ClickHouseStore
 
@@ -84,11 +93,12 @@ def _milliseconds(key: str, value: str) -> int:
 
 
 def _search_params(query: Any) -> dict[str, Any]:
-    known = {"service", "name", "error", "min_duration_ms", "max_duration_ms", "since", "until", "limit"}
+    known = {"service", "name", "error", "min_duration_ms", "max_duration_ms", "since", "until", "limit", "tenant"}
     unknown = sorted(set(query) - known)
     if unknown:
         raise BadParameter(f"unknown parameter {unknown[0]!r}")
-    out: dict[str, Any] = {"service": query.get("service") or None, "name": query.get("name") or None}
+    out: dict[str, Any] = {"service": query.get("service") or None, "name": query.get("name") or None,
+                           "tenant": query.get("tenant") or None}  # fmt: skip
     err = query.get("error")
     if err:
         if err.lower() not in ("true", "false", "1", "0"):
@@ -112,7 +122,7 @@ def _time_params(query: Any, out: dict[str, Any]) -> None:
 
 
 def _stats_params(query: Any) -> dict[str, Any]:
-    unknown = sorted(set(query) - {"group_by", "since", "until", "service", "scope", "limit"})
+    unknown = sorted(set(query) - {"group_by", "since", "until", "service", "scope", "limit", "tenant"})
     if unknown:
         raise BadParameter(f"unknown parameter {unknown[0]!r}")
     group_by = query.get("group_by") or "service"
@@ -123,7 +133,7 @@ def _stats_params(query: Any) -> dict[str, Any]:
         raise BadParameter("scope: must be all or root")
     limit = _integer("limit", query.get("limit") or "100", 1, 1000)
     out: dict[str, Any] = {"group_by": group_by, "root_only": scope == "root", "limit": limit,
-                           "service": query.get("service") or None}  # fmt: skip
+                           "service": query.get("service") or None, "tenant": query.get("tenant") or None}  # fmt: skip
     _time_params(query, out)
     return out
 
@@ -155,10 +165,16 @@ class QueryApi:
     developer's browser cannot reach it through DNS rebinding, and it sends no CORS headers,
     so no other origin can read its answers."""
 
-    def __init__(self, endpoint: str, pipeline: Pipeline, hosts: list[str] | None = None):
-        self.endpoint = endpoint
+    def __init__(self, settings: QuerySettings, pipeline: Pipeline):
+        self.settings = settings
+        self.endpoint = settings.endpoint
         self.pipeline = pipeline
-        self.hosts = allowed_hosts(endpoint, hosts or [])
+        self.hosts = allowed_hosts(settings.endpoint, settings.hosts)
+        self.tls = ServerTls(settings.tls, "query API") if settings.tls else None
+        self.auth = Authenticator(settings.auth) if settings.auth else None
+        self.metrics_auth = Authenticator(settings.metrics_auth) if settings.metrics_auth else self.auth
+        self.unauthenticated = 0
+        self.guard: ConnectionGuard | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -166,13 +182,36 @@ class QueryApi:
         from collector.telemetry import build_registry
 
         self._registry = build_registry(self.pipeline)
-        app = web.Application(middlewares=[self._check_host])
+        app = web.Application(middlewares=[self._check_host, auth_middleware(self._authenticator, self._refuse)])
         app.router.add_get("/api/traces/{trace_id}", self._trace)
         app.router.add_get("/api/traces", self._search)
         app.router.add_get("/api/stats", self._stats)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
-        self._runner, self.port = await serve(app, self.endpoint)
+        if self.tls is not None:
+            await self.tls.start()
+        self._runner, self.port, self.guard = await serve(app, self.settings, self.tls.context if self.tls else None)
+
+    def _authenticator(self, request: web.Request) -> Authenticator | None:
+        """/healthz is open (it says only "ok"); /metrics may have its own tokens."""
+        if request.path == "/healthz":
+            return None
+        return self.metrics_auth if request.path == "/metrics" else self.auth
+
+    def _refuse(self, request: web.Request) -> web.Response:
+        self.unauthenticated += 1
+        response = _json({"error": UNAUTHENTICATED}, 401)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @staticmethod
+    def _tenant(request: web.Request, asked: str | None) -> str | None:
+        """The tenant a query is limited to: the token's own if it has one, else ``asked``."""
+        identity: Identity | None = request.get(IDENTITY)
+        own = identity.tenant if identity is not None else None
+        if own is not None and asked not in (None, own):
+            raise Forbidden(f"this token reads tenant {own!r} only")
+        return own or asked
 
     @web.middleware
     async def _check_host(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -186,6 +225,8 @@ class QueryApi:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        if self.tls is not None:
+            await self.tls.shutdown()
 
     def _no_storage(self) -> web.Response | None:
         if self.pipeline.writer is None:
@@ -201,7 +242,11 @@ class QueryApi:
         trace_id = trace_id.lower()
         writer = self.pipeline.writer
         assert writer is not None
-        spans = await writer.run(writer.store.get_trace, trace_id)
+        try:
+            tenant = self._tenant(request, None)
+        except Forbidden as exc:
+            return _json({"error": exc.message}, 403)
+        spans = await writer.run(writer.store.get_trace, trace_id, tenant)
         if not spans:
             return _json({"error": f"trace {trace_id} not found"}, 404)
         return _json({"trace_id": trace_id, "spans": spans})
@@ -220,8 +265,11 @@ class QueryApi:
             return refusal
         try:
             params = parse(request.query)
+            params["tenant"] = self._tenant(request, params["tenant"])
         except BadParameter as exc:
             return _json({"error": str(exc)}, 400)
+        except Forbidden as exc:
+            return _json({"error": exc.message}, 403)
         writer = self.pipeline.writer
         assert writer is not None
         return _json(await writer.run(query, writer.store, params))

@@ -25,6 +25,7 @@ from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, TracesData
 
+from collector.auth import TENANT_KEY
 from processors.genai import MAX_TOKENS, PriceTable, Usage, parse_count
 from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, service_name
 from processors.sampling.sampler import Decision
@@ -116,10 +117,13 @@ class RowBuilder:
         spans: list[list[Any]] = []
         trace_hex = d.summary.trace_id.hex()
         on_span = self.on_span
+        tenant: str | None = None  # the root span's, else the first span's
         for fragment in d.fragments:
             for rs in TracesData.FromString(fragment.payload).resource_spans:
                 service = service_name(rs.resource.attributes)
                 resource = attributes_map(rs.resource.attributes)
+                if tenant is None or any(not s.parent_span_id for ss in rs.scope_spans for s in ss.spans):
+                    tenant = resource.get(TENANT_KEY, "")
                 for ss in rs.scope_spans:
                     scope_name, scope_version = ss.scope.name, ss.scope.version
                     for s in ss.spans:
@@ -146,7 +150,7 @@ class RowBuilder:
             trace_hex, _ts(summary.start_ns), _ts(summary.end_ns), summary.duration_ns,
             root.service if root else "", root.name if root else "",
             _ts(root.start_ns) if root else 0, _ts(root.end_ns) if root else 0,
-            summary.span_count, int(summary.has_error), d.sample_rate, d.rule,
+            summary.span_count, int(summary.has_error), d.sample_rate, d.rule, tenant or "",
             summary.source_partition, summary.source_offset, decided_ns or time.time_ns(), summary.span_count,
         ]  # fmt: skip
         return TraceRows(d, spans, [trace])

@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS {TRACES_TABLE} (
     HasError UInt8,
     SampleRate Float64,
     SampledBy LowCardinality(String),
+    Tenant LowCardinality(String),
     SourcePartition Int32,
     SourceOffset Int64,
     Decided DateTime64(9),
@@ -145,7 +146,7 @@ SPAN_COLUMNS = [
 
 TRACE_COLUMNS = [
     "TraceId", "Start", "End", "DurationNs", "RootService", "RootName", "RootStart", "RootEnd",
-    "SpanCount", "HasError", "SampleRate", "SampledBy", "SourcePartition", "SourceOffset",
+    "SpanCount", "HasError", "SampleRate", "SampledBy", "Tenant", "SourcePartition", "SourceOffset",
     "Decided", "Version",
 ]  # fmt: skip
 
@@ -159,6 +160,7 @@ SELECT SpanId, ParentSpanId, SpanName, ServiceName, SpanKind,
        Events.Name, Events.Attributes, SampleRate, SampledBy, CostUsd
 FROM {SPANS_TABLE}
 WHERE TraceId = {{trace_id:String}}
+  AND ({{tenant:Nullable(String)}} IS NULL OR ResourceAttributes['tailsift.tenant'] = {{tenant:Nullable(String)}})
 ORDER BY Timestamp, SpanId
 LIMIT 1 BY SpanId
 """
@@ -170,6 +172,7 @@ SELECT TraceId, RootService, RootName, toUnixTimestamp64Nano(Start) AS StartNs,
        DurationNs, SpanCount, HasError, SampleRate
 FROM {TRACES_TABLE} FINAL
 WHERE ({{service:Nullable(String)}} IS NULL OR RootService = {{service:Nullable(String)}})
+  AND ({{tenant:Nullable(String)}} IS NULL OR Tenant = {{tenant:Nullable(String)}})
   AND ({{name:Nullable(String)}} IS NULL OR RootName = {{name:Nullable(String)}})
   AND ({{error:Nullable(UInt8)}} IS NULL OR HasError = {{error:Nullable(UInt8)}})
   AND ({{min_duration_ns:Nullable(UInt64)}} IS NULL OR DurationNs >= {{min_duration_ns:Nullable(UInt64)}})
@@ -196,6 +199,7 @@ LIMIT {{limit:UInt32}}
 # at start (``ADD COLUMN IF NOT EXISTS`` is a no-op on a current one).
 MIGRATIONS = [
     f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS CostUsd Float64 CODEC(ZSTD(1)) AFTER SampledBy",
+    f"ALTER TABLE {TRACES_TABLE} ADD COLUMN IF NOT EXISTS Tenant LowCardinality(String) AFTER SampledBy",
 ]
 
 def tokens(key: str) -> str:
@@ -238,6 +242,7 @@ SELECT multiIf({{group_by:String}} = 'service', ServiceName,
        sqrt(sum(SampleRate * (SampleRate - 1)))
 FROM {SPANS_TABLE} FINAL
 WHERE ({{service:Nullable(String)}} IS NULL OR ServiceName = {{service:Nullable(String)}})
+  AND ({{tenant:Nullable(String)}} IS NULL OR ResourceAttributes['tailsift.tenant'] = {{tenant:Nullable(String)}})
   AND ({{since_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Timestamp) >= {{since_ns:Nullable(Int64)}})
   AND ({{until_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Timestamp) <= {{until_ns:Nullable(Int64)}})
   AND ({{root_only:UInt8}} = 0 OR ParentSpanId = '')

@@ -108,8 +108,9 @@ class ClickHouseStore:
         rows = [[now, r.trace_id, r.span_id, r.reason[:2000], base64.b64encode(r.payload).decode()] for r in rejected]
         self._client.insert(sql.REJECTED_TABLE, rows, column_names=sql.REJECTED_COLUMNS)
 
-    def get_trace(self, trace_id_hex: str) -> list[dict[str, Any]]:
-        result = self._client.query(sql.GET_TRACE, parameters={"trace_id": trace_id_hex})
+    def get_trace(self, trace_id_hex: str, tenant: str | None = None) -> list[dict[str, Any]]:
+        """A trace's spans (only ``tenant``'s, when given)."""
+        result = self._client.query(sql.GET_TRACE, parameters={"trace_id": trace_id_hex, "tenant": tenant})
         spans = []
         for (span_id, parent, name, service, kind, start, duration, status, message, attrs, res,
              ev_times, ev_names, ev_attrs, rate, rule, cost) in result.result_rows:  # fmt: skip
@@ -126,7 +127,7 @@ class ClickHouseStore:
 
     def search_traces(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: filters.get(k) for k in
-                  ("service", "name", "error", "min_duration_ns", "max_duration_ns", "since_ns", "until_ns")}
+                  ("service", "name", "error", "min_duration_ns", "max_duration_ns", "since_ns", "until_ns", "tenant")}
         params["limit"] = filters.get("limit") or 20
         result = self._client.query(sql.SEARCH_TRACES, parameters=params)
         traces = [
@@ -143,10 +144,11 @@ class ClickHouseStore:
         return traces
 
     def stats(self, group_by: str, limit: int = 100, root_only: bool = False, service: str | None = None,
-              since_ns: int | None = None, until_ns: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+              since_ns: int | None = None, until_ns: int | None = None,
+              tenant: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
         """Weighted statistics per group; see :data:`sql.STATS`."""
         params = {"group_by": group_by, "limit": limit, "root_only": int(root_only), "service": service,
-                  "since_ns": since_ns, "until_ns": until_ns}  # fmt: skip
+                  "since_ns": since_ns, "until_ns": until_ns, "tenant": tenant}  # fmt: skip
         result = self._client.query(sql.STATS, parameters=params)
         out = []
         for grp, count, errors, quantiles, tokens_in, tokens_out, cache_read, cost, stored, stderr in result.result_rows:

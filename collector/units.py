@@ -7,6 +7,9 @@ and the CLI (``--min-duration 2s``) share exactly one definition of what "2s" me
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)?\s*$")
 _DURATION_NS = {
@@ -96,3 +99,19 @@ def format_duration_ns(ns: int | float) -> str:
     if ns < 1_000_000_000:
         return f"{ns / 1_000_000:.1f}ms"
     return f"{ns / 1_000_000_000:.2f}s"
+
+
+class StrictModel(BaseModel):
+    """Base of every configuration model: an unknown key is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def duration_fields(*names: str) -> Any:
+    """A pydantic validator that reads ``10s``/``250ms``-style durations into nanoseconds."""
+    return field_validator(*names, mode="before")(classmethod(lambda cls, v: parse_duration_ns(v)))
+
+
+def size_fields(*names: str) -> Any:
+    """A pydantic validator that reads ``16MiB``-style sizes into bytes."""
+    return field_validator(*names, mode="before")(classmethod(lambda cls, v: parse_size(v)))

@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from collector.ingest import Ingest
 from collector.queue import MemoryQueue
+from collector.server_config import GrpcServerSettings, HttpServerSettings
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
 from tests.support.collector import Collector
@@ -163,8 +164,8 @@ def test_full_queue_pushes_back_with_retry_hints() -> None:
     loop = LoopThread()
     queue = MemoryQueue(max_bytes=int(size * 1.5), retry_after=3.0)
     ingest = Ingest(queue, redactor=None)
-    grpc_rx = GrpcReceiver("127.0.0.1:0", ingest, LIMIT)
-    http_rx = HttpReceiver("127.0.0.1:0", ingest, LIMIT)
+    grpc_rx = GrpcReceiver(GrpcServerSettings(endpoint="127.0.0.1:0"), ingest, LIMIT)
+    http_rx = HttpReceiver(HttpServerSettings(endpoint="127.0.0.1:0"), ingest, LIMIT)
     try:
         loop.run(grpc_rx.start())
         loop.run(http_rx.start())

@@ -25,6 +25,7 @@ from collector.kafka.queue import KafkaQueue
 from collector.otlp import Fragment, split_by_trace
 from collector.pipeline import Pipeline
 from collector.queue import MemoryQueue, Queue
+from collector.server_config import GrpcServerSettings, HttpServerSettings
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
 from collector.writer import StorageWriter
@@ -116,8 +117,8 @@ def _components(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Cal
     })  # fmt: skip
     ingest = Ingest(MemoryQueue(1 << 20), None)
     return {
-        "grpc-receiver": lambda: GrpcReceiver("127.0.0.1:0", ingest, 1 << 20),
-        "http-receiver": lambda: HttpReceiver("127.0.0.1:0", ingest, 1 << 20),
+        "grpc-receiver": lambda: GrpcReceiver(GrpcServerSettings(endpoint="127.0.0.1:0"), ingest, 1 << 20),
+        "http-receiver": lambda: HttpReceiver(HttpServerSettings(endpoint="127.0.0.1:0"), ingest, 1 << 20),
         "memory-queue": lambda: MemoryQueue(1 << 20),
         "kafka-queue": lambda: _kafka(request.getfixturevalue("kafka"))(1 << 20),
         "storage-writer": lambda: StorageWriter(settings.storage.clickhouse),

@@ -5,6 +5,10 @@ so malformed protobuf becomes INVALID_ARGUMENT (grpc would answer INTERNAL) and 
 redaction prefilter can scan the bytes the client sent. Oversized messages are refused by
 grpc itself with RESOURCE_EXHAUSTED (``grpc.max_receive_message_length``, which also
 bounds the decompressed size of gzip messages).
+
+With ``auth`` set, the ``authorization`` metadata must carry a valid bearer token
+(UNAUTHENTICATED otherwise). TLS comes from :class:`collector.tls.ServerTls` (rotated at
+handshakes), connection limits from :class:`collector.server_config.GrpcServerSettings`.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from collector.errors import PipelineError, codes_for
+from collector.auth import UNAUTHENTICATED, Authenticator
+from collector.errors import PipelineError, Unauthenticated, codes_for
 from collector.ingest import Ingest
+from collector.server_config import GrpcServerSettings
+from collector.tls import ServerTls
 
 log = logging.getLogger("tailsift.receiver.grpc")
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -44,10 +51,14 @@ def status_for(error: PipelineError) -> grpc.Status:
 class GrpcReceiver:
     """Component: ``start`` binds, ``shutdown`` stops taking calls (safe twice, without start)."""
 
-    def __init__(self, endpoint: str, ingest: Ingest, max_request_size: int):
-        self.endpoint = endpoint
+    def __init__(self, settings: GrpcServerSettings, ingest: Ingest, max_request_size: int):
+        self.settings = settings
+        self.endpoint = settings.endpoint
         self.ingest = ingest
         self.max_request_size = max_request_size
+        self.tls = ServerTls(settings.tls, "OTLP/gRPC") if settings.tls else None
+        self.auth = Authenticator(settings.auth) if settings.auth else None
+        self.unauthenticated = 0
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -55,23 +66,42 @@ class GrpcReceiver:
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.max_request_size),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            *self.settings.grpc_options(),
         ])  # fmt: skip
         handler = grpc.unary_unary_rpc_method_handler(self._export)  # raw bytes in and out
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"Export": handler})])
-        self.port = server.add_insecure_port(self.endpoint)
+        if self.tls is not None:
+            self.port = server.add_secure_port(self.endpoint, self.tls.grpc_credentials())
+        else:
+            self.port = server.add_insecure_port(self.endpoint)
         if self.port == 0:
             raise RuntimeError(f"cannot listen for OTLP/gRPC on {self.endpoint}")
         await server.start()
         self._server = server
+        if self.tls is not None:
+            await self.tls.start()
 
     async def shutdown(self, grace: float = 2.0) -> None:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)
+        if self.tls is not None:
+            await self.tls.shutdown()
+
+    def _tenant(self, context: Any) -> str | None:
+        """The caller's tenant ("" for none) when auth is on; None when it is off."""
+        if self.auth is None:
+            return None
+        header = next((str(v) for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+        identity = self.auth.check(header)
+        if identity is None:
+            self.unauthenticated += 1
+            raise Unauthenticated(UNAUTHENTICATED)
+        return identity.tenant or ""
 
     async def _export(self, body: bytes, context: Any) -> bytes:
         try:
-            accepted = await self.ingest.export_body(body, as_json=False)
+            accepted = await self.ingest.export_body(body, False, self._tenant(context))
         except PipelineError as exc:
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from None

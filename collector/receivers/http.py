@@ -5,7 +5,11 @@ uses the request's content type; 429/503 carry ``Retry-After``. Size is checked 
 times: the declared Content-Length, the bytes actually read, and the decompressed size
 (a small gzip body can inflate without limit, so inflation stops at the limit). Body bytes
 count against the memory limit while they are read, and a body that does not arrive
-within ``body_timeout`` is refused (408), so stalled uploads cannot hold memory.
+within ``read_timeout`` is refused (408), so stalled uploads cannot hold memory.
+
+With ``auth`` set, the token is checked before a byte of the body is read (401 with
+``WWW-Authenticate: Bearer``); TLS, timeouts and connection limits are
+:mod:`collector.http_server`'s.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from collector.errors import (InvalidRequest, PipelineError, RequestTimeout, RequestTooLarge, UnsupportedMediaType,
-                              codes_for)
-from collector.http_server import serve
+from collector.auth import UNAUTHENTICATED, Authenticator
+from collector.errors import (InvalidRequest, PipelineError, RequestTimeout, RequestTooLarge, Unauthenticated,
+                              UnsupportedMediaType, codes_for)
+from collector.http_server import ConnectionGuard, serve
 from collector.ingest import LARGE_BODY, Ingest
+from collector.server_config import HttpServerSettings
+from collector.tls import ServerTls
 
 log = logging.getLogger("tailsift.receiver.http")
 PROTOBUF = "application/x-protobuf"
@@ -61,30 +68,41 @@ def _encode(message: object, as_json: bool) -> bytes:
 class HttpReceiver:
     """Component: ``start`` binds, ``shutdown`` stops taking requests (safe twice, without start)."""
 
-    def __init__(self, endpoint: str, ingest: Ingest, max_request_size: int, body_timeout: float = 30.0):
-        self.endpoint = endpoint
+    def __init__(self, settings: HttpServerSettings, ingest: Ingest, max_request_size: int):
+        self.settings = settings
+        self.endpoint = settings.endpoint
         self.ingest = ingest
         self.limit = max_request_size
-        self.body_timeout = body_timeout
+        self.body_timeout = settings.read_timeout / 1e9
+        self.tls = ServerTls(settings.tls, "OTLP/HTTP") if settings.tls else None
+        self.auth = Authenticator(settings.auth) if settings.auth else None
+        self.unauthenticated = 0
+        self.guard: ConnectionGuard | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> None:
         app = web.Application(client_max_size=self.limit)
         app.router.add_post("/v1/traces", self._traces)
-        self._runner, self.port = await serve(app, self.endpoint, auto_decompress=False)
+        if self.tls is not None:
+            await self.tls.start()
+        self._runner, self.port, self.guard = await serve(
+            app, self.settings, self.tls.context if self.tls else None, auto_decompress=False)
 
-    async def shutdown(self, grace: float = 1.0) -> None:
+    async def shutdown(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        if self.tls is not None:
+            await self.tls.shutdown()
 
     async def _traces(self, request: web.Request) -> web.Response:
         as_json = request.content_type == JSON
         reserved = [0]
         try:
+            tenant = self._tenant(request)
             body = await self._read_body(request, reserved)
-            accepted = await self.ingest.export_body(body, as_json)
+            accepted = await self.ingest.export_body(body, as_json, tenant)
         except PipelineError as exc:
             return self._error(exc, as_json)
         except Exception:
@@ -98,6 +116,16 @@ class HttpReceiver:
             response.partial_success.rejected_spans = accepted.rejected_spans
             response.partial_success.error_message = accepted.error_message
         return web.Response(body=_encode(response, as_json), content_type=JSON if as_json else PROTOBUF)
+
+    def _tenant(self, request: web.Request) -> str | None:
+        """The caller's tenant ("" for none) when auth is on; None when it is off."""
+        if self.auth is None:
+            return None
+        identity = self.auth.check(request.headers.get("Authorization"))
+        if identity is None:
+            self.unauthenticated += 1
+            raise Unauthenticated(UNAUTHENTICATED)
+        return identity.tenant or ""
 
     async def _read_body(self, request: web.Request, reserved: list[int]) -> bytes:
         """The body, decompressed. Its bytes are reserved with the memory limiter as they
@@ -140,7 +168,7 @@ class HttpReceiver:
     def _error(self, error: PipelineError, as_json: bool) -> web.Response:
         codes = codes_for(error)
         status = status_pb2.Status(code=getattr(code_pb2, codes.grpc.name, code_pb2.INTERNAL), message=error.message)
-        headers = {}
+        headers = {"WWW-Authenticate": "Bearer"} if codes.http == 401 else {}
         if error.retry_after is not None:
             headers["Retry-After"] = str(max(1, round(error.retry_after)))
         return web.Response(
