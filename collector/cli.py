@@ -114,13 +114,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _get(api: str, path: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
+def _get(args: argparse.Namespace, path: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """GET from the query API at ``args.api``, with ``args.token`` and ``args.ca_file`` if set."""
+    import ssl
     import urllib.error
     import urllib.request
 
+    api = args.api
     url = api.rstrip("/") + path + (f"?{urlencode(params)}" if params else "")
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    context = ssl.create_default_context(cafile=args.ca_file) if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30, context=context) as resp:
             return resp.status, orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -136,7 +141,7 @@ def _get(api: str, path: str, params: dict[str, Any] | None = None) -> tuple[int
 def cmd_trace(args: argparse.Namespace) -> int:
     from collector.waterfall import render
 
-    status, body = _get(args.api, f"/api/traces/{args.trace_id}")
+    status, body = _get(args, f"/api/traces/{args.trace_id}")
     if status != 200:
         if body is not None:
             print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
@@ -155,7 +160,9 @@ def cmd_traces(args: argparse.Namespace) -> int:
         params["min_duration_ms"] = parse_duration_ns(args.min_duration) / 1e6
     if args.since:
         params["since"] = args.since
-    status, body = _get(args.api, "/api/traces", params)
+    if args.tenant:
+        params["tenant"] = args.tenant
+    status, body = _get(args, "/api/traces", params)
     if status != 200:
         if body is not None:
             print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
@@ -175,10 +182,10 @@ def cmd_traces(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"group_by": args.group_by, "limit": args.limit, "scope": args.scope}
-    for key in ("since", "until", "service"):
+    for key in ("since", "until", "service", "tenant"):
         if getattr(args, key):
             params[key] = getattr(args, key)
-    status, body = _get(args.api, "/api/stats", params)
+    status, body = _get(args, "/api/stats", params)
     if status != 200:
         if body is not None:
             print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
@@ -236,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--min-duration", help="e.g. 2s or 150ms")
     ts.add_argument("--since", help="RFC 3339 time or a duration ago, e.g. 15m")
     ts.add_argument("--limit", type=int, default=20)
+    ts.add_argument("--tenant", help="only this tenant's traces")
     ts.add_argument("--api", default=api, help=f"query API address (default {api}, env TAILSIFT_API)")
     ts.set_defaults(func=cmd_traces)
     st = sub.add_parser("stats", help="count, error rate, latency, tokens and cost per group (sample-rate weighted)")
@@ -245,10 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--service", help="only spans of this service")
     st.add_argument("--scope", choices=("all", "root"), default="all", help="root: only root spans (requests)")
     st.add_argument("--limit", type=int, default=50)
+    st.add_argument("--tenant", help="only this tenant's spans")
     st.add_argument("--json", action="store_true", help="print the API's JSON")
     st.add_argument("--api", default=api, help=f"query API address (default {api}, env TAILSIFT_API)")
     st.set_defaults(func=cmd_stats)
     bench = sub.add_parser("bench", help="drive a collector (its own, by default) with OTLP load and report")
+    for client in (tr, ts, st):
+        client.add_argument("--token", default=os.environ.get("TAILSIFT_TOKEN"),
+                            help="bearer token for a query API with auth (env TAILSIFT_TOKEN)")
+        client.add_argument("--ca-file", default=os.environ.get("TAILSIFT_CA_FILE"),
+                            help="CA bundle for an https:// query API (env TAILSIFT_CA_FILE)")
     bench.add_argument("--duration", type=float, default=30, help="seconds of load (default 30)")
     bench.add_argument("--rate", default="max", type=_rate, help="spans/s to offer, or max (default)")
     bench.add_argument("--warmup", type=float, default=3, help="seconds left out of the figures (default 3)")

@@ -46,10 +46,13 @@ class OwnCollector:
         self.role = role
         self.grpc_port, self.http_port, self.api_port = free_port(), free_port(), free_port()
         config = dict(config)
-        config["receivers"] = {"otlp": {**config.get("receivers", {}).get("otlp", {}),
-                                        "grpc": {"endpoint": f"127.0.0.1:{self.grpc_port}"},
-                                        "http": {"endpoint": f"127.0.0.1:{self.http_port}"}}}  # fmt: skip
-        config["query"] = {"endpoint": f"127.0.0.1:{self.api_port}"}
+        otlp = dict(config.get("receivers", {}).get("otlp", {}))
+        otlp["grpc"] = {**(otlp.get("grpc") or {}), "endpoint": f"127.0.0.1:{self.grpc_port}"}
+        otlp["http"] = {**(otlp.get("http") or {}), "endpoint": f"127.0.0.1:{self.http_port}"}
+        config["receivers"] = {"otlp": otlp}
+        config["query"] = {**config.get("query", {}), "endpoint": f"127.0.0.1:{self.api_port}"}
+        self._schemes = {key: "https" if (otlp[key] if key != "query" else config["query"]).get("tls") else "http"
+                         for key in ("http", "query")}  # fmt: skip
         storage = dict(config.get("storage", {}).get("clickhouse", {}))
         storage.setdefault("dsn", f"chdb://{data_dir or self.workdir / 'data'}")
         config["storage"] = {**config.get("storage", {}), "clickhouse": storage}
@@ -62,7 +65,7 @@ class OwnCollector:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/v1/traces"
+        return f"{self._schemes['http']}://127.0.0.1:{self.http_port}/v1/traces"
 
     @property
     def grpc_endpoint(self) -> str:
@@ -70,7 +73,7 @@ class OwnCollector:
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{self._schemes['query']}://127.0.0.1:{self.api_port}"
 
     def start(self, timeout: float = 60.0) -> OwnCollector:
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -78,15 +78,12 @@ class GrpcReceiver:
             raise RuntimeError(f"cannot listen for OTLP/gRPC on {self.endpoint}")
         await server.start()
         self._server = server
-        if self.tls is not None:
-            await self.tls.start()
+        # No reload task for gRPC: its credentials ask ServerTls.grpc_fetch at each handshake.
 
     async def shutdown(self, grace: float = 2.0) -> None:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)
-        if self.tls is not None:
-            await self.tls.shutdown()
 
     def _tenant(self, context: Any) -> str | None:
         """The caller's tenant ("" for none) when auth is on; None when it is off."""

@@ -31,6 +31,12 @@ class Collector(OwnCollector):
         quick = {"storage": {"clickhouse": {"flush_interval": "200ms"}}}
         super().__init__(deep_merge(quick, config or {}), workdir, data_dir, role)
 
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def get(self, path: str, **params: Any) -> requests.Response:
         return requests.get(self.api + path, params=params, timeout=30)
 
