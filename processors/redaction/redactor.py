@@ -1,9 +1,12 @@
 """Redaction: secrets and PII are removed from a request before anything is queued or stored.
 
 Runs at ingress on the decoded request, so secrets never reach the queue, Kafka, disk or
-logs. It covers every text field a user controls: resource, scope, span, event and link
-attribute values (inside arrays and key-value lists too), span names, status messages
-and event names.
+logs. It covers every string and bytes field of the OTLP trace proto but the fixed-size
+ids: attribute keys and values (resource, scope, span, event, link; inside arrays and
+key-value lists too; bytes values read as UTF-8 where valid, else byte for byte), span
+and event names, status messages, span and link ``trace_state``, scope name and version,
+schema URLs and entity references. tests/test_redaction_fields.py plants a secret in
+every such field, found by reflection over the proto, so a field added later is caught.
 
 Three kinds of rule, all named, each with an action (see :mod:`.settings`):
 - value patterns (the built-in pack in :mod:`.patterns`, plus your own regexes) find a
@@ -121,18 +124,33 @@ class Redactor:
         if not active:
             return RedactionResult(counts, scanned=False)
         walk = _Walk(self, self._text_pattern(active), bool(active & self._key_names), counts)
+        text = walk.text
         for rs in request.resource_spans:
+            if rs.schema_url:
+                rs.schema_url = text(rs.schema_url)
             walk.attrs(rs.resource.attributes)
+            for ref in rs.resource.entity_refs:
+                ref.schema_url, ref.type = text(ref.schema_url), text(ref.type)
+                walk.texts(ref.id_keys)
+                walk.texts(ref.description_keys)
             for ss in rs.scope_spans:
-                walk.attrs(ss.scope.attributes)
+                if ss.schema_url:
+                    ss.schema_url = text(ss.schema_url)
+                scope = ss.scope
+                scope.name, scope.version = text(scope.name), text(scope.version)
+                walk.attrs(scope.attributes)
                 for span in ss.spans:
-                    span.name = walk.text(span.name)
-                    span.status.message = walk.text(span.status.message)
+                    span.name = text(span.name)
+                    if span.trace_state:
+                        span.trace_state = text(span.trace_state)
+                    span.status.message = text(span.status.message)
                     walk.attrs(span.attributes)
                     for event in span.events:
-                        event.name = walk.text(event.name)
+                        event.name = text(event.name)
                         walk.attrs(event.attributes)
                     for link in span.links:
+                        if link.trace_state:
+                            link.trace_state = text(link.trace_state)
                         walk.attrs(link.attributes)
         return RedactionResult(counts, scanned=True)
 
@@ -208,10 +226,25 @@ class _Walk:
             return value
         return self.pattern.sub(self._replace, value)
 
+    def texts(self, values: Any) -> None:
+        """Clean a repeated string field in place."""
+        for i, value in enumerate(values):
+            new = self.text(value)
+            if new != value:
+                values[i] = new
+
     def attrs(self, attributes: Any) -> None:
         doomed = []
         for i, kv in enumerate(attributes):
-            rule = self.r.key_rule(kv.key) if self.keys else None
+            key = kv.key
+            rule = self.r.key_rule(key) if self.keys else None
+            self.drop = False
+            new_key = self.text(key)  # a secret can be a key too
+            if new_key != key:
+                kv.key = new_key
+                if self.drop:
+                    doomed.append(i)
+                    continue
             if rule is not None:
                 name, action = rule
                 self.counts[name] += 1
@@ -232,6 +265,19 @@ class _Walk:
             new = self.text(value.string_value)
             if new != value.string_value:
                 value.string_value = new
+            return self.drop
+        if kind == "bytes_value":
+            # Bytes are read as UTF-8 where valid, else byte for byte (latin-1), so an ASCII
+            # secret inside binary data is found too; placeholders are ASCII either way.
+            raw = value.bytes_value
+            try:
+                text, encoding = raw.decode("utf-8"), "utf-8"
+            except UnicodeDecodeError:
+                text, encoding = raw.decode("latin-1"), "latin-1"
+            self.drop = False
+            new = self.text(text)
+            if new != text:
+                value.bytes_value = new.encode(encoding)
             return self.drop
         if kind == "array_value":
             for item in value.array_value.values:

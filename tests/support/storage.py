@@ -27,3 +27,20 @@ def span_rows(dsn: str) -> dict[str, tuple[int, int]]:
     else:
         rows = clickhouse_connect.get_client(dsn=dsn).query(ROWS_PER_TRACE).result_rows
     return {trace: (int(count), int(distinct)) for trace, count, distinct in rows}
+
+
+_DUMP = """
+import sys, clickhouse_connect
+client = clickhouse_connect.get_client(dsn=sys.argv[1])
+names = [r[0] for r in client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows]
+for name in names:
+    sys.stdout.buffer.write(client.raw_query(f"SELECT * FROM {name} FORMAT TabSeparatedRaw"))
+"""
+
+
+def dump_tables(dsn: str) -> bytes:
+    """Every row of every table, as text: to prove a value is stored nowhere. (chDB: the
+    collector must be stopped first, and it is read in a subprocess, as above.)"""
+    out = subprocess.run([sys.executable, "-c", _DUMP, dsn], capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    return out.stdout
