@@ -8,9 +8,9 @@ file descriptors) away from everyone else:
 - a connection that has not sent a complete request head within ``read_header_timeout``
   is closed (slowloris; also a connection that sends nothing at all);
 - a keep-alive connection idle for ``idle_timeout`` is closed (aiohttp's keep-alive timer);
-- at ``max_connections`` the longest-idle connection (no request in progress) is closed to
-  admit the new one, so idle clients can never lock out an active one; only when every
-  connection is busy is the new one refused;
+- at ``max_connections`` an idle connection is closed to admit the new one (the oldest that
+  never completed a request first, then the oldest idle keep-alive one), so idle clients
+  can never lock out an active one; only when every connection is busy is it refused;
 - a TLS handshake must finish within ``read_header_timeout`` too.
 
 aiohttp has no hook for the first two of these, so :class:`ConnectionGuard` wraps its
@@ -59,7 +59,7 @@ class ConnectionGuard:
     def __call__(self) -> asyncio.BaseProtocol:
         live: dict[Any, Any] = self.server._connections  # handler -> transport, oldest first
         if len(live) >= self.limit:
-            victim = next((h for h in live if h.transport is not None and not h._request_in_progress), None)
+            victim = self._victim(live)
             if victim is None:
                 self.stats["refused"] += 1
                 return _Refuse()
@@ -68,6 +68,20 @@ class ConnectionGuard:
         handler = self.server()
         asyncio.get_running_loop().call_later(self.header_timeout, self._check_head, handler)
         return handler
+
+    @staticmethod
+    def _victim(live: dict[Any, Any]) -> Any:
+        """The connection to close for a new one: the oldest that never completed a request
+        (idle since accepted, or dribbling its headers), else the oldest idle keep-alive one;
+        None when every connection has a request in progress."""
+        idle = None
+        for handler in live:
+            if handler.transport is None or handler._request_in_progress:
+                continue
+            if handler._request_count == 0:
+                return handler
+            idle = idle or handler
+        return idle
 
     def _check_head(self, handler: Any) -> None:
         if handler._request_count == 0 and handler.transport is not None:

@@ -21,14 +21,11 @@ from cryptography import x509
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.support.certs import CA, Pair
 from tests.support.collector import Collector
+from tests.support.otel import error_span
 
 TOKENS = {"team-a": "token-for-team-a-0123456789", "team-b": "token-for-team-b-9876543210"}
 OPERATOR = "operator-token-abcdefghijklmnop"
@@ -42,18 +39,6 @@ def _no_ca_bundle_override(monkeypatch: pytest.MonkeyPatch) -> None:
     (psf/requests#3829), which would hide the exporter's ``certificate_file``."""
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-
-
-def error_span(service: str, **resource: Any) -> tuple[ReadableSpan, str]:
-    """One finished error span (kept by the default rules) and its trace id."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service, **resource}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    with provider.get_tracer("tests").start_as_current_span("POST /chat") as span:
-        span.set_status(Status(StatusCode.ERROR, "boom"))
-    provider.shutdown()
-    (done,) = memory.get_finished_spans()
-    return done, format(done.context.trace_id, "032x")
 
 
 def served_serial(port: int, ca: Path, alpn: str | None = None) -> int:

@@ -62,6 +62,8 @@ class OwnCollector:
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = self.workdir / "collector.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.nofile: int | None = None
+        """Open-files limit (soft and hard) for the process, to test descriptor exhaustion."""
 
     @property
     def http_url(self) -> str:
@@ -80,6 +82,7 @@ class OwnCollector:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collector.cli", "run", "--config", str(self.config_path), "--role", self.role],
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
+            preexec_fn=self._limits if self.nofile else None,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -89,6 +92,12 @@ class OwnCollector:
                 return self
             time.sleep(0.1)
         raise TimeoutError(f"the collector did not start:\n{self.log()}")
+
+    def _limits(self) -> None:
+        import resource
+
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -54,6 +54,19 @@ class Sender:
         return list(self.sent.get_finished_spans())
 
 
+def error_span(service: str, **resource: Any) -> tuple[ReadableSpan, str]:
+    """One finished error span (kept by the default rules) and its trace id, for calling an
+    exporter's ``export`` directly (its result says whether the collector took it)."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service, **resource}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    with provider.get_tracer("tests").start_as_current_span("POST /chat") as span:
+        span.set_status(Status(StatusCode.ERROR, "boom"))
+    provider.shutdown()
+    (done,) = memory.get_finished_spans()
+    return done, format(done.context.trace_id, "032x")
+
+
 def llm_trace(tracer: Tracer, error_in: str | None = None, extra: Callable[[Any], None] | None = None) -> str:
     """One LLM-app request: root → retrieve → vector.search, then llm.chat. Returns the trace id hex."""
     with tracer.start_as_current_span("POST /chat", kind=SpanKind.SERVER) as root:
