@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from collector.auth import AuthSettings
+from collector.kafka.settings import KafkaQueue
 from collector.server_config import GrpcServerSettings, HttpServerSettings, host_port
 from collector.units import StrictModel, duration_fields, parse_duration_ns, parse_size, size_fields
 from processors.cardinality import CardinalitySettings
@@ -65,46 +66,6 @@ class OtlpReceiver(_Strict):
 
 class Receivers(_Strict):
     otlp: OtlpReceiver = Field(default_factory=OtlpReceiver)
-
-
-class KafkaQueue(_Strict):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    """Comma-separated host:port list."""
-    topic: str = Field(default="tailsift-spans", pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    dead_letter_topic: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    """Where records that cannot be decoded go; default ``<topic>-dlq``."""
-    group: str = "tailsift-samplers"
-    """Consumer group of the sampler processes."""
-    partitions: int = Field(default=12, ge=1)
-    """Used only when tailsift creates the topics; the most sampler processes that get work."""
-    replication_factor: int = Field(default=1, ge=1)
-    """Used only when tailsift creates the topics; 3 on a real cluster."""
-    max_record_size: int = Field(default=1024 * 1024, ge=64 * 1024)
-    """Largest record value; bigger trace fragments are split. Keep <= the broker's message.max.bytes."""
-    max_in_flight: int = 64 * 1024 * 1024
-    """Bytes a receiver process has sent and not yet seen acknowledged; beyond it, 429."""
-    ack_timeout: int = 5_000_000_000
-    """How long a receiver waits for the broker's acknowledgement before answering 503."""
-    linger: int = 1_000_000
-    """How long the producer waits to fill a batch. A request's fragments are already one
-    record per partition, so waiting longer mostly adds ack latency (p99 at half the
-    maximum rate: 20.8 ms with 1 ms, 24.0 ms with 5 ms)."""
-    commit_interval: int = 1_000_000_000
-    client_id: str = "tailsift"
-
-    _size = _sizes("max_record_size", "max_in_flight")
-    _time = _durations("ack_timeout", "linger", "commit_interval")
-
-    @field_validator("bootstrap_servers")
-    @classmethod
-    def _servers(cls, value: str) -> str:
-        for server in value.split(","):
-            host_port(server.strip())
-        return value
-
-    @property
-    def dead_letters(self) -> str:
-        return self.dead_letter_topic or f"{self.topic}-dlq"
 
 
 class WalSettings(_Strict):
@@ -176,6 +137,20 @@ class ClickHouseSettings(_Strict):
     """Span bytes (OTLP) per insert at most, so a batch of huge spans stays a bounded insert."""
     max_pending_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
     """Span bytes (OTLP) waiting for insert before the sampler is made to wait."""
+    verify: bool = True
+    """https:// only: verify the server's certificate (against ``ca_file`` or the system's CAs)."""
+    ca_file: str | None = None
+    """https:// only: PEM CA bundle for the server's certificate (a private CA)."""
+    cert_file: str | None = None
+    """https:// only: PEM client certificate, for servers that require one (with ``key_file``)."""
+    key_file: str | None = None
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"cannot read {value}")
+        return value
 
     _bytes = _sizes("batch_bytes", "max_pending_bytes")
 

@@ -19,15 +19,32 @@ from tests.support.kafka import Broker, kafka_queue
 
 
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap address of a running broker: CI's (TAILSIFT_TEST_KAFKA) or one of our own."""
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    """(bootstrap, TLS bootstrap, CA file) of a running broker: CI's (TAILSIFT_TEST_KAFKA,
+    TAILSIFT_TEST_KAFKA_SSL, TAILSIFT_TEST_KAFKA_CA) or one of our own."""
     given = os.environ.get("TAILSIFT_TEST_KAFKA")
     if given:
-        yield given
+        yield given, os.environ.get("TAILSIFT_TEST_KAFKA_SSL", ""), os.environ.get("TAILSIFT_TEST_KAFKA_CA", "")
         return
     broker = Broker(tmp_path_factory.mktemp("kafka")).start()
-    yield broker.bootstrap
+    yield broker.bootstrap, broker.ssl_bootstrap, str(broker.ca_file)
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(kafka_broker: tuple[str, str, str]) -> str:
+    """Bootstrap address of the test broker's plain-text listener."""
+    return kafka_broker[0]
+
+
+@pytest.fixture(scope="session")
+def kafka_ssl(kafka_broker: tuple[str, str, str]) -> tuple[str, str]:
+    """(bootstrap, CA file) of the test broker's TLS listener."""
+    _, bootstrap, ca_file = kafka_broker
+    if not bootstrap or not ca_file:
+        pytest.fail("TAILSIFT_TEST_KAFKA is set without TAILSIFT_TEST_KAFKA_SSL and TAILSIFT_TEST_KAFKA_CA "
+                    "(deploy/kafka/kafka.sh serves TLS on KAFKA_PORT+2 with $KAFKA_DIR/tls/ca.pem)")
+    return bootstrap, ca_file
 
 
 @pytest.fixture(params=["memory", "kafka"])
@@ -38,21 +55,40 @@ def queue_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     return kafka_queue(request.getfixturevalue("kafka"))
 
 
-@pytest.fixture
-def clickhouse_http(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def _serve_clickhouse(tmp_path: Path, *tls: str) -> tuple[subprocess.Popen[bytes], int, Path]:
     port, log = free_port(), tmp_path / "statements.jsonl"
+    extra = ["--tls-cert", tls[0], "--tls-key", tls[1]] if tls else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.clickhouse_http", "--port", str(port),
-         "--path", str(tmp_path / "server-data"), "--log", str(log)],
+         "--path", str(tmp_path / "server-data"), "--log", str(log), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).ok:
+            if requests.get(f"{'https' if tls else 'http'}://127.0.0.1:{port}/ping", timeout=1, verify=False).ok:
                 break
         except requests.ConnectionError:
             time.sleep(0.1)
+    return proc, port, log
+
+
+@pytest.fixture
+def clickhouse_http(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    proc, port, log = _serve_clickhouse(tmp_path)
     yield f"http://tailsift:s3cret-pw@127.0.0.1:{port}/default", log
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def clickhouse_https(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The same over HTTPS: (DSN, CA file), with a certificate from a CA made here."""
+    from tests.support.certs import CA
+
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("clickhouse")
+    proc, port, _ = _serve_clickhouse(tmp_path, str(server.cert), str(server.key))
+    yield f"https://tailsift:s3cret-pw@127.0.0.1:{port}/default", ca.path
     proc.kill()
     proc.wait()

@@ -18,7 +18,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from processors.sampling.sampler import keep_by_trace_id
 from tests.support.collector import Collector
-from tests.support.kafka import kafka_queue
+from tests.support.kafka import kafka_queue, kafka_ssl_queue
 from tests.support.otel import Sender, llm_trace
 
 RULES = [
@@ -27,10 +27,15 @@ RULES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["memory", "kafka"])
+@pytest.fixture(scope="module", params=["memory", "kafka", "kafka-ssl"])
 def collector(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One collector per queue kind: every test here runs on the in-process queue and on Kafka."""
-    queue = kafka_queue(request.getfixturevalue("kafka")) if request.param == "kafka" else {}
+    """One collector per queue kind: every test here runs on the in-process queue, on Kafka,
+    and on Kafka over TLS (the broker's SSL listener, its certificate verified)."""
+    queue: dict[str, Any] = {}
+    if request.param == "kafka":
+        queue = kafka_queue(request.getfixturevalue("kafka"))
+    elif request.param == "kafka-ssl":
+        queue = kafka_ssl_queue(*request.getfixturevalue("kafka_ssl"))
     config = {"sampling": {"decision_wait": "3s", "quiet_period": "300ms", "rules": RULES}, **queue}
     c = Collector(tmp_path_factory.mktemp(f"e2e-{request.param}"), config).start()
     yield c

@@ -249,3 +249,13 @@ def test_unreachable_kafka_at_start_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError) as exited:
         collector.start()
     assert "cannot use Kafka at 127.0.0.1:1" in str(exited.value)
+
+
+def test_kafka_tls_verifies_the_broker(tmp_path: Path, kafka_ssl: tuple[str, str]) -> None:
+    """Over SSL the broker's certificate is checked: without its CA the collector does not
+    start (and says why); the e2e pipeline tests run over SSL with it (test_e2e_pipeline)."""
+    bootstrap, _ = kafka_ssl
+    collector = Collector(tmp_path, kafka_queue(bootstrap, security_protocol="SSL"), role="receiver")
+    with pytest.raises(RuntimeError) as exited:
+        collector.start(timeout=90)
+    assert f"cannot use Kafka at {bootstrap}" in str(exited.value)

@@ -14,13 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
 from collector import sql
 from tests.support.collector import Collector
-from tests.support.otel import exporter, llm_trace
+from tests.support.otel import error_span, exporter, llm_trace
 
 SAMPLING = {"decision_wait": "2s", "quiet_period": "200ms", "rules": [
     {"name": "errors", "when": [{"status": "error"}], "keep": "100%"}, {"name": "default", "keep": "50%"}]}  # fmt: skip
@@ -112,3 +114,19 @@ def test_cluster_ddl_parses_and_keeps_the_single_node_columns() -> None:
     assert "ReplicatedReplacingMergeTree(" in spans_local and "Version)" in traces_local.split("ENGINE")[1]
     for ddl in (spans, traces):
         assert "ENGINE = Distributed('tailsift', 'otel'" in ddl and "cityHash64(TraceId)" in ddl
+
+
+def test_https_clickhouse_is_verified(tmp_path: Path, clickhouse_https: tuple[str, Path]) -> None:
+    """https:// DSNs verify the server's certificate by default: with the private CA in
+    ``ca_file`` the collector stores; without it, it refuses to start and says why."""
+    dsn, ca = clickhouse_https
+    untrusted = Collector(tmp_path / "untrusted", {"storage": {"clickhouse": {"dsn": dsn}}})
+    with pytest.raises(RuntimeError) as refused:
+        untrusted.start()
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value) or "certificate verify failed" in str(refused.value)
+    assert "s3cret-pw" not in str(refused.value)
+    config = {"storage": {"clickhouse": {"dsn": dsn, "ca_file": str(ca)}}}
+    with Collector(tmp_path / "trusted", config).start() as c:
+        span, trace_id = error_span("over-https-clickhouse")
+        assert HttpExporter(endpoint=c.http_url, timeout=10).export([span]) is SpanExportResult.SUCCESS
+        c.wait_for(lambda: c.get(f"/api/traces/{trace_id}").status_code == 200, what="the trace stored over https")

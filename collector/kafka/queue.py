@@ -33,7 +33,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from collector.config import KafkaQueue as KafkaSettings
+from collector.kafka.settings import KafkaQueue as KafkaSettings
 from collector.errors import Backpressure, RequestTooLarge, Unavailable
 from collector.kafka.envelope import EnvelopeError, decode, encode, partition_of
 from collector.kafka.ledger import OffsetLedger
@@ -92,7 +92,7 @@ class KafkaQueue:
         try:
             await self._ensure_topics()
             self._producer = AIOKafkaProducer(
-                bootstrap_servers=s.bootstrap_servers, client_id=f"{s.client_id}-producer", acks="all",
+                **s.client_options(), client_id=f"{s.client_id}-producer", acks="all",
                 enable_idempotence=True, linger_ms=s.linger // 1_000_000,
                 max_batch_size=s.max_record_size + 64 * 1024, max_request_size=s.max_record_size + 64 * 1024,
                 request_timeout_ms=30_000,
@@ -101,7 +101,7 @@ class KafkaQueue:
             self._partition_count = len(await self._producer.partitions_for(s.topic))
             if self._consume:
                 self._consumer = AIOKafkaConsumer(
-                    bootstrap_servers=s.bootstrap_servers, client_id=f"{s.client_id}-sampler", group_id=s.group,
+                    **s.client_options(), client_id=f"{s.client_id}-sampler", group_id=s.group,
                     enable_auto_commit=False, auto_offset_reset="earliest",
                     max_partition_fetch_bytes=s.max_record_size + 64 * 1024, fetch_max_bytes=16 * 1024 * 1024,
                     rebalance_timeout_ms=60_000, session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
@@ -114,7 +114,7 @@ class KafkaQueue:
 
     async def _ensure_topics(self) -> None:
         s = self.settings
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers, client_id=f"{s.client_id}-admin")
+        admin = AIOKafkaAdminClient(**s.client_options(), client_id=f"{s.client_id}-admin")
         await admin.start()
         try:
             existing = set(await admin.list_topics())

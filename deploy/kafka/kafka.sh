@@ -6,6 +6,8 @@
 #
 # Environment:
 #   KAFKA_PORT             client port (default 9092); the controller uses KAFKA_PORT+1
+#   KAFKA_SSL_PORT         TLS client port (default KAFKA_PORT+2), with a certificate signed
+#                          by a CA generated on first start: $KAFKA_DIR/tls/ca.pem
 #   KAFKA_DIR              config, data and logs (default ./.kafka); `stop` keeps the data
 #   KAFKA_VERSION          Apache Kafka version (default below, the one tailsift is tested with)
 #   KAFKA_CACHE            where the jars are cached (default ~/.cache/tailsift/kafka-$KAFKA_VERSION)
@@ -21,6 +23,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.2}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 CONTROLLER_PORT="$((KAFKA_PORT + 1))"
+KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-$((KAFKA_PORT + 2))}"
 KAFKA_DIR="$(mkdir -p "${KAFKA_DIR:-./.kafka}" && cd "${KAFKA_DIR:-./.kafka}" && pwd)"
 KAFKA_CACHE="${KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tailsift/kafka-$KAFKA_VERSION}"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
@@ -52,6 +55,27 @@ fetch_jars() {
     touch "$KAFKA_CACHE/.complete"
 }
 
+# A development CA and a server certificate for 127.0.0.1/localhost, made once per KAFKA_DIR
+# (openssl); the broker reads key and chain from one PEM file (ssl.keystore.type=PEM).
+# Clients trust $KAFKA_DIR/tls/ca.pem. Not for production: use your own PKI there.
+write_tls() {
+    local dir="$KAFKA_DIR/tls"
+    [[ -f "$dir/server.pem" ]] && return
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+            -subj "/CN=tailsift Kafka development CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+            -keyout server-key.pem -out server.csr 2>/dev/null
+        printf "subjectAltName=DNS:localhost,IP:127.0.0.1\n" >san.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 3650 \
+            -extfile san.ext -out server-cert.pem 2>/dev/null
+        cat server-key.pem server-cert.pem >server.pem
+        rm -f server.csr san.ext
+    ) || { say "cannot make TLS certificates with openssl"; return 1; }
+}
+
 # The JVM command line, as an array so paths with spaces survive.
 java_cmd=(java -Xms128m "-Xmx$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true
     -Dorg.slf4j.simpleLogger.showDateTime=true
@@ -66,11 +90,13 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL
+ssl.keystore.type=PEM
+ssl.keystore.location=$KAFKA_DIR/tls/server.pem
 log.dirs=$KAFKA_DIR/data
 num.partitions=4
 offsets.topic.replication.factor=1
@@ -93,6 +119,7 @@ start() {
         return 0
     fi
     fetch_jars
+    write_tls
     write_config
     if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
         local cluster_id

@@ -28,12 +28,12 @@ def _free(port: int) -> bool:
 
 
 def free_port_pair() -> int:
-    """A free port whose successor (the KRaft controller port) is free too."""
+    """A free port whose two successors (the KRaft controller port, the TLS port) are free too."""
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port < 65535 and _free(port + 1):
+        if port < 65534 and _free(port + 1) and _free(port + 2):
             return port
     raise RuntimeError("no free pair of ports")
 
@@ -48,6 +48,15 @@ class Broker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """The TLS listener kafka.sh adds on port + 2, its certificate signed by :attr:`ca_file`."""
+        return f"127.0.0.1:{self.port + 2}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "tls" / "ca.pem"
 
     def _run(self, command: str) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_DIR=str(self.directory))
@@ -65,6 +74,11 @@ class Broker:
 
     def running(self) -> bool:
         return self._run("status").returncode == 0
+
+
+def kafka_ssl_queue(bootstrap: str, ca_file: str, **extra: Any) -> dict[str, Any]:
+    """Collector config for the Kafka queue over TLS (kafka.sh's SSL listener)."""
+    return kafka_queue(bootstrap, security_protocol="SSL", tls={"ca_file": ca_file}, **extra)
 
 
 def kafka_queue(bootstrap: str, **extra: Any) -> dict[str, Any]:
