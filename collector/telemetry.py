@@ -56,6 +56,31 @@ class PipelineCollector(Collector):
         yield from self._queue(p.queue)
         if p.writer is not None:
             yield from self._storage(p.writer)
+        yield from self._servers(p)
+
+    def _servers(self, p: Pipeline) -> Iterator[CounterMetricFamily]:
+        """Refused tokens, connections closed by the hygiene rules, certificate reloads."""
+        servers = {"otlp_grpc": p.grpc, "otlp_http": p.http, "query": p.query}
+        refused = CounterMetricFamily("tailsift_auth_failures", "Requests refused for a missing or invalid bearer "
+                                      "token", labels=["server"])  # fmt: skip
+        closed = CounterMetricFamily("tailsift_connections_closed", "Connections the server closed: evicted at "
+                                     "max_connections, refused with every slot busy, or past read_header_timeout",
+                                     labels=["server", "reason"])  # fmt: skip
+        reloads = CounterMetricFamily("tailsift_tls_reloads", "TLS certificates reloaded after rotation", labels=["server"])
+        for name, server in servers.items():
+            if server is None:
+                continue
+            if server.auth is not None:
+                refused.add_metric([name], server.unauthenticated)
+            guard = getattr(server, "guard", None)
+            if guard is not None:
+                for reason, count in sorted(guard.stats.items()):
+                    closed.add_metric([name, reason], count)
+            if server.tls is not None:
+                reloads.add_metric([name], server.tls.reloads)
+        yield refused
+        yield closed
+        yield reloads
 
     def _ingest(self, ingest: Ingest) -> Iterator[CounterMetricFamily]:
         spans = CounterMetricFamily("tailsift_receiver_spans", "Spans by outcome at ingress", labels=["outcome"])
