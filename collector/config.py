@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from collector.auth import AuthSettings
 from collector.kafka.settings import KafkaQueue
-from collector.server_config import GrpcServerSettings, HttpServerSettings, host_port
-from collector.units import StrictModel, duration_fields, parse_duration_ns, parse_size, size_fields
+from collector.server_config import GrpcServerSettings, HttpServerSettings
+from collector.units import StrictModel, duration_fields, parse_duration_ns, parse_size, readable_files, size_fields
 from processors.cardinality import CardinalitySettings
 from processors.genai import GenAISettings
 from processors.redaction.settings import RedactionSettings
@@ -145,12 +145,7 @@ class ClickHouseSettings(_Strict):
     """https:// only: PEM client certificate, for servers that require one (with ``key_file``)."""
     key_file: str | None = None
 
-    @field_validator("ca_file", "cert_file", "key_file")
-    @classmethod
-    def _readable(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).is_file():
-            raise ValueError(f"cannot read {value}")
-        return value
+    _files = readable_files("ca_file", "cert_file", "key_file")
 
     _bytes = _sizes("batch_bytes", "max_pending_bytes")
 

@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import model_validator
 
 from collector.runtime import stop_task
-from collector.units import StrictModel, duration_fields
+from collector.units import StrictModel, duration_fields, readable_files
 
 log = logging.getLogger("tailsift.tls")
 
@@ -54,15 +54,7 @@ class TlsSettings(StrictModel):
 
     _time = duration_fields("reload_interval")
 
-    @field_validator("cert_file", "key_file", "client_ca_file")
-    @classmethod
-    def _readable(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                Path(value).read_bytes()
-            except OSError as exc:
-                raise ValueError(f"cannot read {value}: {exc.strerror}") from None
-        return value
+    _files = readable_files("cert_file", "key_file", "client_ca_file")
 
     @model_validator(mode="after")
     def _loads(self) -> TlsSettings:

@@ -115,3 +115,19 @@ def duration_fields(*names: str) -> Any:
 def size_fields(*names: str) -> Any:
     """A pydantic validator that reads ``16MiB``-style sizes into bytes."""
     return field_validator(*names, mode="before")(classmethod(lambda cls, v: parse_size(v)))
+
+
+def _readable(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            with open(value, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+    return value
+
+
+def readable_files(*names: str) -> Any:
+    """A pydantic validator: these keys name files that must exist and be readable now, so
+    a typo is a config error naming the key, not a failure at the first connection."""
+    return field_validator(*names)(classmethod(lambda cls, v: _readable(v)))

@@ -12,13 +12,12 @@ connect the same way.
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from collector.server_config import host_port
-from collector.units import StrictModel, duration_fields, size_fields
+from collector.units import StrictModel, duration_fields, readable_files, size_fields
 
 
 class KafkaTls(StrictModel):
@@ -30,15 +29,7 @@ class KafkaTls(StrictModel):
     insecure_skip_verify: bool = False
     """Do not verify the brokers' certificates (encryption without authentication; testing only)."""
 
-    @field_validator("ca_file", "cert_file", "key_file")
-    @classmethod
-    def _readable(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                Path(value).read_bytes()
-            except OSError as exc:
-                raise ValueError(f"cannot read {value}: {exc.strerror}") from None
-        return value
+    _files = readable_files("ca_file", "cert_file", "key_file")
 
     @model_validator(mode="after")
     def _loads(self) -> KafkaTls:
