@@ -19,32 +19,43 @@ from tests.support.kafka import Broker, kafka_queue
 
 
 @pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
-    """(bootstrap, TLS bootstrap, CA file) of a running broker: CI's (TAILSIFT_TEST_KAFKA,
-    TAILSIFT_TEST_KAFKA_SSL, TAILSIFT_TEST_KAFKA_CA) or one of our own."""
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The listeners of a running broker (plain, ssl, sasl_ssl) and its CA file: CI's
+    (TAILSIFT_TEST_KAFKA, _KAFKA_SSL, _KAFKA_SASL, _KAFKA_CA) or one of our own."""
     given = os.environ.get("TAILSIFT_TEST_KAFKA")
     if given:
-        yield given, os.environ.get("TAILSIFT_TEST_KAFKA_SSL", ""), os.environ.get("TAILSIFT_TEST_KAFKA_CA", "")
+        yield {"plain": given, "ssl": os.environ.get("TAILSIFT_TEST_KAFKA_SSL", ""),
+               "sasl_ssl": os.environ.get("TAILSIFT_TEST_KAFKA_SASL", ""), "ca": os.environ.get("TAILSIFT_TEST_KAFKA_CA", "")}
         return
     broker = Broker(tmp_path_factory.mktemp("kafka")).start()
-    yield broker.bootstrap, broker.ssl_bootstrap, str(broker.ca_file)
+    yield {"plain": broker.bootstrap, "ssl": broker.ssl_bootstrap, "sasl_ssl": broker.sasl_bootstrap,
+           "ca": str(broker.ca_file)}  # fmt: skip
     broker.stop()
 
 
 @pytest.fixture(scope="session")
-def kafka(kafka_broker: tuple[str, str, str]) -> str:
+def kafka(kafka_broker: dict[str, str]) -> str:
     """Bootstrap address of the test broker's plain-text listener."""
-    return kafka_broker[0]
+    return kafka_broker["plain"]
+
+
+def _listener(kafka_broker: dict[str, str], name: str) -> tuple[str, str]:
+    if not kafka_broker[name] or not kafka_broker["ca"]:
+        pytest.fail("TAILSIFT_TEST_KAFKA is set without TAILSIFT_TEST_KAFKA_SSL, _SASL and _CA (deploy/kafka/kafka.sh "
+                    "serves TLS on KAFKA_PORT+2, SASL_SSL on +3, with $KAFKA_DIR/tls/ca.pem)")
+    return kafka_broker[name], kafka_broker["ca"]
 
 
 @pytest.fixture(scope="session")
-def kafka_ssl(kafka_broker: tuple[str, str, str]) -> tuple[str, str]:
+def kafka_ssl(kafka_broker: dict[str, str]) -> tuple[str, str]:
     """(bootstrap, CA file) of the test broker's TLS listener."""
-    _, bootstrap, ca_file = kafka_broker
-    if not bootstrap or not ca_file:
-        pytest.fail("TAILSIFT_TEST_KAFKA is set without TAILSIFT_TEST_KAFKA_SSL and TAILSIFT_TEST_KAFKA_CA "
-                    "(deploy/kafka/kafka.sh serves TLS on KAFKA_PORT+2 with $KAFKA_DIR/tls/ca.pem)")
-    return bootstrap, ca_file
+    return _listener(kafka_broker, "ssl")
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl(kafka_broker: dict[str, str]) -> tuple[str, str]:
+    """(bootstrap, CA file) of the test broker's SASL_SSL listener (SASL/PLAIN)."""
+    return _listener(kafka_broker, "sasl_ssl")
 
 
 @pytest.fixture(params=["memory", "kafka"])

@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 import requests
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from processors.sampling.sampler import keep_by_trace_id
 from tests.support.collector import Collector, deep_merge
-from tests.support.kafka import Broker, kafka_queue
-from tests.support.otel import Sender, llm_trace
+from tests.support.kafka import SASL_PASSWORD, SASL_USER, Broker, kafka_queue
+from tests.support.otel import Sender, error_span, llm_trace
 from tests.support.storage import span_rows
 
 RULES = [{"name": "errors", "when": [{"status": "error"}], "keep": "100%"}, {"name": "default", "keep": "10%"}]
@@ -259,3 +261,24 @@ def test_kafka_tls_verifies_the_broker(tmp_path: Path, kafka_ssl: tuple[str, str
     with pytest.raises(RuntimeError) as exited:
         collector.start(timeout=90)
     assert f"cannot use Kafka at {bootstrap}" in str(exited.value)
+
+
+def test_kafka_sasl_ssl_with_the_password_from_the_environment(
+    tmp_path: Path, kafka_sasl: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SASL/PLAIN over TLS: the password comes from the environment and is never logged;
+    a wrong one is a start-up error, the right one carries traces through."""
+    bootstrap, ca = kafka_sasl
+    queue = kafka_queue(bootstrap, security_protocol="SASL_SSL", tls={"ca_file": ca},
+                        sasl={"mechanism": "PLAIN", "username": SASL_USER})  # fmt: skip
+    monkeypatch.setenv("TAILSIFT_QUEUE__KAFKA__SASL__PASSWORD", "not-the-password")
+    wrong = Collector(tmp_path / "wrong", queue, role="receiver")
+    with pytest.raises(RuntimeError) as refused:
+        wrong.start(timeout=90)
+    assert f"cannot use Kafka at {bootstrap}" in str(refused.value)
+    monkeypatch.setenv("TAILSIFT_QUEUE__KAFKA__SASL__PASSWORD", SASL_PASSWORD)
+    with Collector(tmp_path / "right", queue).start() as c:
+        span, trace_id = error_span("over-sasl")
+        assert HttpExporter(endpoint=c.http_url, timeout=10).export([span]) is SpanExportResult.SUCCESS
+        c.wait_for(lambda: c.get(f"/api/traces/{trace_id}").status_code == 200, what="a trace through SASL_SSL")
+    assert SASL_PASSWORD not in c.log() and "not-the-password" not in wrong.log()

@@ -8,6 +8,9 @@
 #   KAFKA_PORT             client port (default 9092); the controller uses KAFKA_PORT+1
 #   KAFKA_SSL_PORT         TLS client port (default KAFKA_PORT+2), with a certificate signed
 #                          by a CA generated on first start: $KAFKA_DIR/tls/ca.pem
+#   KAFKA_SASL_PORT        SASL_SSL client port (default KAFKA_PORT+3): SASL/PLAIN over the same
+#                          TLS, user KAFKA_SASL_USER (default tailsift) with KAFKA_SASL_PASSWORD
+#                          (default tailsift-dev-secret; a development broker on loopback only)
 #   KAFKA_DIR              config, data and logs (default ./.kafka); `stop` keeps the data
 #   KAFKA_VERSION          Apache Kafka version (default below, the one tailsift is tested with)
 #   KAFKA_CACHE            where the jars are cached (default ~/.cache/tailsift/kafka-$KAFKA_VERSION)
@@ -24,6 +27,9 @@ KAFKA_VERSION="${KAFKA_VERSION:-4.1.2}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 CONTROLLER_PORT="$((KAFKA_PORT + 1))"
 KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-$((KAFKA_PORT + 2))}"
+KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-$((KAFKA_PORT + 3))}"
+KAFKA_SASL_USER="${KAFKA_SASL_USER:-tailsift}"
+KAFKA_SASL_PASSWORD="${KAFKA_SASL_PASSWORD:-tailsift-dev-secret}"
 KAFKA_DIR="$(mkdir -p "${KAFKA_DIR:-./.kafka}" && cd "${KAFKA_DIR:-./.kafka}" && pwd)"
 KAFKA_CACHE="${KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tailsift/kafka-$KAFKA_VERSION}"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
@@ -90,13 +96,15 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
 ssl.keystore.type=PEM
 ssl.keystore.location=$KAFKA_DIR/tls/server.pem
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
 log.dirs=$KAFKA_DIR/data
 num.partitions=4
 offsets.topic.replication.factor=1

@@ -28,12 +28,12 @@ def _free(port: int) -> bool:
 
 
 def free_port_pair() -> int:
-    """A free port whose two successors (the KRaft controller port, the TLS port) are free too."""
+    """A free port whose three successors (KRaft controller, TLS, SASL_SSL) are free too."""
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port < 65534 and _free(port + 1) and _free(port + 2):
+        if port < 65532 and all(_free(port + i) for i in (1, 2, 3)):
             return port
     raise RuntimeError("no free pair of ports")
 
@@ -55,6 +55,11 @@ class Broker:
         return f"127.0.0.1:{self.port + 2}"
 
     @property
+    def sasl_bootstrap(self) -> str:
+        """The SASL_SSL listener kafka.sh adds on port + 3 (SASL/PLAIN, see :data:`SASL_USER`)."""
+        return f"127.0.0.1:{self.port + 3}"
+
+    @property
     def ca_file(self) -> Path:
         return self.directory / "tls" / "ca.pem"
 
@@ -74,6 +79,10 @@ class Broker:
 
     def running(self) -> bool:
         return self._run("status").returncode == 0
+
+
+SASL_USER, SASL_PASSWORD = "tailsift", "tailsift-dev-secret"
+"""kafka.sh's development credentials for its SASL_SSL listener."""
 
 
 def kafka_ssl_queue(bootstrap: str, ca_file: str, **extra: Any) -> dict[str, Any]:
