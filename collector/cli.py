@@ -57,15 +57,27 @@ async def _run(settings: Settings, role: Role) -> int:
         await pipeline.shutdown()
         return 1
     otlp, queue = settings.receivers.otlp, settings.queue
+
+    def where(server: Any, port: int) -> str:
+        guards = [name for name, on in (("TLS", server.tls), ("mTLS", server.tls and server.tls.client_ca_file),
+                                        ("tokens", server.auth)) if on]  # fmt: skip
+        return f"{server.endpoint.rpartition(':')[0]}:{port}" + (f" ({', '.join(guards)})" if guards else "")
+
     log.info(
         "tailsift running (role %s): OTLP gRPC %s, OTLP HTTP %s, query API %s, queue %s, storage %s",
         role,
-        f"{otlp.grpc.endpoint.rpartition(':')[0]}:{pipeline.grpc.port}" if otlp.grpc and pipeline.grpc else "off",
-        f"{otlp.http.endpoint.rpartition(':')[0]}:{pipeline.http.port}" if otlp.http and pipeline.http else "off",
-        f"{settings.query.endpoint.rpartition(':')[0]}:{pipeline.query.port}",
-        "in-process" if queue.kind == "memory" else f"kafka {queue.kafka.bootstrap_servers}/{queue.kafka.topic}",
+        where(otlp.grpc, pipeline.grpc.port) if otlp.grpc and pipeline.grpc else "off",
+        where(otlp.http, pipeline.http.port) if otlp.http and pipeline.http else "off",
+        where(settings.query, pipeline.query.port),
+        "in-process" if queue.kind == "memory" else f"kafka {queue.kafka.bootstrap_servers}/{queue.kafka.topic}"
+        + ("" if queue.kafka.security_protocol == "PLAINTEXT" else f" ({queue.kafka.security_protocol})"),
         safe_dsn(pipeline.writer.store.dsn) if pipeline.writer else "off",
     )
+    for name, server in (("OTLP gRPC", otlp.grpc), ("OTLP HTTP", otlp.http), ("query API", settings.query)):
+        host = server.endpoint.rpartition(":")[0].strip("[]") if server else "localhost"
+        if server is not None and server.auth is None and not (host == "localhost" or host.startswith("127.") or host == "::1"):
+            log.warning("%s listens on %s without auth: anyone who reaches it can %s (see README, 'Exposing it')",
+                        name, server.endpoint, "read every stored span" if name == "query API" else "send spans")
     await stop.wait()
     log.info("tailsift stopping: deciding buffered traces and flushing storage")
     started = time.monotonic()

@@ -5,6 +5,7 @@ exporters, with certificates generated here (tests/support/certs.py)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -85,6 +86,14 @@ def test_tls_sdk_exporters_and_plaintext_refused(tmp_path: Path) -> None:
         assert exporter.export([span]) is SpanExportResult.SUCCESS
         for trace_id in (http_trace, grpc_trace):
             c.wait_for(lambda t=trace_id: stored(c, t, ca.path), what=f"trace {trace_id} over TLS")  # type: ignore[misc]
+
+        # The CLI reads an https:// API with --ca-file (and refuses it without).
+        cli = [sys.executable, "-m", "collector.cli", "trace", http_trace, "--api", c.api]
+        shown = subprocess.run([*cli, "--ca-file", str(ca.path)], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "POST /chat" in shown.stdout, shown.stderr
+        untrusted = subprocess.run(cli, capture_output=True, text=True, timeout=60, env={
+            k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")})  # fmt: skip
+        assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
 
         # Plain-text clients get no service on TLS ports.
         with pytest.raises(requests.exceptions.ConnectionError):
@@ -220,7 +229,7 @@ def test_auth_refuses_missing_and_wrong_tokens(authed: Collector, monkeypatch: p
     listed = subprocess.run([*cli, "--token", OPERATOR], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and http_trace in listed.stdout, listed.stderr
     env_token = subprocess.run([sys.executable, "-m", "collector.cli", "trace", grpc_trace, "--api", c.api],
-                               capture_output=True, text=True, timeout=60, env={**__import__("os").environ,
+                               capture_output=True, text=True, timeout=60, env={**os.environ,
                                "TAILSIFT_TOKEN": OPERATOR})  # fmt: skip
     assert env_token.returncode == 0 and "POST /chat" in env_token.stdout, env_token.stderr
 
