@@ -205,14 +205,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
         return 0
-    print(f"{args.group_by:<32} {'count':>10} {'err %':>6} {'p50':>9} {'p95':>9} {'p99':>9} "
-          f"{'in tok':>10} {'out tok':>10} {'cost':>10}")  # fmt: skip
+    print(f"{args.group_by:<24} {'count':>16} {'err %':>13} {'p50':>8} {'p95':>8} {'p99':>8} "
+          f"{'in tok':>10} {'out tok':>10} {'cost':>9}")  # fmt: skip
     for g in body["groups"]:
         ms = [format_duration_ns(int(g[k] * 1e6)) for k in ("p50_ms", "p95_ms", "p99_ms")]
-        print(f"{(g['group'] or '(none)')[:32]:<32} {g['count']:>10,.0f} {100 * g['error_rate']:>6.2f} "
-              f"{ms[0]:>9} {ms[1]:>9} {ms[2]:>9} {g['input_tokens']:>10,} {g['output_tokens']:>10,} "
-              f"{format_cost(g['cost_usd']):>10}")  # fmt: skip
-    print("counts, rates, tokens and cost are weighted by each trace's sample rate (estimates of all traffic)")
+        count = f"{g['count']:,.0f} ±{g['count_stderr']:,.0f}"
+        rate = f"{100 * g['error_rate']:.2f} ±{100 * g.get('error_rate_stderr', 0.0):.2f}"
+        print(f"{(g['group'] or '(none)')[:24]:<24} {count:>16} {rate:>13} {ms[0]:>8} {ms[1]:>8} {ms[2]:>8} "
+              f"{g['input_tokens']:>10,} {g['output_tokens']:>10,} {format_cost(g['cost_usd']):>9}")  # fmt: skip
+    print("counts, rates, tokens and cost are weighted by each trace's sample rate (estimates of all traffic); "
+          "± is one standard error")  # fmt: skip
     return 0
 
 
@@ -295,7 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``tailsift traces | head``): not an error, and no traceback.
+        # stdout is pointed at /dev/null so the interpreter's own final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 

@@ -45,6 +45,14 @@ _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _GROUP = re.compile(r"^[A-Za-z0-9_.:/-]{1,255}$")
 
 
+GROUP_ALIASES: dict[str, tuple[str, str]] = {
+    "name": ("span_name", ""), "operation": ("span_name", ""), "service.name": ("service", ""),
+    "route": ("http.route", "url.path"), "prompt_key": ("prompt_key", "traceloop.association.properties.prompt_key"),
+}  # fmt: skip
+"""``group_by`` names people type → (what is grouped by, an attribute read when it is empty):
+OpenLLMetry keeps prompt keys under ``traceloop.association.properties.``."""
+
+
 class BadParameter(Exception):
     pass
 
@@ -128,11 +136,12 @@ def _stats_params(query: Any) -> dict[str, Any]:
     group_by = query.get("group_by") or "service"
     if not _GROUP.match(group_by):
         raise BadParameter("group_by: must be service, span_name, model or an attribute key")
+    group_by, fallback = GROUP_ALIASES.get(group_by, (group_by, ""))
     scope = query.get("scope") or "all"
     if scope not in ("all", "root"):
         raise BadParameter("scope: must be all or root")
     limit = _integer("limit", query.get("limit") or "100", 1, 1000)
-    out: dict[str, Any] = {"group_by": group_by, "root_only": scope == "root", "limit": limit,
+    out: dict[str, Any] = {"group_by": group_by, "fallback": fallback, "root_only": scope == "root", "limit": limit,
                            "service": query.get("service") or None, "tenant": query.get("tenant") or None}  # fmt: skip
     _time_params(query, out)
     return out

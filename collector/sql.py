@@ -222,15 +222,17 @@ GROUP BY TraceId
 # Unbiased statistics from sampled data: every span counts SampleRate times (1/keep of the
 # rule that kept its trace), so keeping 100% of errors and 5% of the rest does not inflate
 # the error rate. ``group_by`` is service, span_name, model, or any span attribute key.
-# The last column is the standard error of the count estimate (Horvitz-Thompson: each kept
-# span with weight w adds w(w-1) to the variance), so a reader knows how far to trust it.
+# The last two columns are the variances of the count and error estimates (Horvitz-Thompson:
+# each kept span with weight w adds w(w-1)), so a reader knows how far to trust them. An
+# attribute ``group_by`` may have a ``fallback`` key read when it is empty (aliases).
 STATS = f"""
 SELECT multiIf({{group_by:String}} = 'service', ServiceName,
                {{group_by:String}} = 'span_name', SpanName,
                {{group_by:String}} = 'model', if(SpanAttributes['gen_ai.response.model'] != '',
                                                   SpanAttributes['gen_ai.response.model'],
                                                   SpanAttributes['gen_ai.request.model']),
-               SpanAttributes[{{group_by:String}}]) AS Grp,
+               if(SpanAttributes[{{group_by:String}}] != '', SpanAttributes[{{group_by:String}}],
+                  SpanAttributes[{{fallback:String}}])) AS Grp,
        sum(SampleRate) AS Weighted,
        sumIf(SampleRate, StatusCode = 'Error'),
        quantilesTDigestWeighted(0.5, 0.95, 0.99)(Duration, toUInt64(round(SampleRate * 100))),
@@ -239,7 +241,8 @@ SELECT multiIf({{group_by:String}} = 'service', ServiceName,
        sum(SampleRate * {tokens('gen_ai.usage.cache_read.input_tokens')}),
        sum(SampleRate * CostUsd),
        count(),
-       sqrt(sum(SampleRate * (SampleRate - 1)))
+       sum(SampleRate * (SampleRate - 1)),
+       sumIf(SampleRate * (SampleRate - 1), StatusCode = 'Error')
 FROM {SPANS_TABLE} FINAL
 WHERE ({{service:Nullable(String)}} IS NULL OR ServiceName = {{service:Nullable(String)}})
   AND ({{tenant:Nullable(String)}} IS NULL OR ResourceAttributes['tailsift.tenant'] = {{tenant:Nullable(String)}})

@@ -11,6 +11,7 @@ runs it on one dedicated thread so the event loop never blocks on the database.
 from __future__ import annotations
 
 import base64
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -159,22 +160,26 @@ class ClickHouseStore:
         return traces
 
     def stats(self, group_by: str, limit: int = 100, root_only: bool = False, service: str | None = None,
-              since_ns: int | None = None, until_ns: int | None = None,
-              tenant: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
-        """Weighted statistics per group; see :data:`sql.STATS`."""
+              since_ns: int | None = None, until_ns: int | None = None, tenant: str | None = None,
+              fallback: str = "") -> list[dict[str, Any]]:  # fmt: skip
+        """Weighted statistics per group; see :data:`sql.STATS`. Standard errors: the count's
+        from the Horvitz-Thompson variance, the error rate's by the delta method for a ratio
+        of two such estimates (errors and count, whose covariance is the errors' variance)."""
         params = {"group_by": group_by, "limit": limit, "root_only": int(root_only), "service": service,
-                  "since_ns": since_ns, "until_ns": until_ns, "tenant": tenant}  # fmt: skip
+                  "since_ns": since_ns, "until_ns": until_ns, "tenant": tenant, "fallback": fallback}  # fmt: skip
         result = self._client.query(sql.STATS, parameters=params)
         out = []
-        for grp, count, errors, quantiles, tokens_in, tokens_out, cache_read, cost, stored, stderr in result.result_rows:
+        for grp, count, errors, quantiles, tokens_in, tokens_out, cache_read, cost, stored, var_n, var_e in result.result_rows:
+            rate = errors / count if count else 0.0
+            rate_var = (var_e - 2 * rate * var_e + rate * rate * var_n) / (count * count) if count else 0.0
             p50, p95, p99 = (float(q) / 1e6 for q in quantiles)
             out.append({
                 "group": grp, "count": round(count, 1), "errors": round(errors, 1),
-                "error_rate": errors / count if count else 0.0,
+                "error_rate": rate, "error_rate_stderr": math.sqrt(max(0.0, rate_var)),
                 "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
                 "input_tokens": round(tokens_in), "output_tokens": round(tokens_out),
                 "cache_read_tokens": round(cache_read), "cost_usd": cost, "stored_spans": stored,
-                "count_stderr": round(stderr, 1),
+                "count_stderr": round(math.sqrt(max(0.0, var_n)), 1),
             })  # fmt: skip
         return out
 

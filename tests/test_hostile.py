@@ -14,6 +14,8 @@ import gzip
 import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -208,3 +210,15 @@ def test_query_api_answers_only_its_own_host_names(collector: Collector, host: s
                          timeout=30)  # fmt: skip
     assert reply.status_code == status, reply.text
     assert not any(h.lower().startswith("access-control-") for h in reply.headers)
+
+
+def test_cli_output_to_a_closed_pipe_is_not_an_error(collector: Collector) -> None:
+    """``tailsift traces | head -1``: the reader leaves early; no traceback, exit 0."""
+    for args in (["traces", "--limit", "1000"], ["stats"]):
+        proc = subprocess.Popen([sys.executable, "-m", "collector.cli", *args, "--api", collector.api],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # closed before the CLI writes its first line
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 0, err
+        assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -75,8 +75,10 @@ def test_stats_are_weighted_by_sample_rate(collector: Collector) -> None:
         cached = rng.randint(0, tokens_in) if model.startswith("claude") else 0
         with sender.tracer.start_as_current_span("POST /chat", kind=SpanKind.SERVER) as root:
             with sender.tracer.start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT) as llm:
+                # v2 is tagged the way OpenLLMetry does it; group_by=prompt_key finds both
+                key = "prompt_key" if prompt == "v1" else "traceloop.association.properties.prompt_key"
                 llm.set_attributes({"gen_ai.request.model": model, "gen_ai.usage.input_tokens": tokens_in,
-                                    "gen_ai.usage.output_tokens": tokens_out, "prompt_key": prompt,
+                                    "gen_ai.usage.output_tokens": tokens_out, key: prompt,
                                     "gen_ai.usage.cache_read.input_tokens": cached})  # fmt: skip
                 if i in errors:
                     llm.set_status(Status(StatusCode.ERROR, "upstream 500"))
@@ -111,6 +113,7 @@ def test_stats_are_weighted_by_sample_rate(collector: Collector) -> None:
     assert abs(chat["count"] - n) <= 0.1 * n, chat
     assert 0 < chat["count_stderr"] < 0.1 * n  # the estimate says how far to trust it
     assert abs(chat["error_rate"] - 0.02) <= 0.005, chat
+    assert 0 < chat["error_rate_stderr"] < 0.005, chat
     assert 0 < chat["p50_ms"] <= chat["p95_ms"] <= chat["p99_ms"]
 
     by_prompt = {g["group"]: g for g in collector.get("/api/stats", group_by="prompt_key").json()["groups"]}
@@ -124,7 +127,8 @@ def test_stats_are_weighted_by_sample_rate(collector: Collector) -> None:
                           "--api", collector.api], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     rows = {line.split()[0]: line.split() for line in cli.stdout.splitlines()[1:] if line.startswith("v")}
-    assert set(rows) == {"v1", "v2"} and float(rows["v2"][2]) > float(rows["v1"][2])  # v2 fails more often
+    assert set(rows) == {"v1", "v2"} and float(rows["v2"][3]) > float(rows["v1"][3])  # v2 fails more often
+    assert rows["v1"][2].startswith("±") and rows["v1"][4].startswith("±")  # counts and rates carry their error
 
     # Exemplars point at traces that were kept.
     text = requests.get(collector.api + "/metrics", headers={"Accept": "application/openmetrics-text"}, timeout=30).text
