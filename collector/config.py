@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from collector.auth import AuthSettings
 from collector.kafka.settings import KafkaQueue
+from collector.receivers.signals import Signal, SignalAction
 from collector.server_config import GrpcServerSettings, HttpServerSettings
 from collector.units import StrictModel, duration_fields, parse_duration_ns, parse_size, readable_files, size_fields
 from processors.cardinality import CardinalitySettings
@@ -60,6 +61,14 @@ class OtlpReceiver(_Strict):
     http: HttpReceiver | None = Field(default_factory=HttpReceiver)
     max_request_size: int = 16 * 1024 * 1024
     """Largest request body, checked before and after decompression."""
+    metrics: SignalAction = "drop"
+    """OTLP metrics on the same ports: drop (accept, count, discard) or off (404 / UNIMPLEMENTED)."""
+    logs: SignalAction = "drop"
+    """OTLP logs on the same ports: drop or off; see :mod:`collector.receivers.signals`."""
+
+    @property
+    def dropped_signals(self) -> list[Signal]:
+        return [signal for signal in ("metrics", "logs") if getattr(self, signal) == "drop"]
 
     _size = _sizes("max_request_size")
 

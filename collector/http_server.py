@@ -11,7 +11,9 @@ file descriptors) away from everyone else:
 - at ``max_connections`` an idle connection is closed to admit the new one (the oldest that
   never completed a request first, then the oldest idle keep-alive one), so idle clients
   can never lock out an active one; only when every connection is busy is it refused;
-- a TLS handshake must finish within ``read_header_timeout`` too.
+- a TLS handshake must finish within ``read_header_timeout`` too;
+- an HTTP/2 client (a gRPC exporter sent to the HTTP port, say) is closed at its first bytes
+  with one log line a minute saying what to change, and counted.
 
 aiohttp has no hook for the first two of these, so :class:`ConnectionGuard` wraps its
 protocol factory and reads two fields of its connection handler (``_request_count``,
@@ -22,7 +24,9 @@ to a minor range in pyproject for that reason, and tests/test_slow_clients.py co
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +39,8 @@ SHUTDOWN_GRACE = 1.0
 """Seconds requests in progress get at shutdown (aiohttp's default is 60, longer than any
 shutdown budget); a request cut off was not acknowledged, and its client sends it again."""
 
+log = logging.getLogger("tailsift.http")
+WARN_EVERY = 60.0
 IDENTITY = "tailsift.identity"
 """Where the auth middleware leaves the caller's :class:`~collector.auth.Identity` on the request."""
 
@@ -46,15 +52,70 @@ class _Refuse(asyncio.Protocol):
         transport.abort()  # type: ignore[attr-defined]
 
 
+HTTP2_PREFACE = b"PRI * HTTP/2.0"
+"""How an HTTP/2 (gRPC) client opens a connection; an HTTP/1.1 server can only refuse it."""
+
+
+class _Sniff(asyncio.Protocol):
+    """Passes a connection to aiohttp's handler, but looks at its first bytes: an HTTP/2
+    preface (a gRPC exporter pointed at the HTTP port, the most common first-run mistake)
+    is closed with one clear log line instead of aiohttp's 400 and traceback."""
+
+    def __init__(self, handler: Any, guard: ConnectionGuard):
+        self.handler, self.guard, self.first = handler, guard, True
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.first:
+            self.first = False
+            if data.startswith(HTTP2_PREFACE) and self.guard.wrong_protocol(self.transport):
+                return
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+
 class ConnectionGuard:
     """The protocol factory given to ``create_server``: enforces the header timeout and
-    the connection cap around aiohttp's own handlers. Used on the event loop only."""
+    the connection cap around aiohttp's own handlers, and spots HTTP/2 clients. Used on
+    the event loop only."""
 
-    def __init__(self, server: web.Server, limit: int, header_timeout: float):
+    def __init__(self, server: web.Server, limit: int, header_timeout: float, name: str = "this HTTP port",
+                 http2_hint: str = ""):  # fmt: skip
         self.server = server
+        self.name = name
         self.limit = limit
         self.header_timeout = header_timeout
-        self.stats = {"evicted": 0, "refused": 0, "header_timeouts": 0}
+        self.http2_hint = http2_hint
+        self.stats = {"evicted": 0, "refused": 0, "header_timeouts": 0, "http2_client": 0}
+        self._warned = -WARN_EVERY
+
+    def wrong_protocol(self, transport: asyncio.BaseTransport | None) -> bool:
+        """An HTTP/2 preface arrived: count it, say why (at most once a minute), close."""
+        self.stats["http2_client"] += 1
+        now = time.monotonic()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warning("an HTTP/2 (gRPC) client connected to %s, which speaks HTTP/1.1: %s (%d such connections "
+                        "so far; tailsift_connections_closed_total{reason=\"http2_client\"})",
+                        self.name, self.http2_hint, self.stats["http2_client"])  # fmt: skip
+        if transport is not None:
+            transport.close()
+        return True
 
     def __call__(self) -> asyncio.BaseProtocol:
         live: dict[Any, Any] = self.server._connections  # handler -> transport, oldest first
@@ -67,7 +128,7 @@ class ConnectionGuard:
             self.stats["evicted"] += 1
         handler = self.server()
         asyncio.get_running_loop().call_later(self.header_timeout, self._check_head, handler)
-        return handler
+        return _Sniff(handler, self)
 
     @staticmethod
     def _victim(live: dict[Any, Any]) -> Any:
@@ -93,9 +154,10 @@ class _GuardedSite(web.TCPSite):
     """``TCPSite`` whose listening socket is served through a :class:`ConnectionGuard`."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, settings: HttpServerSettings,
-                 ssl_context: ssl.SSLContext | None):  # fmt: skip
+                 ssl_context: ssl.SSLContext | None, http2_hint: str):  # fmt: skip
         super().__init__(runner, host, port, ssl_context=ssl_context, backlog=1024, reuse_address=True)
         self.settings = settings
+        self.http2_hint = http2_hint
         self.guard: ConnectionGuard | None = None
 
     async def start(self) -> None:
@@ -103,7 +165,8 @@ class _GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         header_timeout = self.settings.read_header_timeout / 1e9
-        self.guard = ConnectionGuard(server, self.settings.connection_limit, header_timeout)
+        self.guard = ConnectionGuard(server, self.settings.connection_limit, header_timeout, self.settings.endpoint,
+                                     self.http2_hint)  # fmt: skip
         self._server = await asyncio.get_running_loop().create_server(
             self.guard, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
             reuse_address=True, ssl_handshake_timeout=header_timeout if self._ssl_context else None)  # fmt: skip
@@ -131,14 +194,16 @@ def auth_middleware(check: Callable[[web.Request], Authenticator | None],
 
 
 async def serve(app: web.Application, settings: HttpServerSettings, ssl_context: ssl.SSLContext | None = None,
-                **runner_options: Any) -> tuple[web.AppRunner, int, ConnectionGuard]:  # fmt: skip
-    """Start ``app`` and return its runner, the bound port (port 0 picks a free one) and the guard."""
+                http2_hint: str = "it has no HTTP/2 service", **runner_options: Any,
+                ) -> tuple[web.AppRunner, int, ConnectionGuard]:  # fmt: skip
+    """Start ``app`` and return its runner, the bound port (port 0 picks a free one) and the
+    guard. ``http2_hint`` is what the log tells an HTTP/2 client's owner to do instead."""
     runner_options.setdefault("shutdown_timeout", SHUTDOWN_GRACE)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            keepalive_timeout=settings.idle_timeout / 1e9, **runner_options)  # fmt: skip
     await runner.setup()
     host, _, port = settings.endpoint.rpartition(":")
-    site = _GuardedSite(runner, host, int(port), settings, ssl_context)
+    site = _GuardedSite(runner, host, int(port), settings, ssl_context, http2_hint)
     try:
         await site.start()
     except OSError as exc:

@@ -31,6 +31,7 @@ from collector.query_api import QueryApi
 from collector.queue import MemoryQueue, Queue
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
+from collector.receivers.signals import DroppedSignals
 from collector.runtime import RuntimeMonitor
 from collector.wal import WriteAheadLog
 from collector.writer import StorageWriter
@@ -82,9 +83,13 @@ class Pipeline:
                                     on_kept_span=self.metrics.observe_kept if self.metrics else None) if samples else None
         otlp = settings.receivers.otlp
         self.grpc = self.http = None
+        self.signals = DroppedSignals()
+        dropped = tuple(otlp.dropped_signals)
         if self.ingest is not None:
-            self.grpc = GrpcReceiver(otlp.grpc, self.ingest, otlp.max_request_size) if otlp.grpc else None
-            self.http = HttpReceiver(otlp.http, self.ingest, otlp.max_request_size) if otlp.http else None
+            self.grpc = GrpcReceiver(otlp.grpc, self.ingest, otlp.max_request_size, self.signals,
+                                     dropped) if otlp.grpc else None  # fmt: skip
+            self.http = HttpReceiver(otlp.http, self.ingest, otlp.max_request_size, self.signals,
+                                     dropped) if otlp.http else None  # fmt: skip
         self.query = QueryApi(settings.query, self)
         self.queue.on_rebalance(self._revoked, self._assigned)
         self.decision_latency = Histogram()

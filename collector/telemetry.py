@@ -57,6 +57,12 @@ class PipelineCollector(Collector):
         if p.writer is not None:
             yield from self._storage(p.writer)
         yield from self._servers(p)
+        dropped = CounterMetricFamily("tailsift_receiver_signals_dropped", "OTLP metrics data points and log "
+                                      "records accepted and discarded (receivers.otlp.metrics/logs: drop)",
+                                      labels=["signal"])  # fmt: skip
+        for signal in p.settings.receivers.otlp.dropped_signals:
+            dropped.add_metric([signal], p.signals.items[signal])
+        yield dropped
 
     def _servers(self, p: Pipeline) -> Iterator[CounterMetricFamily]:
         """Refused tokens, connections closed by the hygiene rules, certificate reloads."""

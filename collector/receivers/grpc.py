@@ -14,6 +14,7 @@ handshakes), connection limits from :class:`collector.server_config.GrpcServerSe
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import grpc
@@ -28,6 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from collector.auth import UNAUTHENTICATED, Authenticator
 from collector.errors import PipelineError, Unauthenticated, codes_for
 from collector.ingest import Ingest
+from collector.receivers.signals import RESPONSES, SERVICES, DroppedSignals, Signal
 from collector.server_config import GrpcServerSettings
 from collector.tls import ServerTls
 
@@ -51,8 +53,10 @@ def status_for(error: PipelineError) -> grpc.Status:
 class GrpcReceiver:
     """Component: ``start`` binds, ``shutdown`` stops taking calls (safe twice, without start)."""
 
-    def __init__(self, settings: GrpcServerSettings, ingest: Ingest, max_request_size: int):
+    def __init__(self, settings: GrpcServerSettings, ingest: Ingest, max_request_size: int,
+                 signals: DroppedSignals | None = None, dropped: tuple[Signal, ...] = ()):  # fmt: skip
         self.settings = settings
+        self.signals, self.dropped = signals, dropped
         self.endpoint = settings.endpoint
         self.ingest = ingest
         self.max_request_size = max_request_size
@@ -69,7 +73,11 @@ class GrpcReceiver:
             *self.settings.grpc_options(),
         ])  # fmt: skip
         handler = grpc.unary_unary_rpc_method_handler(self._export)  # raw bytes in and out
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"Export": handler})])
+        handlers = [grpc.method_handlers_generic_handler(SERVICE, {"Export": handler})]
+        for signal in self.dropped:
+            export = grpc.unary_unary_rpc_method_handler(partial(self._signal, signal))
+            handlers.append(grpc.method_handlers_generic_handler(SERVICES[signal], {"Export": export}))
+        server.add_generic_rpc_handlers(handlers)
         if self.tls is not None:
             self.port = server.add_secure_port(self.endpoint, self.tls.grpc_credentials())
         else:
@@ -84,6 +92,17 @@ class GrpcReceiver:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)
+
+    async def _signal(self, signal: Signal, body: bytes, context: Any) -> bytes:
+        """Metrics or logs: authenticated like traces, counted and dropped."""
+        try:
+            self._tenant(context)
+            assert self.signals is not None
+            self.signals(signal, body, False)
+        except PipelineError as exc:
+            await context.abort_with_status(status_for(exc))
+            raise AssertionError("unreachable") from None
+        return RESPONSES[signal]().SerializeToString()  # type: ignore[no-any-return]
 
     def _tenant(self, context: Any) -> str | None:
         """The caller's tenant ("" for none) when auth is on; None when it is off."""

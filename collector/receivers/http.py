@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from functools import partial
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -28,6 +29,7 @@ from collector.errors import (InvalidRequest, PipelineError, RequestTimeout, Req
                               UnsupportedMediaType, codes_for)
 from collector.http_server import ConnectionGuard, serve
 from collector.ingest import LARGE_BODY, Ingest
+from collector.receivers.signals import RESPONSES, DroppedSignals, Signal
 from collector.server_config import HttpServerSettings
 from collector.tls import ServerTls
 
@@ -68,8 +70,10 @@ def _encode(message: object, as_json: bool) -> bytes:
 class HttpReceiver:
     """Component: ``start`` binds, ``shutdown`` stops taking requests (safe twice, without start)."""
 
-    def __init__(self, settings: HttpServerSettings, ingest: Ingest, max_request_size: int):
+    def __init__(self, settings: HttpServerSettings, ingest: Ingest, max_request_size: int,
+                 signals: DroppedSignals | None = None, dropped: tuple[Signal, ...] = ()):  # fmt: skip
         self.settings = settings
+        self.signals, self.dropped = signals, dropped
         self.endpoint = settings.endpoint
         self.ingest = ingest
         self.limit = max_request_size
@@ -84,10 +88,14 @@ class HttpReceiver:
     async def start(self) -> None:
         app = web.Application(client_max_size=self.limit)
         app.router.add_post("/v1/traces", self._traces)
+        for signal in self.dropped:
+            app.router.add_post(f"/v1/{signal}", partial(self._signal, signal))
         if self.tls is not None:
             await self.tls.start()
         self._runner, self.port, self.guard = await serve(
-            app, self.settings, self.tls.context if self.tls else None, auto_decompress=False)
+            app, self.settings, self.tls.context if self.tls else None, auto_decompress=False,
+            http2_hint="send OTLP/gRPC to the gRPC port (4317), or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf "
+                       "(the Python SDK's opentelemetry-instrument defaults to grpc)")  # fmt: skip
 
     async def shutdown(self) -> None:
         runner, self._runner = self._runner, None
@@ -116,6 +124,22 @@ class HttpReceiver:
             response.partial_success.rejected_spans = accepted.rejected_spans
             response.partial_success.error_message = accepted.error_message
         return web.Response(body=_encode(response, as_json), content_type=JSON if as_json else PROTOBUF)
+
+    async def _signal(self, signal: Signal, request: web.Request) -> web.Response:
+        """Metrics or logs: read like traces (auth, limits), counted and dropped."""
+        as_json = request.content_type == JSON
+        reserved = [0]
+        try:
+            self._tenant(request)
+            body = await self._read_body(request, reserved)
+            assert self.signals is not None
+            self.signals(signal, body, as_json)
+        except PipelineError as exc:
+            return self._error(exc, as_json)
+        finally:
+            if self.ingest.memory is not None:
+                self.ingest.memory.release(reserved[0])
+        return web.Response(body=_encode(RESPONSES[signal](), as_json), content_type=JSON if as_json else PROTOBUF)
 
     def _tenant(self, request: web.Request) -> str | None:
         """The caller's tenant ("" for none) when auth is on; None when it is off."""
