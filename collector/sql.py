@@ -20,6 +20,9 @@ from __future__ import annotations
 SPANS_TABLE = "otel_traces"
 TRACES_TABLE = "tailsift_traces"
 REJECTED_TABLE = "tailsift_rejected"
+LOOKUP_TABLE = f"{SPANS_TABLE}_trace_id_ts"
+"""The OTel ClickHouse exporter's trace-id → time-range lookup, which Grafana's ClickHouse
+data source and the exporter's own queries use to bound a trace-by-id read in time."""
 
 
 def _ttl(column: str, days: int) -> str:
@@ -114,6 +117,32 @@ ORDER BY (Received, TraceId)
 """
 
 
+def create_lookup_table(ttl_days: int) -> str:
+    """The exporter's ``otel_traces_trace_id_ts``: per trace id its first and last span time."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {LOOKUP_TABLE} (
+    TraceId String CODEC(ZSTD(1)),
+    Start SimpleAggregateFunction(min, DateTime) CODEC(ZSTD(1)),
+    End SimpleAggregateFunction(max, DateTime) CODEC(ZSTD(1))
+) ENGINE = AggregatingMergeTree
+PARTITION BY toStartOfWeek(Start)
+ORDER BY (TraceId)
+{_ttl("Start", ttl_days)}
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1
+"""
+
+
+def _lookup_select(spans: str) -> str:
+    return f"SELECT TraceId, min(Timestamp) AS Start, max(Timestamp) AS End FROM {spans} WHERE TraceId != '' GROUP BY TraceId"
+
+
+# Fills the lookup on every insert into the spans table (min/max: replays change nothing).
+CREATE_LOOKUP_VIEW = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {LOOKUP_TABLE}_mv TO {LOOKUP_TABLE} AS {_lookup_select(SPANS_TABLE)}"
+LOOKUP_EXISTS = f"EXISTS TABLE {LOOKUP_TABLE}"
+# Run once when the lookup is created on a database that already holds spans.
+LOOKUP_BACKFILL = f"INSERT INTO {LOOKUP_TABLE} {_lookup_select(SPANS_TABLE)}"
+
+
 def cluster_ddl(cluster: str, database: str, ttl_days: int) -> list[str]:
     """The same tables for a ClickHouse cluster: ``<table>_local`` replicated on every node,
     and ``<table>`` as a Distributed table over them, sharded by trace id so that a trace
@@ -121,7 +150,7 @@ def cluster_ddl(cluster: str, database: str, ttl_days: int) -> list[str]:
     tailsift reads and writes ``<table>``; its own CREATE ... IF NOT EXISTS then finds it."""
     out = [f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER '{cluster}'\n"]
     tables = ((SPANS_TABLE, create_spans_table(ttl_days)), (TRACES_TABLE, create_traces_table(ttl_days)),
-              (REJECTED_TABLE, create_rejected_table(ttl_days)))
+              (REJECTED_TABLE, create_rejected_table(ttl_days)), (LOOKUP_TABLE, create_lookup_table(ttl_days)))
     for table, ddl in tables:
         path = f"'/clickhouse/tables/{{shard}}/{database}/{table}', '{{replica}}'"
         local = ddl.replace(f"CREATE TABLE IF NOT EXISTS {table} (",
@@ -129,9 +158,13 @@ def cluster_ddl(cluster: str, database: str, ttl_days: int) -> list[str]:
         local = local.replace("ENGINE = ReplacingMergeTree(Version)", f"ENGINE = ReplicatedReplacingMergeTree({path}, Version)")
         local = local.replace("ENGINE = ReplacingMergeTree\n", f"ENGINE = ReplicatedReplacingMergeTree({path})\n")
         local = local.replace("ENGINE = MergeTree\n", f"ENGINE = ReplicatedMergeTree({path})\n")
+        local = local.replace("ENGINE = AggregatingMergeTree\n", f"ENGINE = ReplicatedAggregatingMergeTree({path})\n")
         out.append(local)
         out.append(f"CREATE TABLE IF NOT EXISTS {database}.{table} ON CLUSTER '{cluster}' AS {database}.{table}_local\n"
                    f"ENGINE = Distributed('{cluster}', '{database}', '{table}_local', cityHash64(TraceId))\n")
+    # Each node fills its own lookup shard from its own spans shard (both sharded by trace id).
+    out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{LOOKUP_TABLE}_mv_local ON CLUSTER '{cluster}' "
+               f"TO {database}.{LOOKUP_TABLE}_local AS {_lookup_select(f'{database}.{SPANS_TABLE}_local')}\n")
     return out
 
 

@@ -84,6 +84,17 @@ class ClickHouseStore:
         self._client.command(sql.create_rejected_table(self.settings.ttl_days))
         for statement in sql.MIGRATIONS:
             self._client.command(statement)
+        self._create_lookup()
+
+    def _create_lookup(self) -> None:
+        """The exporter's trace-id lookup and the view that fills it; on a database that
+        had spans before the lookup existed, it is filled from them once (min/max make a
+        second fill harmless, so the view comes first and nothing is missed)."""
+        existed = bool(self._client.command(sql.LOOKUP_EXISTS))
+        self._client.command(sql.create_lookup_table(self.settings.ttl_days))
+        self._client.command(sql.CREATE_LOOKUP_VIEW)
+        if not existed:
+            self._client.command(sql.LOOKUP_BACKFILL)
 
     def _tls_options(self) -> dict[str, Any]:
         """TLS for https:// DSNs, the certificate verified by default (``verify``/``ca_file``).
