@@ -11,8 +11,12 @@ replaced by a newer version if late spans arrive).
 
 Storage is idempotent, because the Kafka queue delivers at least once (a crash or a
 rebalance replays records whose traces were not yet settled): both tables are
-ReplacingMergeTree, spans keyed by (trace, span id), and every read either uses FINAL or
-``LIMIT 1 BY SpanId``, so a span stored twice is still seen once.
+ReplacingMergeTree, spans keyed by (trace, span id). Reads of spans deduplicate with
+``LIMIT 1 BY`` rather than FINAL, so they also work on an ``otel_traces`` the exporter
+created (a MergeTree); the summary table is always ours and is read with FINAL.
+
+On such a table the migrations add tailsift's columns (``SampleRate`` defaults to 1), and
+traces others wrote are listed from their spans (see :data:`SEARCH_TRACES`).
 """
 
 from __future__ import annotations
@@ -200,19 +204,40 @@ LIMIT 1 BY SpanId
 
 # Filters are fixed SQL with typed parameters; an unset filter is a NULL parameter that
 # turns its clause off, so there is one statement text whatever the user asks for.
+_SUMMARY_FILTERS = """
+WHERE ({service:Nullable(String)} IS NULL OR RootService = {service:Nullable(String)})
+  AND ({tenant:Nullable(String)} IS NULL OR Tenant = {tenant:Nullable(String)})
+  AND ({name:Nullable(String)} IS NULL OR RootName = {name:Nullable(String)})
+  AND ({error:Nullable(UInt8)} IS NULL OR HasError = {error:Nullable(UInt8)})
+  AND ({min_duration_ns:Nullable(UInt64)} IS NULL OR DurationNs >= {min_duration_ns:Nullable(UInt64)})
+  AND ({max_duration_ns:Nullable(UInt64)} IS NULL OR DurationNs <= {max_duration_ns:Nullable(UInt64)})
+  AND ({since_ns:Nullable(Int64)} IS NULL OR StartNs >= {since_ns:Nullable(Int64)})
+  AND ({until_ns:Nullable(Int64)} IS NULL OR StartNs <= {until_ns:Nullable(Int64)})"""
+
+# Kept traces from their summary rows, and traces that other writers (the OTel ClickHouse
+# exporter, on a table it created) stored without one: those are summarised from their
+# spans. tailsift's own spans always carry the rule that kept them (SampledBy), so the
+# second part reads only others' rows.
 SEARCH_TRACES = f"""
-SELECT TraceId, RootService, RootName, toUnixTimestamp64Nano(Start) AS StartNs,
-       DurationNs, SpanCount, HasError, SampleRate
-FROM {TRACES_TABLE} FINAL
-WHERE ({{service:Nullable(String)}} IS NULL OR RootService = {{service:Nullable(String)}})
-  AND ({{tenant:Nullable(String)}} IS NULL OR Tenant = {{tenant:Nullable(String)}})
-  AND ({{name:Nullable(String)}} IS NULL OR RootName = {{name:Nullable(String)}})
-  AND ({{error:Nullable(UInt8)}} IS NULL OR HasError = {{error:Nullable(UInt8)}})
-  AND ({{min_duration_ns:Nullable(UInt64)}} IS NULL OR DurationNs >= {{min_duration_ns:Nullable(UInt64)}})
-  AND ({{max_duration_ns:Nullable(UInt64)}} IS NULL OR DurationNs <= {{max_duration_ns:Nullable(UInt64)}})
-  AND ({{since_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Start) >= {{since_ns:Nullable(Int64)}})
-  AND ({{until_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Start) <= {{until_ns:Nullable(Int64)}})
-ORDER BY Start DESC
+SELECT TraceId, RootService, RootName, StartNs, DurationNs, SpanCount, HasError, SampleRate FROM (
+    SELECT TraceId, RootService, RootName, toUnixTimestamp64Nano(Start) AS StartNs, DurationNs, SpanCount,
+           HasError, SampleRate
+    FROM {TRACES_TABLE} FINAL
+    {_SUMMARY_FILTERS}
+    UNION ALL
+    SELECT TraceId, RootService, RootName, StartNs, DurationNs, SpanCount, HasError, SampleRate FROM (
+        SELECT TraceId, anyIf(ServiceName, ParentSpanId = '') AS RootService, anyIf(SpanName, ParentSpanId = '') AS RootName,
+               min(toUnixTimestamp64Nano(Timestamp)) AS StartNs,
+               toUInt64(greatest(0, max(toUnixTimestamp64Nano(Timestamp) + toInt64(Duration)) - StartNs)) AS DurationNs,
+               toUInt32(uniqExact(SpanId)) AS SpanCount, toUInt8(countIf(StatusCode = 'Error') > 0) AS HasError,
+               max(SampleRate) AS SampleRate, anyIf(ResourceAttributes['tailsift.tenant'], ParentSpanId = '') AS Tenant
+        FROM {SPANS_TABLE}
+        WHERE SampledBy = '' AND TraceId NOT IN (SELECT TraceId FROM {TRACES_TABLE})
+        GROUP BY TraceId
+    )
+    {_SUMMARY_FILTERS}
+)
+ORDER BY StartNs DESC
 LIMIT {{limit:UInt32}}
 """
 
@@ -231,8 +256,10 @@ LIMIT {{limit:UInt32}}
 # Columns added after the first release; a database created by an older version gets them
 # at start (``ADD COLUMN IF NOT EXISTS`` is a no-op on a current one).
 MIGRATIONS = [
-    f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS CostUsd Float64 CODEC(ZSTD(1)) AFTER SampledBy",
-    f"ALTER TABLE {TRACES_TABLE} ADD COLUMN IF NOT EXISTS Tenant LowCardinality(String) AFTER SampledBy",
+    f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS SampleRate Float64 DEFAULT 1 CODEC(ZSTD(1))",
+    f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS SampledBy LowCardinality(String) CODEC(ZSTD(1))",
+    f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS CostUsd Float64 CODEC(ZSTD(1))",
+    f"ALTER TABLE {TRACES_TABLE} ADD COLUMN IF NOT EXISTS Tenant LowCardinality(String)",
 ]
 
 def tokens(key: str) -> str:
@@ -276,12 +303,15 @@ SELECT multiIf({{group_by:String}} = 'service', ServiceName,
        count(),
        sum(SampleRate * (SampleRate - 1)),
        sumIf(SampleRate * (SampleRate - 1), StatusCode = 'Error')
-FROM {SPANS_TABLE} FINAL
-WHERE ({{service:Nullable(String)}} IS NULL OR ServiceName = {{service:Nullable(String)}})
-  AND ({{tenant:Nullable(String)}} IS NULL OR ResourceAttributes['tailsift.tenant'] = {{tenant:Nullable(String)}})
-  AND ({{since_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Timestamp) >= {{since_ns:Nullable(Int64)}})
-  AND ({{until_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Timestamp) <= {{until_ns:Nullable(Int64)}})
-  AND ({{root_only:UInt8}} = 0 OR ParentSpanId = '')
+FROM (
+    SELECT * FROM {SPANS_TABLE}
+    WHERE ({{service:Nullable(String)}} IS NULL OR ServiceName = {{service:Nullable(String)}})
+      AND ({{tenant:Nullable(String)}} IS NULL OR ResourceAttributes['tailsift.tenant'] = {{tenant:Nullable(String)}})
+      AND ({{since_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Timestamp) >= {{since_ns:Nullable(Int64)}})
+      AND ({{until_ns:Nullable(Int64)}} IS NULL OR toUnixTimestamp64Nano(Timestamp) <= {{until_ns:Nullable(Int64)}})
+      AND ({{root_only:UInt8}} = 0 OR ParentSpanId = '')
+    LIMIT 1 BY TraceId, SpanId  -- copies from at-least-once delivery count once, on any table engine
+)
 GROUP BY Grp
 ORDER BY Weighted DESC
 LIMIT {{limit:UInt32}}
