@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS {SPANS_TABLE} (
 PARTITION BY toDate(Timestamp)
 ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), TraceId, SpanId)
 {_ttl("Timestamp", ttl_days)}
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = 10000
 """
 
 
@@ -143,6 +143,11 @@ def _lookup_select(spans: str) -> str:
 # Fills the lookup on every insert into the spans table (min/max: replays change nothing).
 CREATE_LOOKUP_VIEW = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {LOOKUP_TABLE}_mv TO {LOOKUP_TABLE} AS {_lookup_select(SPANS_TABLE)}"
 LOOKUP_EXISTS = f"EXISTS TABLE {LOOKUP_TABLE}"
+# Inserts carry a token made from their rows (``insert_deduplication_token``), so a block
+# sent twice (an insert retried after its answer was lost) is stored once; this turns the
+# check on for a spans table that was created without it (a server's Replicated tables
+# have it already, through replicated_deduplication_window).
+DEDUPLICATION_WINDOW = f"ALTER TABLE {SPANS_TABLE} MODIFY SETTING non_replicated_deduplication_window = 10000"
 # Run once when the lookup is created on a database that already holds spans.
 LOOKUP_BACKFILL = f"INSERT INTO {LOOKUP_TABLE} {_lookup_select(SPANS_TABLE)}"
 

@@ -11,6 +11,8 @@ runs it on one dedicated thread so the event loop never blocks on the database.
 from __future__ import annotations
 
 import base64
+import hashlib
+import logging
 import math
 import os
 import time
@@ -25,6 +27,8 @@ from collector.otlp import RootInfo
 from collector.rows import Rejected
 from processors.sampling.sampler import TraceSummary
 
+
+log = logging.getLogger("tailsift.storage")
 
 def normalize_dsn(dsn: str) -> str:
     """Make ``chdb://./data`` and ``chdb://data`` mean a path relative to the working
@@ -66,6 +70,15 @@ def summary_from_row(row: tuple[Any, ...]) -> tuple[TraceSummary, str, float]:
     return summary, rule, rate
 
 
+def block_token(spans: list[list[Any]]) -> str:
+    """The deduplication token of a block of span rows: its (trace id, span id) pairs, in
+    order. The same block sent again gets the same token, and ClickHouse stores it once."""
+    digest = hashlib.sha256()
+    for row in spans:
+        digest.update(f"{row[1]}:{row[2]};".encode())
+    return digest.hexdigest()
+
+
 class ClickHouseStore:
     """Schema, inserts and the two query shapes the API needs."""
 
@@ -84,6 +97,10 @@ class ClickHouseStore:
         self._client.command(sql.create_rejected_table(self.settings.ttl_days))
         for statement in sql.MIGRATIONS:
             self._client.command(statement)
+        try:
+            self._client.command(sql.DEDUPLICATION_WINDOW)
+        except Exception as exc:  # noqa: BLE001 - e.g. a Distributed table: its shards have their own
+            log.warning("could not turn on insert deduplication for %s: %s", sql.SPANS_TABLE, exc)
         self._create_lookup()
 
     def _create_lookup(self) -> None:
@@ -119,7 +136,8 @@ class ClickHouseStore:
     def insert(self, rows: Rows) -> None:
         try:
             if rows.spans:
-                self._client.insert(sql.SPANS_TABLE, rows.spans, column_names=sql.SPAN_COLUMNS)
+                self._client.insert(sql.SPANS_TABLE, rows.spans, column_names=sql.SPAN_COLUMNS,
+                                    settings={"insert_deduplication_token": block_token(rows.spans)})
             if rows.traces:
                 self._client.insert(sql.TRACES_TABLE, rows.traces, column_names=sql.TRACE_COLUMNS)
         finally:

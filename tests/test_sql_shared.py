@@ -38,7 +38,7 @@ def _expected_statements() -> set[str]:
     return {_normalise(s) for s in (
         sql.create_spans_table(7), sql.create_traces_table(7), sql.create_rejected_table(7), sql.GET_TRACE, sql.SEARCH_TRACES, sql.PING,
         sql.RECENT_KEPT, sql.TRACE_COSTS, sql.STATS, *sql.MIGRATIONS,
-        sql.create_lookup_table(7), sql.CREATE_LOOKUP_VIEW, sql.LOOKUP_EXISTS, sql.LOOKUP_BACKFILL,
+        sql.create_lookup_table(7), sql.CREATE_LOOKUP_VIEW, sql.LOOKUP_EXISTS, sql.LOOKUP_BACKFILL, sql.DEDUPLICATION_WINDOW,
         insert.format(table=sql.SPANS_TABLE, cols=", ".join(sql.SPAN_COLUMNS)),
         insert.format(table=sql.TRACES_TABLE, cols=", ".join(sql.TRACE_COLUMNS)),
         insert.format(table=sql.REJECTED_TABLE, cols=", ".join(sql.REJECTED_COLUMNS)),
