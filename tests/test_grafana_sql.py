@@ -144,3 +144,32 @@ def test_a_block_sent_twice_is_stored_once(tmp_path: Path) -> None:
                          text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "3"
+
+
+def test_sample_weight_is_whole_and_unbiased_for_clickstack(tmp_path: Path) -> None:
+    """keep 30% stores SampleRate 3.33; ClickStack weights by integers, so SampleWeight is 3
+    or 4 per trace (the same on all its spans), 3.33 on average."""
+    from tests.support.otel import Sender
+
+    rules = [{"name": "default", "keep": "30%"}]
+    config = {"sampling": {"decision_wait": "1s", "quiet_period": "100ms", "rules": rules}}
+    collector = Collector(tmp_path / "collector", config).start()
+    try:
+        sender = Sender("http", collector, seed=11)
+        for _ in range(1500):
+            with sender.tracer.start_as_current_span("GET /items"):
+                with sender.tracer.start_as_current_span("SELECT items"):
+                    pass
+        sender.close()
+        collector.wait_for(lambda: collector.metrics().get("tailsift_sampler_buffered_traces") == 0
+                           and collector.metrics().get("tailsift_storage_pending_rows") == 0, what="all decided")  # fmt: skip
+    finally:
+        collector.stop()
+    rows = run_sql(collector.dsn, {"w": "SELECT TraceId, min(SampleWeight), max(SampleWeight), any(SampleRate) "
+                                        "FROM otel_traces GROUP BY TraceId"})["w"]  # fmt: skip
+    assert len(rows) > 300
+    weights = [int(low) for _, low, high, _ in rows if low == high]
+    assert len(weights) == len(rows), "a trace's spans disagree on their weight"
+    assert set(weights) == {3, 4} and all(abs(float(rate) - 1 / 0.3) < 1e-9 for *_, rate in rows)
+    mean = sum(weights) / len(weights)
+    assert abs(mean - 1 / 0.3) < 0.15, mean  # unbiased: ~3.33 (standard error ~0.03 here)
