@@ -27,7 +27,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Tr
 
 from collector.auth import TENANT_KEY
 from processors.genai import MAX_TOKENS, PriceTable, Usage, parse_count
-from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attributes_map, service_name
+from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attribute_types, attributes_map, service_name
 from processors.sampling.sampler import Decision
 
 # OTLP allows any uint64 timestamp. The TTL goes through DateTime, which ends in 2106: past
@@ -71,13 +71,13 @@ class Rejected:
     """Spans it stands for: 1, or a whole trace's when its rows could not even be built."""
 
 
-_NO_EVENTS: tuple[list[Any], ...] = ([], [], [])  # read-only: most spans have no events
+_NO_EVENTS: tuple[list[Any], ...] = ([], [], [], [])  # read-only: most spans have no events
 _NO_LINKS: tuple[list[Any], ...] = ([], [], [], [])
 
 
 def _event_columns(events: Any) -> tuple[list[Any], ...]:
     return ([_ts(e.time_unix_nano) for e in events], [e.name for e in events],
-            [attributes_map(e.attributes) for e in events])  # fmt: skip
+            [attributes_map(e.attributes) for e in events], [attribute_types(e.attributes) for e in events])  # fmt: skip
 
 
 def _link_columns(links: Any) -> tuple[list[Any], ...]:
@@ -122,6 +122,7 @@ class RowBuilder:
             for rs in TracesData.FromString(fragment.payload).resource_spans:
                 service = service_name(rs.resource.attributes)
                 resource = attributes_map(rs.resource.attributes)
+                resource_types = attribute_types(rs.resource.attributes)
                 if tenant is None or any(not s.parent_span_id for ss in rs.scope_spans for s in ss.spans):
                     tenant = resource.get(TENANT_KEY, "")
                 for ss in rs.scope_spans:
@@ -143,7 +144,7 @@ class RowBuilder:
                             scope_name, scope_version, attrs, duration, status_code, status.message,
                             *(_event_columns(events) if events else _NO_EVENTS),
                             *(_link_columns(links) if links else _NO_LINKS),
-                            d.sample_rate, d.rule, self.cost(attrs),
+                            d.sample_rate, d.rule, self.cost(attrs), attribute_types(s.attributes), resource_types,
                         ])  # fmt: skip
         summary, root = d.summary, d.summary.root
         trace = [

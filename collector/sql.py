@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS {SPANS_TABLE} (
     Events Nested (
         Timestamp DateTime64(9),
         Name LowCardinality(String),
-        Attributes Map(LowCardinality(String), String)
+        Attributes Map(LowCardinality(String), String),
+        AttributeTypes Map(LowCardinality(String), LowCardinality(String))
     ) CODEC(ZSTD(1)),
     Links Nested (
         TraceId String,
@@ -74,6 +75,8 @@ CREATE TABLE IF NOT EXISTS {SPANS_TABLE} (
     SampledBy LowCardinality(String) CODEC(ZSTD(1)),
     CostUsd Float64 CODEC(ZSTD(1)),
     SampleWeight UInt64 MATERIALIZED {SAMPLE_WEIGHT},
+    SpanAttributeTypes Map(LowCardinality(String), LowCardinality(String)) CODEC(ZSTD(1)),
+    ResourceAttributeTypes Map(LowCardinality(String), LowCardinality(String)) CODEC(ZSTD(1)),
     INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
@@ -190,9 +193,9 @@ SPAN_COLUMNS = [
     "Timestamp", "TraceId", "SpanId", "ParentSpanId", "TraceState", "SpanName", "SpanKind",
     "ServiceName", "ResourceAttributes", "ScopeName", "ScopeVersion", "SpanAttributes",
     "Duration", "StatusCode", "StatusMessage",
-    "Events.Timestamp", "Events.Name", "Events.Attributes",
+    "Events.Timestamp", "Events.Name", "Events.Attributes", "Events.AttributeTypes",
     "Links.TraceId", "Links.SpanId", "Links.TraceState", "Links.Attributes",
-    "SampleRate", "SampledBy", "CostUsd",
+    "SampleRate", "SampledBy", "CostUsd", "SpanAttributeTypes", "ResourceAttributeTypes",
 ]  # fmt: skip
 
 TRACE_COLUMNS = [
@@ -208,7 +211,9 @@ SELECT SpanId, ParentSpanId, SpanName, ServiceName, SpanKind,
        toUnixTimestamp64Nano(Timestamp) AS StartNs, Duration, StatusCode, StatusMessage,
        SpanAttributes, ResourceAttributes,
        arrayMap(t -> toUnixTimestamp64Nano(t), Events.Timestamp) AS EventTimes,
-       Events.Name, Events.Attributes, SampleRate, SampledBy, CostUsd
+       Events.Name, Events.Attributes, SampleRate, SampledBy, CostUsd,
+       SpanAttributeTypes, ResourceAttributeTypes, Events.AttributeTypes, ScopeName, ScopeVersion, TraceState,
+       Links.TraceId, Links.SpanId, Links.TraceState, Links.Attributes
 FROM {SPANS_TABLE}
 WHERE TraceId = {{trace_id:String}}
   AND ({{tenant:Nullable(String)}} IS NULL OR ResourceAttributes['tailsift.tenant'] = {{tenant:Nullable(String)}})
@@ -274,6 +279,9 @@ MIGRATIONS = [
     f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS SampledBy LowCardinality(String) CODEC(ZSTD(1))",
     f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS CostUsd Float64 CODEC(ZSTD(1))",
     f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS SampleWeight UInt64 MATERIALIZED {SAMPLE_WEIGHT}",
+    f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS SpanAttributeTypes Map(LowCardinality(String), LowCardinality(String)) CODEC(ZSTD(1))",
+    f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS ResourceAttributeTypes Map(LowCardinality(String), LowCardinality(String)) CODEC(ZSTD(1))",
+    f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS `Events.AttributeTypes` Array(Map(LowCardinality(String), LowCardinality(String)))",
     f"ALTER TABLE {TRACES_TABLE} ADD COLUMN IF NOT EXISTS Tenant LowCardinality(String)",
 ]
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 from collector import sql
+from processors.otlp_values import typed
 from collector.config import ClickHouseSettings
 from collector.otlp import RootInfo
 from collector.rows import Rejected
@@ -68,6 +69,11 @@ def summary_from_row(row: tuple[Any, ...]) -> tuple[TraceSummary, str, float]:
     summary = TraceSummary(bytes.fromhex(trace_hex), span_count, start, end, bool(has_error), root,
                            partition, offset)  # fmt: skip
     return summary, rule, rate
+
+
+def _typed(values: dict[str, str], types: dict[str, str]) -> dict[str, Any]:
+    """Attribute values as their types (``502``, ``true``, ``["a", "b"]``), not strings."""
+    return {key: typed(value, types.get(key)) for key, value in values.items()} if types else dict(values)
 
 
 def block_token(spans: list[list[Any]]) -> str:
@@ -157,15 +163,20 @@ class ClickHouseStore:
         """A trace's spans (only ``tenant``'s, when given)."""
         result = self._client.query(sql.GET_TRACE, parameters={"trace_id": trace_id_hex, "tenant": tenant})
         spans = []
-        for (span_id, parent, name, service, kind, start, duration, status, message, attrs, res,
-             ev_times, ev_names, ev_attrs, rate, rule, cost) in result.result_rows:  # fmt: skip
+        for (span_id, parent, name, service, kind, start, duration, status, message, attrs, res, ev_times, ev_names,
+             ev_attrs, rate, rule, cost, attr_types, res_types, ev_types, scope, scope_version, trace_state,
+             link_traces, link_spans, link_states, link_attrs) in result.result_rows:  # fmt: skip
             spans.append({
                 "span_id": span_id, "parent_span_id": parent, "name": name, "service": service,
                 "kind": kind, "start_time_unix_nano": start, "end_time_unix_nano": start + duration,
                 "duration_ns": duration, "status_code": status, "status_message": message,
-                "attributes": attrs, "resource_attributes": res,
-                "events": [{"time_unix_nano": t, "name": n, "attributes": a}
-                           for t, n, a in zip(ev_times, ev_names, ev_attrs, strict=True)],
+                "attributes": _typed(attrs, attr_types), "resource_attributes": _typed(res, res_types),
+                "scope": {"name": scope, "version": scope_version}, "trace_state": trace_state,
+                "events": [{"time_unix_nano": t, "name": n, "attributes": _typed(a, types)}
+                           for t, n, a, types in zip(ev_times, ev_names, ev_attrs,
+                                                     ev_types or [{}] * len(ev_names), strict=False)],
+                "links": [{"trace_id": t, "span_id": sp, "trace_state": st, "attributes": a}
+                          for t, sp, st, a in zip(link_traces, link_spans, link_states, link_attrs, strict=False)],
                 "sample_rate": rate, "sampled_by": rule, "cost_usd": cost,
             })  # fmt: skip
         return spans

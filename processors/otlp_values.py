@@ -49,6 +49,37 @@ def attributes_map(attributes: Iterable[Any]) -> dict[str, str]:
     return {kv.key: value_as_string(kv.value) for kv in attributes}
 
 
+_TYPE_NAMES = {"int_value": "int", "double_value": "double", "bool_value": "bool", "array_value": "array",
+               "kvlist_value": "kvlist", "bytes_value": "bytes"}
+
+
+def attribute_types(attributes: Iterable[Any]) -> dict[str, str]:
+    """``{key: type}`` for the attributes that are not strings (most are, so this is small):
+    stored next to the string-valued Map so that readers get 502, not "502", back."""
+    out = {}
+    for kv in attributes:
+        kind = kv.value.WhichOneof("value")
+        if kind != "string_value" and kind is not None:
+            out[kv.key] = _TYPE_NAMES[kind]
+    return out
+
+
+def typed(value: str, kind: str | None) -> Any:
+    """A stored attribute string back as its type (see :func:`attribute_types`)."""
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "double":
+            return float(value)
+        if kind == "bool":
+            return value == "true"
+        if kind in ("array", "kvlist"):
+            return orjson.loads(value)
+    except ValueError:
+        pass
+    return value
+
+
 def find_attribute(attributes: Iterable[Any], key: str) -> tuple[bool, Any]:
     """Return ``(found, python_value)`` for one key of a ``KeyValue`` list."""
     for kv in attributes:

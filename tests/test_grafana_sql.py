@@ -129,7 +129,7 @@ store.connect()
 now = time.time_ns()
 def block(span_ids):
     return [[now, "ab" * 16, s, "", "", "retried", "Server", "svc", {}, "", "", {}, 1000, "Error", "", [], [], [], [],
-             [], [], [], 1.0, "errors", 0.0] for s in span_ids]
+             [], [], [], [], 1.0, "errors", 0.0, {}, {}] for s in span_ids]
 for attempt in range(2):  # an insert retried after its answer was lost: the very same block
     store.insert(Rows(block(["0000000000000001", "0000000000000002"]), []))
 store.insert(Rows(block(["0000000000000003"]), []))  # a different block goes in
