@@ -1,9 +1,10 @@
 """The trace waterfall in the terminal: which step took the time (and the tokens and money).
 
-Input is the query API's trace JSON; output is text lines. Per span: the tree, service,
-start offset from the trace start, duration, share of the trace, self time (duration not
-covered by children), status, gen_ai tokens and cost when the span has them, plus a bar.
-The header carries the trace's total cost.
+Input is the query API's trace JSON; output is text lines of at most 100 columns. Per span:
+the tree and name with its key attribute (a client span named ``GET`` reads ``GET
+/orders``), kind, service, start offset from the trace start, duration, self time
+(duration not covered by children), status and a bar; gen_ai tokens and cost on a line of
+their own, only for spans that have them. The header carries the trace's total cost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from typing import Any
 from collector.units import format_duration_ns
 
 TOKEN_KEYS = (("gen_ai.usage.input_tokens", "in"), ("gen_ai.usage.output_tokens", "out"))
-BAR_WIDTH = 30
+KEY_ATTRIBUTES = ("http.route", "url.path", "rpc.method", "db.system", "messaging.destination.name",
+                  "gen_ai.request.model")  # fmt: skip
+"""The first of these a span has is shown after its name: what the step was about."""
+KINDS = {"Server": "srv", "Client": "cli", "Internal": "int", "Producer": "pro", "Consumer": "con"}
+NAME_WIDTH, SERVICE_WIDTH, BAR_WIDTH = 32, 12, 14
+LINE_WIDTH = NAME_WIDTH + SERVICE_WIDTH + BAR_WIDTH + 42  # the fixed columns and spaces: 100
 
 
 def _self_time(span: dict[str, Any], children: list[dict[str, Any]]) -> int:
@@ -39,6 +45,13 @@ def _tokens(span: dict[str, Any]) -> str:
     return " / ".join(parts) + (f" {format_cost(cost)}" if cost else "")
 
 
+def _label(span: dict[str, Any]) -> str:
+    """The span's name and its key attribute, unless the name already says it."""
+    attrs = span.get("attributes") or {}
+    key = next((str(attrs[k]) for k in KEY_ATTRIBUTES if attrs.get(k) not in (None, "")), "")
+    return f"{span['name']} {key}" if key and key not in span["name"] else span["name"]
+
+
 def render(trace: dict[str, Any]) -> list[str]:
     """Lines of the waterfall for one trace (``{"trace_id", "spans": [...]}``)."""
     spans = trace["spans"]
@@ -61,25 +74,30 @@ def render(trace: dict[str, Any]) -> list[str]:
     if cost:
         header += f"  cost {format_cost(cost)}"
     lines = [header, ""]
-    cols = f"{'span':<44} {'service':<16} {'start':>9} {'duration':>9} {'%':>5} {'self':>9} {'status':<6} tokens"
-    lines += [cols, "-" * len(cols)]
+    cols = (f"{'span':<{NAME_WIDTH}} {'kind':<4} {'service':<{SERVICE_WIDTH}} {'start':>8} {'duration':>8} "
+            f"{'self':>8} {'status':<5} timeline")  # fmt: skip
+    lines += [cols, "-" * LINE_WIDTH]
 
     def walk(span: dict[str, Any], prefix: str, last: bool, depth: int) -> None:
         kids = sorted(children.get(span["span_id"], []), key=lambda c: c["start_time_unix_nano"])
         branch = "" if depth == 0 else ("└─ " if last else "├─ ")
         orphan = " (parent missing)" if depth == 0 and span["parent_span_id"] else ""
-        name = (prefix + branch + span["name"] + orphan)[:44]
+        name = prefix + branch + _label(span) + orphan
+        name = name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 1] + "…"
         offset = span["start_time_unix_nano"] - t0
-        share = 100.0 * span["duration_ns"] / total
-        lo = int(BAR_WIDTH * offset / total)
+        lo = min(BAR_WIDTH - 1, int(BAR_WIDTH * offset / total))
         width = max(1, int(BAR_WIDTH * span["duration_ns"] / total))
         bar = " " * lo + "█" * min(width, BAR_WIDTH - lo)
         status = {"Error": "ERROR", "Ok": "ok"}.get(span["status_code"], "-")
+        kind = KINDS.get(span.get("kind", ""), "")
         lines.append(
-            f"{name:<44} {span['service'][:16]:<16} {format_duration_ns(offset):>9} "
-            f"{format_duration_ns(span['duration_ns']):>9} {share:>4.0f}% "
-            f"{format_duration_ns(_self_time(span, kids)):>9} {status:<6} {_tokens(span):<26} |{bar:<{BAR_WIDTH}}|"
+            f"{name:<{NAME_WIDTH}} {kind:<4} {span['service'][:SERVICE_WIDTH]:<{SERVICE_WIDTH}} "
+            f"{format_duration_ns(offset):>8} {format_duration_ns(span['duration_ns']):>8} "
+            f"{format_duration_ns(_self_time(span, kids)):>8} {status:<5} |{bar:<{BAR_WIDTH}}|"
         )
+        tokens = _tokens(span)
+        if tokens:
+            lines.append(f"{'':<{len(prefix) + len(branch)}}  tokens {tokens}"[:LINE_WIDTH])
         child_prefix = prefix + ("" if depth == 0 else ("   " if last else "│  "))
         for i, kid in enumerate(kids):
             walk(kid, child_prefix, i == len(kids) - 1, depth + 1)
@@ -88,5 +106,5 @@ def render(trace: dict[str, Any]) -> list[str]:
         walk(root, "", True, 0)
     errors = [s for s in spans if s["status_code"] == "Error" and s.get("status_message")]
     for s in errors:
-        lines.append(f"  error in {s['name']}: {s['status_message']}")
+        lines.append(f"  error in {s['name']}: {s['status_message']}"[:LINE_WIDTH])
     return lines

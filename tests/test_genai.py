@@ -41,4 +41,23 @@ def test_waterfall_shows_span_and_trace_cost() -> None:
             "end_time_unix_nano": 10**9, "duration_ns": 10**9, "status_code": "Ok", "sample_rate": 1.0,
             "attributes": {"gen_ai.usage.input_tokens": "812", "gen_ai.usage.output_tokens": "95"}, "cost_usd": 0.0123}
     lines = render({"trace_id": "ab" * 16, "spans": [span]})
-    assert "cost $0.0123" in lines[0] and "in 812 / out 95 $0.0123" in lines[4]
+    assert "cost $0.0123" in lines[0] and "tokens in 812 / out 95 $0.0123" in lines[5]
+
+
+def test_waterfall_fits_100_columns_with_kind_and_key_attribute() -> None:
+    def span(i: int, parent: str, name: str, kind: str, **attrs: object) -> dict[str, object]:
+        return {"span_id": f"{i:02x}", "parent_span_id": parent, "name": name, "service": "checkout-service-eu",
+                "kind": kind, "start_time_unix_nano": i * 10**6, "end_time_unix_nano": 10**9, "status_code": "Unset",
+                "duration_ns": 10**9 - i * 10**6, "attributes": attrs, "cost_usd": 0.0}  # fmt: skip
+    spans = [span(1, "", "POST /checkout", "Server", **{"http.route": "/checkout"}),
+             span(2, "01", "GET", "Client", **{"url.path": "/inventory/items/reserve"}),
+             span(3, "02", "SELECT", "Client", **{"db.system": "postgresql"})]
+    spans += [span(4 + d, f"{3 + d:02x}", "a-rather-long-internal-step-name", "Internal") for d in range(8)]
+    spans.append(span(12, "0b", "chat", "Client", **{"gen_ai.request.model": "gpt-4o-mini",
+                                                      "gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 90}))
+    lines = render({"trace_id": "cd" * 16, "spans": spans})
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    text = "\n".join(lines)
+    assert "POST /checkout" in text and "GET /inventory/items/reserve" in text and "SELECT postgresql" in text
+    assert " cli " in text and " srv " in text and "tokens in 1200 / out 90" in text
+    assert "POST /checkout /checkout" not in text  # the route is already in the name
