@@ -257,8 +257,22 @@ class QueryApi:
             return _json({"error": exc.message}, 403)
         spans = await writer.run(writer.store.get_trace, trace_id, tenant)
         if not spans:
-            return _json({"error": f"trace {trace_id} not found"}, 404)
+            return _json({"error": f"trace {trace_id} not found{self._why_missing(trace_id, tenant)}"}, 404)
         return _json({"trace_id": trace_id, "spans": spans})
+
+    def _why_missing(self, trace_id: str, tenant: str | None) -> str:
+        """What the sampler remembers of a trace that is not stored (not for tenants' tokens:
+        that would tell one tenant about another's traces)."""
+        sampler = self.pipeline.sampler
+        known = sampler.decision_for(bytes.fromhex(trace_id)) if sampler is not None and tenant is None else None
+        if known is None:
+            return ""
+        state, rule, rate = known
+        if state == "buffered":
+            return ": it is buffered, waiting for its decision (sampling.quiet_period / decision_wait)"
+        if state == "dropped":
+            return f": dropped by rule {rule!r} ({100 / rate:.3g}% kept)" if rate else f": dropped by rule {rule!r}"
+        return f": kept by rule {rule!r}, not yet stored (storage.clickhouse.flush_interval)"
 
     async def _search(self, request: web.Request) -> web.Response:
         return await self._answer(request, _search_params, lambda store, p: {"traces": store.search_traces(**p)})

@@ -86,6 +86,14 @@ def test_llm_traces_over_grpc_and_http_are_tail_sampled(collector: Collector) ->
     sample = collector.get(f"/api/traces/{next(iter(kept))}").json()["spans"]
     assert len(sample) == 4 and {s["sample_rate"] for s in sample} == {10.0}
 
+    # a dropped trace: the API and the CLI say why it is not there, while the sampler remembers
+    dropped = next(iter(ok_traces - kept))
+    answer = collector.get(f"/api/traces/{dropped}")
+    assert answer.status_code == 404 and "dropped by rule 'default' (10% kept)" in answer.json()["error"]
+    cli = subprocess.run([sys.executable, "-m", "collector.cli", "trace", dropped, "--api", collector.api],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert cli.returncode == 1 and "dropped by rule 'default' (10% kept)" in cli.stderr
+
 
 SECRETS = {
     "api_key": "sk-proj-Zx81mQ2vLr0aYbT7cNd4pEf6",

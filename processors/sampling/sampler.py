@@ -261,6 +261,18 @@ class TailSampler:
         self.stats["forgotten_on_rebalance"] += len(gone)
         return len(gone)
 
+    def decision_for(self, trace_id: bytes) -> tuple[str, str, float] | None:
+        """What this sampler knows of a trace: ("buffered", "", 0) while it waits for a
+        decision, ("kept" or "dropped", rule, sample rate) while the decision cache holds
+        it, None otherwise. For the query API's answer to a trace it does not have."""
+        if trace_id in self._buffer:
+            return "buffered", "", 0.0
+        decided = self._decided.get(trace_id)
+        if decided is None:
+            return None
+        keep, rule, rate, _ = decided
+        return ("kept" if keep else "dropped"), rule, rate
+
     def remember_kept(self, kept: list[tuple[TraceSummary, str, float]]) -> None:
         """Seed the decision cache with traces kept earlier (read back from storage), without
         overriding what this sampler decided itself."""
