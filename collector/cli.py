@@ -73,10 +73,14 @@ async def _run(settings: Settings, role: Role) -> int:
         + ("" if queue.kafka.security_protocol == "PLAINTEXT" else f" ({queue.kafka.security_protocol})"),
         safe_dsn(pipeline.writer.store.dsn) if pipeline.writer else "off",
     )
-    if otlp.dropped_signals and pipeline.ingest is not None:
-        log.info("OTLP %s are accepted and dropped (tailsift stores traces; counted in "
-                 "tailsift_receiver_signals_dropped_total; receivers.otlp.metrics/logs: off to refuse them)",
-                 " and ".join(otlp.dropped_signals))  # fmt: skip
+    if pipeline.ingest is not None:
+        stored = ["logs"] if pipeline.ingest.store_logs is not None else []
+        dropped = [s for s in otlp.served_signals if s not in stored]
+        if stored:
+            log.info("OTLP logs are stored in otel_logs, linked to their traces (receivers.otlp.logs)")
+        if dropped:
+            log.info("OTLP %s are accepted and dropped (counted in tailsift_receiver_signals_dropped_total; "
+                     "receivers.otlp.metrics/logs: off to refuse them)", " and ".join(dropped))  # fmt: skip
     for name, server in (("OTLP gRPC", otlp.grpc), ("OTLP HTTP", otlp.http), ("query API", settings.query)):
         host = server.endpoint.rpartition(":")[0].strip("[]") if server else "localhost"
         if server is not None and server.auth is None and not (host == "localhost" or host.startswith("127.") or host == "::1"):

@@ -63,12 +63,14 @@ class OtlpReceiver(_Strict):
     """Largest request body, checked before and after decompression."""
     metrics: SignalAction = "drop"
     """OTLP metrics on the same ports: drop (accept, count, discard) or off (404 / UNIMPLEMENTED)."""
-    logs: SignalAction = "drop"
-    """OTLP logs on the same ports: drop or off; see :mod:`collector.receivers.signals`."""
+    logs: Literal["store", "drop", "off"] = "store"
+    """OTLP logs on the same ports: store (in ``otel_logs``, linked to their traces; a
+    ``--role receiver`` process has no storage and drops them), drop, or off."""
 
     @property
-    def dropped_signals(self) -> list[Signal]:
-        return [signal for signal in ("metrics", "logs") if getattr(self, signal) == "drop"]
+    def served_signals(self) -> list[Signal]:
+        """The signals besides traces that the receivers answer (stored or dropped)."""
+        return [signal for signal in ("metrics", "logs") if getattr(self, signal) != "off"]
 
     _size = _sizes("max_request_size")
 

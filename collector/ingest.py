@@ -23,20 +23,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.auth import TENANT_KEY
-from collector.errors import PipelineError
+from collector.errors import InvalidRequest, PipelineError
 from collector.memory import DECODED_FACTOR, MemoryLimiter
-from collector.otlp import Fragment, decode_json, decode_protobuf, split_by_trace
+from collector.otlp import Fragment, decode_json, decode_logs_json, decode_protobuf, split_by_trace
+from collector.rows import log_rows
 from collector.queue import Queue
 from processors.cardinality import CardinalityProcessor
 from processors.redaction import Redactor
 from processors.spanmetrics import SpanMetrics
 
+LogSink = Callable[[list[list[Any]]], Awaitable[None]]
+"""Stores ``otel_logs`` rows (the storage writer's ``write_logs``)."""
 LARGE_BODY = 1 << 20
 """Bodies from this size are decoded on a worker thread."""
 SLICE_ABOVE = 4096
@@ -79,11 +85,21 @@ def slices(request: ExportTraceServiceRequest, size: int) -> Iterator[ExportTrac
         yield piece
 
 
-def stamp_tenant(request: ExportTraceServiceRequest, tenant: str) -> bool:
-    """Set ``tailsift.tenant`` on every resource to ``tenant`` (remove it for ""), replacing
-    whatever the client sent, so no one writes as another tenant. True if anything changed."""
+def decode_logs_protobuf(body: bytes) -> ExportLogsServiceRequest:
+    request = ExportLogsServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except DecodeError as exc:
+        raise InvalidRequest(f"malformed OTLP logs request: {exc}") from None
+    return request
+
+
+def stamp_tenant(groups: Iterable[Any], tenant: str) -> bool:
+    """Set ``tailsift.tenant`` on the resource of every group (``resource_spans`` or
+    ``resource_logs``) to ``tenant`` (remove it for ""), replacing whatever the client sent,
+    so no one writes as another tenant. True if anything changed."""
     changed = False
-    for rs in request.resource_spans:
+    for rs in groups:
         attributes = rs.resource.attributes
         found = [i for i, kv in enumerate(attributes) if kv.key == TENANT_KEY]
         if len(found) == 1 and tenant and attributes[found[0]].value.string_value == tenant:
@@ -101,8 +117,9 @@ class Ingest:
 
     def __init__(self, queue: Queue, redactor: Redactor | None, cardinality: CardinalityProcessor | None = None,
                  metrics: SpanMetrics | None = None, memory: MemoryLimiter | None = None,
-                 retention_days: int = 0):  # fmt: skip
+                 retention_days: int = 0, store_logs: LogSink | None = None):  # fmt: skip
         self.queue = queue
+        self.store_logs = store_logs
         self.redactor = redactor
         self.cardinality = cardinality
         self.metrics = metrics
@@ -127,6 +144,28 @@ class Ingest:
             if self.memory is not None:
                 self.memory.release(reserved)
 
+    async def export_logs(self, body: bytes, as_json: bool, tenant: str | None = None) -> None:
+        """An OTLP logs request: decoded, tenant-stamped, redacted like spans, stored (the
+        client is answered once it is; see :meth:`StorageWriter.write_logs`)."""
+        assert self.store_logs is not None
+        reserved = len(body) * DECODED_FACTOR
+        if self.memory is not None:
+            self.memory.reserve(reserved)
+        try:
+            raw = None if as_json else body
+            request = decode_logs_json(body) if as_json else decode_logs_protobuf(body)
+            if tenant is not None and stamp_tenant(request.resource_logs, tenant):
+                raw = None
+            if self.redactor is not None:
+                self.redactions.update(self.redactor.logs(request, raw).counts)
+            rows = log_rows(request)
+            if rows:
+                await self.store_logs(rows)
+            self.stats["log_records_stored"] += len(rows)
+        finally:
+            if self.memory is not None:
+                self.memory.release(reserved)
+
     def _process(self, request: ExportTraceServiceRequest, raw: bytes | None, now: int, tenant: str | None) -> tuple[
             list[Fragment], int, str, bytes | None]:  # fmt: skip
         if self.redactor is not None:
@@ -134,7 +173,7 @@ class Ingest:
             self.redactions.update(result.counts)
             if result.counts:
                 raw = None  # the bytes no longer match the request
-        if tenant is not None and stamp_tenant(request, tenant):
+        if tenant is not None and stamp_tenant(request.resource_spans, tenant):
             raw = None
         if self.cardinality is not None:
             changed = self.cardinality(request, raw)

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.errors import InvalidRequest
@@ -129,6 +130,34 @@ def decode_json(body: bytes) -> tuple[ExportTraceServiceRequest, int]:
     except (orjson.JSONDecodeError, json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidRequest(f"malformed OTLP JSON: {exc}") from None
     return request, dropped
+
+
+def decode_logs_json(body: bytes) -> ExportLogsServiceRequest:
+    """Parse an OTLP/JSON logs body (hex trace and span ids, as for spans; a record whose
+    ids are not valid hex keeps none, since a log needs no trace)."""
+    try:
+        doc = orjson.loads(body)
+        if not isinstance(doc, dict):
+            raise InvalidRequest("OTLP/JSON body must be an object with resourceLogs")
+        for rl in _list(doc, "resourceLogs", "resource_logs"):
+            for sl in _list(rl, "scopeLogs", "scope_logs"):
+                for record in _list(sl, "logRecords", "log_records"):
+                    if not isinstance(record, dict):
+                        raise InvalidRequest("OTLP/JSON: a log record must be an object")
+                    for key in ("traceId", "spanId"):
+                        value = record.get(key)
+                        if isinstance(value, str) and value:
+                            try:
+                                record[key] = base64.b64encode(bytes.fromhex(value)).decode()
+                            except ValueError:
+                                record.pop(key)
+        request = ExportLogsServiceRequest()
+        json_format.ParseDict(doc, request, ignore_unknown_fields=True)
+    except InvalidRequest:
+        raise
+    except (orjson.JSONDecodeError, json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidRequest(f"malformed OTLP JSON: {exc}") from None
+    return request
 
 
 def _list(obj: Any, *keys: str) -> list[Any]:

@@ -84,12 +84,14 @@ class Pipeline:
         otlp = settings.receivers.otlp
         self.grpc = self.http = None
         self.signals = DroppedSignals()
-        dropped = tuple(otlp.dropped_signals)
+        served = tuple(otlp.served_signals)
+        if self.ingest is not None and self.writer is not None and otlp.logs == "store":
+            self.ingest.store_logs = self.writer.write_logs
         if self.ingest is not None:
             self.grpc = GrpcReceiver(otlp.grpc, self.ingest, otlp.max_request_size, self.signals,
-                                     dropped) if otlp.grpc else None  # fmt: skip
+                                     served) if otlp.grpc else None  # fmt: skip
             self.http = HttpReceiver(otlp.http, self.ingest, otlp.max_request_size, self.signals,
-                                     dropped) if otlp.http else None  # fmt: skip
+                                     served) if otlp.http else None  # fmt: skip
         self.query = QueryApi(settings.query, self)
         self.queue.on_rebalance(self._revoked, self._assigned)
         self.decision_latency = Histogram()

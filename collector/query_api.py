@@ -1,6 +1,7 @@
 """The query API (HTTP JSON), a public contract; also serves ``/metrics`` and ``/healthz``.
 
-- ``GET /api/traces/{trace_id}``: every stored span of a trace (404 unknown, 400 malformed).
+- ``GET /api/traces/{trace_id}``: every stored span of a trace, and its log records from
+  ``otel_logs`` (404 unknown, 400 malformed).
 - ``GET /api/traces?service=&name=&error=&min_duration_ms=&max_duration_ms=&since=&until=&limit=``:
   recent kept traces, newest first, with their tokens and cost.
 - ``GET /api/stats?group_by=service|span_name|model|<attribute>&since=&until=&service=&scope=&limit=``:
@@ -258,7 +259,8 @@ class QueryApi:
         spans = await writer.run(writer.store.get_trace, trace_id, tenant)
         if not spans:
             return _json({"error": f"trace {trace_id} not found{self._why_missing(trace_id, tenant)}"}, 404)
-        return _json({"trace_id": trace_id, "spans": spans})
+        logs = await writer.run(writer.store.trace_logs, trace_id, tenant)
+        return _json({"trace_id": trace_id, "spans": spans, "logs": logs})
 
     def _why_missing(self, trace_id: str, tenant: str | None) -> str:
         """What the sampler remembers of a trace that is not stored (not for tenants' tokens:

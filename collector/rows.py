@@ -27,7 +27,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Tr
 
 from collector.auth import TENANT_KEY
 from processors.genai import MAX_TOKENS, PriceTable, Usage, parse_count
-from processors.otlp_values import KIND_NAMES, STATUS_NAMES, attribute_types, attributes_map, service_name
+from processors.otlp_values import (KIND_NAMES, STATUS_NAMES, attribute_types, attributes_map, service_name,
+                                    value_as_string)
 from processors.sampling.sampler import Decision
 
 # OTLP allows any uint64 timestamp. The TTL goes through DateTime, which ends in 2106: past
@@ -170,3 +171,23 @@ def raw_span(decision: Decision, span_id_hex: str) -> bytes:
                         out = ResourceSpans(resource=rs.resource, schema_url=rs.schema_url, scope_spans=[scope])
                         return TracesData(resource_spans=[out]).SerializeToString()
     return b"".join(f.payload for f in decision.fragments)
+
+
+def log_rows(request: Any) -> list[list[Any]]:
+    """``otel_logs`` rows of an ``ExportLogsServiceRequest`` (already redacted): one per log
+    record, in the exporter's format; a record without a time takes its observed time."""
+    rows: list[list[Any]] = []
+    for rl in request.resource_logs:
+        resource = attributes_map(rl.resource.attributes)
+        service = service_name(rl.resource.attributes)
+        for sl in rl.scope_logs:
+            scope = sl.scope
+            scope_attrs = attributes_map(scope.attributes)
+            for r in sl.log_records:
+                rows.append([
+                    _ts(r.time_unix_nano or r.observed_time_unix_nano or time.time_ns()), r.trace_id.hex(),
+                    r.span_id.hex(), r.flags & 0xFF, r.severity_text, min(r.severity_number, 255), service,
+                    value_as_string(r.body), rl.schema_url, resource, sl.schema_url, scope.name, scope.version,
+                    scope_attrs, attributes_map(r.attributes),
+                ])  # fmt: skip
+    return rows

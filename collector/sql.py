@@ -24,6 +24,7 @@ from __future__ import annotations
 SPANS_TABLE = "otel_traces"
 TRACES_TABLE = "tailsift_traces"
 REJECTED_TABLE = "tailsift_rejected"
+LOGS_TABLE = "otel_logs"
 LOOKUP_TABLE = f"{SPANS_TABLE}_trace_id_ts"
 """The OTel ClickHouse exporter's trace-id → time-range lookup, which Grafana's ClickHouse
 data source and the exporter's own queries use to bound a trace-by-id read in time."""
@@ -133,6 +134,56 @@ ORDER BY (Received, TraceId)
 """
 
 
+def create_logs_table(ttl_days: int) -> str:
+    """The exporter's ``otel_logs``: OTLP log records, with the trace and span they belong to."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {LOGS_TABLE} (
+    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    TimestampTime DateTime DEFAULT toDateTime(Timestamp),
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    TraceFlags UInt8,
+    SeverityText LowCardinality(String) CODEC(ZSTD(1)),
+    SeverityNumber UInt8,
+    ServiceName LowCardinality(String) CODEC(ZSTD(1)),
+    Body String CODEC(ZSTD(1)),
+    ResourceSchemaUrl LowCardinality(String) CODEC(ZSTD(1)),
+    ResourceAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    ScopeSchemaUrl LowCardinality(String) CODEC(ZSTD(1)),
+    ScopeName String CODEC(ZSTD(1)),
+    ScopeVersion LowCardinality(String) CODEC(ZSTD(1)),
+    ScopeAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    LogAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_log_attr_key mapKeys(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_body Body TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8
+) ENGINE = MergeTree
+PARTITION BY toDate(TimestampTime)
+PRIMARY KEY (ServiceName, TimestampTime)
+ORDER BY (ServiceName, TimestampTime, Timestamp)
+{_ttl("TimestampTime", ttl_days)}
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = 10000
+"""
+
+
+LOG_COLUMNS = [
+    "Timestamp", "TraceId", "SpanId", "TraceFlags", "SeverityText", "SeverityNumber", "ServiceName", "Body",
+    "ResourceSchemaUrl", "ResourceAttributes", "ScopeSchemaUrl", "ScopeName", "ScopeVersion", "ScopeAttributes",
+    "LogAttributes",
+]  # fmt: skip
+
+# A trace's logs, for the trace view (at most 1,000, oldest first).
+TRACE_LOGS = f"""
+SELECT toUnixTimestamp64Nano(Timestamp), SpanId, SeverityText, SeverityNumber, ServiceName, Body, LogAttributes
+FROM {LOGS_TABLE}
+WHERE TraceId = {{trace_id:String}}
+  AND ({{tenant:Nullable(String)}} IS NULL OR ResourceAttributes['tailsift.tenant'] = {{tenant:Nullable(String)}})
+ORDER BY Timestamp
+LIMIT 1000
+"""
+
+
 def create_lookup_table(ttl_days: int) -> str:
     """The exporter's ``otel_traces_trace_id_ts``: per trace id its first and last span time."""
     return f"""
@@ -171,7 +222,8 @@ def cluster_ddl(cluster: str, database: str, ttl_days: int) -> list[str]:
     tailsift reads and writes ``<table>``; its own CREATE ... IF NOT EXISTS then finds it."""
     out = [f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER '{cluster}'\n"]
     tables = ((SPANS_TABLE, create_spans_table(ttl_days)), (TRACES_TABLE, create_traces_table(ttl_days)),
-              (REJECTED_TABLE, create_rejected_table(ttl_days)), (LOOKUP_TABLE, create_lookup_table(ttl_days)))
+              (REJECTED_TABLE, create_rejected_table(ttl_days)), (LOOKUP_TABLE, create_lookup_table(ttl_days)),
+              (LOGS_TABLE, create_logs_table(ttl_days)))
     for table, ddl in tables:
         path = f"'/clickhouse/tables/{{shard}}/{database}/{table}', '{{replica}}'"
         local = ddl.replace(f"CREATE TABLE IF NOT EXISTS {table} (",

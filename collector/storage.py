@@ -101,6 +101,7 @@ class ClickHouseStore:
         self._client.command(sql.create_spans_table(self.settings.ttl_days))
         self._client.command(sql.create_traces_table(self.settings.ttl_days))
         self._client.command(sql.create_rejected_table(self.settings.ttl_days))
+        self._client.command(sql.create_logs_table(self.settings.ttl_days))
         for statement in sql.MIGRATIONS:
             self._client.command(statement)
         try:
@@ -158,6 +159,21 @@ class ClickHouseStore:
         now = time.time_ns()
         rows = [[now, r.trace_id, r.span_id, r.reason[:2000], base64.b64encode(r.payload).decode()] for r in rejected]
         self._client.insert(sql.REJECTED_TABLE, rows, column_names=sql.REJECTED_COLUMNS)
+
+    def insert_logs(self, rows: list[list[Any]]) -> None:
+        """Log records, with a token so that a request retried after a lost answer is stored once."""
+        digest = hashlib.sha256()
+        for row in rows:
+            digest.update(f"{row[0]}:{row[1]}:{row[2]}:{row[7]};".encode())
+        self._client.insert(sql.LOGS_TABLE, rows, column_names=sql.LOG_COLUMNS,
+                            settings={"insert_deduplication_token": digest.hexdigest()})  # fmt: skip
+
+    def trace_logs(self, trace_id_hex: str, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The log records of a trace (only ``tenant``'s, when given), oldest first."""
+        result = self._client.query(sql.TRACE_LOGS, parameters={"trace_id": trace_id_hex, "tenant": tenant})
+        return [{"time_unix_nano": t, "span_id": span, "severity_text": text, "severity_number": number,
+                 "service": service, "body": body, "attributes": attrs}
+                for t, span, text, number, service, body, attrs in result.result_rows]  # fmt: skip
 
     def get_trace(self, trace_id_hex: str, tenant: str | None = None) -> list[dict[str, Any]]:
         """A trace's spans (only ``tenant``'s, when given)."""

@@ -60,9 +60,12 @@ class PipelineCollector(Collector):
         dropped = CounterMetricFamily("tailsift_receiver_signals_dropped", "OTLP metrics data points and log "
                                       "records accepted and discarded (receivers.otlp.metrics/logs: drop)",
                                       labels=["signal"])  # fmt: skip
-        for signal in p.settings.receivers.otlp.dropped_signals:
+        for signal in p.settings.receivers.otlp.served_signals:
             dropped.add_metric([signal], p.signals.items[signal])
         yield dropped
+        if p.ingest is not None and p.ingest.store_logs is not None:
+            yield CounterMetricFamily("tailsift_receiver_log_records_stored", "OTLP log records stored in otel_logs",
+                                      value=p.ingest.stats["log_records_stored"])  # fmt: skip
 
     def _servers(self, p: Pipeline) -> Iterator[CounterMetricFamily]:
         """Refused tokens, connections closed by the hygiene rules, certificate reloads."""

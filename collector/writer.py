@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from collector.config import ClickHouseSettings
+from collector.errors import Unavailable
 from collector.rows import KeptSpanHook, Rejected, RowBuilder, TraceRows, raw_span
 from collector.storage import ClickHouseStore, Rows, safe_dsn
 from processors.genai import PriceTable
@@ -83,6 +84,15 @@ class StorageWriter:
         self.insert_failures = 0
         self.rows_rejected = 0
         self.insert_latency = Histogram()
+
+    async def write_logs(self, rows: list[list[Any]]) -> None:
+        """Store log records now, on the storage thread; the client is answered after. A
+        failure is retryable for the client (503): logs are not queued."""
+        try:
+            await self.run(self.store.insert_logs, rows)
+        except Exception as exc:  # noqa: BLE001 - reported in the protocol's terms
+            log.warning("could not store %d log records: %s", len(rows), exc)
+            raise Unavailable("log storage is unavailable; retry later") from None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call on the storage thread."""

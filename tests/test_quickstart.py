@@ -1,6 +1,7 @@
 """The README's quickstart, as a new user runs it: an app under ``opentelemetry-instrument``
 with only the README's environment variables, over gRPC and over http/protobuf. Its trace
-is stored, its metrics and logs are taken (counted and dropped, not refused), and the app
+is stored, its logs are stored in otel_logs linked to the trace, its metrics taken (counted and
+dropped, not refused), and the app
 prints no export error. A gRPC exporter sent to the HTTP port is named in one log line."""
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ def test_the_readme_quickstart_works_as_written(collector: Collector, protocol: 
         key = f'tailsift_receiver_signals_dropped_total{{signal="{signal}"}}'
         return collector.metrics().get(key, 0.0) - before.get(key, 0.0)
 
-    collector.wait_for(lambda: counted("metrics") > 0 and counted("logs") > 0, what="metrics and logs taken")
+    collector.wait_for(lambda: counted("metrics") > 0, what="metrics taken")
+    # the log line is stored in otel_logs, linked to the trace it was written in
+    logs = collector.get(f"/api/traces/{trace_id}").json()["logs"]
+    assert [(entry["body"], entry["severity_text"]) for entry in logs] == [("payment provider timed out", "WARN")]
+    assert logs[0]["span_id"] and logs[0]["service"] == env["OTEL_SERVICE_NAME"]
 
 
 def test_a_grpc_exporter_on_the_http_port_is_named_in_the_log(collector: Collector) -> None:
@@ -75,6 +80,7 @@ def test_a_grpc_exporter_on_the_http_port_is_named_in_the_log(collector: Collect
 
 
 def test_metrics_and_logs_bodies_are_checked_and_counted(collector: Collector, tmp_path: Path) -> None:
+    """Malformed bodies are 400; logs: drop counts without storing; off refuses."""
     import requests
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
@@ -84,14 +90,21 @@ def test_metrics_and_logs_bodies_are_checked_and_counted(collector: Collector, t
     logs = ExportLogsServiceRequest()
     for body in ("first", "second", "third"):
         logs.resource_logs.add().scope_logs.add().log_records.add().body.string_value = body
-    before = collector.metrics().get('tailsift_receiver_signals_dropped_total{signal="logs"}', 0.0)
+    assert requests.post(f"{url}/logs", data=b"\xff\xff not protobuf", headers=proto, timeout=10).status_code == 400
+    before = collector.metrics().get("tailsift_receiver_log_records_stored_total", 0.0)
     assert requests.post(f"{url}/logs", data=logs.SerializeToString(), headers=proto, timeout=10).status_code == 200
-    json_body = b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "x"}}]}]}]}'
+    json_body = b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": "5b8efff798038103d269b633813fc60c", ' \
+                b'"body": {"stringValue": "x"}}]}]}]}'
     answer = requests.post(f"{url}/logs", data=json_body, headers={"Content-Type": "application/json"}, timeout=10)
     assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("application/json")
-    assert collector.metrics()['tailsift_receiver_signals_dropped_total{signal="logs"}'] == before + 4
+    assert collector.metrics()["tailsift_receiver_log_records_stored_total"] == before + 4
     assert "first" not in collector.log()  # nothing of their content is logged
 
+    with Collector(tmp_path / "drop", {"receivers": {"otlp": {"logs": "drop"}}}).start() as dropping:
+        answer = requests.post(f"http://127.0.0.1:{dropping.http_port}/v1/logs", data=logs.SerializeToString(),
+                               headers=proto, timeout=10)  # fmt: skip
+        assert answer.status_code == 200
+        assert dropping.metrics()['tailsift_receiver_signals_dropped_total{signal="logs"}'] == 3
     with Collector(tmp_path / "off", {"receivers": {"otlp": {"metrics": "off", "logs": "off"}}}).start() as off:
         refused = requests.post(f"http://127.0.0.1:{off.http_port}/v1/logs", data=b"", headers=proto, timeout=10)
         assert refused.status_code == 404

@@ -1,8 +1,9 @@
 """No secret survives in any field (issue 11): a secret is planted in every string and bytes
-field of the OTLP trace proto, found by reflection, so a field added to the proto later is
-planted too. The redactor is checked on each alone (fast), then a real collector on the
-Kafka queue takes every planted request over gRPC, HTTP protobuf and HTTP JSON, and the
-secret must be in none of ClickHouse, Kafka, the API, the CLI, /metrics or the log."""
+field of the OTLP trace and logs protos, found by reflection, so a field added to a proto
+later is planted too. The redactor is checked on each alone (fast), then a real collector
+on the Kafka queue takes every planted request over gRPC, HTTP protobuf and HTTP JSON, and
+the secret must be in none of ClickHouse (otel_logs included), Kafka, the API, the CLI,
+/metrics or the log."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import requests
 from aiokafka import AIOKafkaConsumer
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.kafka.envelope import decode
@@ -36,9 +38,11 @@ from tests.support.storage import dump_tables
 SECRET = "AKIAZ7Q2M4N6P8R0T2V4"  # an AWS access key id: the built-in aws_access_key rule
 TICKET = "TICKET-123456"  # whole-value match of an anchored custom rule
 REDACTION = {"patterns": [{"name": "ticket", "regex": r"^TICKET-\d{6}$"}]}
-IDS = {"Span.trace_id", "Span.span_id", "Span.parent_span_id", "Span.Link.trace_id", "Span.Link.span_id"}
+IDS = {"Span.trace_id", "Span.span_id", "Span.parent_span_id", "Span.Link.trace_id", "Span.Link.span_id",
+       "LogRecord.trace_id", "LogRecord.span_id"}
 """Fixed-size identifiers (16 or 8 bytes, validated as such): not free text, never planted."""
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+EXPORT_LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 Path_ = tuple[FieldDescriptor, ...]
 
 
@@ -71,13 +75,27 @@ def skeleton(n: int) -> ExportTraceServiceRequest:
     return request
 
 
-def plant(path: Path_, value: Any, n: int) -> ExportTraceServiceRequest:
-    request = skeleton(n)
+def log_skeleton(n: int) -> ExportLogsServiceRequest:
+    """A valid logs request: one record, linked to the trace of the same number."""
+    request = ExportLogsServiceRequest()
+    rl = request.resource_logs.add()
+    rl.resource.attributes.add(key="service.name").value.string_value = "planted"
+    record = rl.scope_logs.add().log_records.add(trace_id=(10**6 + n).to_bytes(16, "big"),
+                                                 span_id=(n + 1).to_bytes(8, "big"))  # fmt: skip
+    record.time_unix_nano = time.time_ns()
+    record.severity_number = 17
+    return request
+
+
+def plant(path: Path_, value: Any, n: int, logs: bool = False) -> Any:
+    request: Any = log_skeleton(n) if logs else skeleton(n)
     message: Any = request
     for field in path[:-1]:
         if field.is_repeated:
             container = getattr(message, field.name)
             message = container[0] if len(container) and field.name != "attributes" else container.add()
+            if field.message_type.name == "KeyValue" and logs and message.key == "service.name":
+                message = container.add()
             if field.message_type.name == "KeyValue":
                 message.key = "planted.key"
         else:
@@ -90,10 +108,12 @@ def plant(path: Path_, value: Any, n: int) -> ExportTraceServiceRequest:
     return request
 
 
-def planted_requests() -> list[tuple[str, ExportTraceServiceRequest]]:
-    """(field and variant, request) for every plantable field, each with its own trace."""
-    out: list[tuple[str, ExportTraceServiceRequest]] = []
-    for path in leaf_paths(ExportTraceServiceRequest.DESCRIPTOR):
+def planted_requests(logs: bool = False) -> list[tuple[str, Any]]:
+    """(field and variant, request) for every plantable field of the trace (or logs)
+    request, each with its own trace id."""
+    out: list[tuple[str, Any]] = []
+    root = ExportLogsServiceRequest if logs else ExportTraceServiceRequest
+    for path in leaf_paths(root.DESCRIPTOR):
         leaf = path[-1]
         if field_name(leaf) in IDS:
             continue
@@ -103,7 +123,7 @@ def planted_requests() -> list[tuple[str, ExportTraceServiceRequest]]:
         else:
             variants = {"utf-8": f"see {SECRET} here".encode(), "binary": b"\xff\x00 " + SECRET.encode() + b" \xfe"}
         for variant, value in variants.items():
-            out.append((f"{where} ({variant})", plant(path, value, len(out))))
+            out.append((f"{where} ({variant})", plant(path, value, len(out), logs)))
     return out
 
 
@@ -122,37 +142,44 @@ def leaks(data: bytes) -> list[str]:
 
 def test_every_field_is_planted() -> None:
     """The reflection walk finds the fields we know about, and skips only the ids."""
-    names = {field_name(p[-1]) for p in leaf_paths(ExportTraceServiceRequest.DESCRIPTOR)}
+    names = {field_name(p[-1]) for root in (ExportTraceServiceRequest, ExportLogsServiceRequest)
+             for p in leaf_paths(root.DESCRIPTOR)}  # fmt: skip
     assert IDS <= names
     for expected in ("Span.trace_state", "InstrumentationScope.name", "InstrumentationScope.version",
                      "ScopeSpans.schema_url", "ResourceSpans.schema_url", "KeyValue.key", "AnyValue.bytes_value",
-                     "Span.Link.trace_state", "Span.Event.name", "Status.message"):  # fmt: skip
+                     "Span.Link.trace_state", "Span.Event.name", "Status.message", "LogRecord.severity_text",
+                     "LogRecord.event_name", "ScopeLogs.schema_url", "ResourceLogs.schema_url"):  # fmt: skip
         assert expected in names
     assert len(planted_requests()) >= 70
 
 
+@pytest.mark.parametrize("signal", ["traces", "logs"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_redactor_clears_every_field(backend: str) -> None:
+def test_redactor_clears_every_field(backend: str, signal: str) -> None:
     redactor = Redactor(RedactionSettings.model_validate(REDACTION), backend)
+    redact = redactor.logs if signal == "logs" else redactor
     missed = []
-    for where, request in planted_requests():
+    planted = planted_requests(logs=signal == "logs")
+    assert len(planted) >= 40
+    for where, request in planted:
         assert leaks(request.SerializeToString()), where  # the plant is really there
-        redactor(request)
+        redact(request)
         if leaks(request.SerializeToString()) or leaks(json_format.MessageToJson(request).encode()):
             missed.append(where)
     assert not missed, f"secrets left in: {missed}"
 
 
-def otlp_json(request: ExportTraceServiceRequest) -> bytes:
-    """OTLP/JSON: like protobuf JSON, but trace and span ids in hex."""
+def otlp_json(request: Any) -> bytes:
+    """OTLP/JSON: like protobuf JSON, but trace and span ids in hex (spans, links, logs)."""
     doc = json_format.MessageToDict(request)
-    for rs in doc.get("resourceSpans", []):
-        for ss in rs.get("scopeSpans", []):
-            for span in ss.get("spans", []):
-                for item in [span, *span.get("links", [])]:
-                    for key in ("traceId", "spanId", "parentSpanId"):
-                        if item.get(key):
-                            item[key] = base64.b64decode(item[key]).hex()
+    items = [item for rs in doc.get("resourceSpans", []) for ss in rs.get("scopeSpans", [])
+             for span in ss.get("spans", []) for item in [span, *span.get("links", [])]]
+    items += [record for rl in doc.get("resourceLogs", []) for sl in rl.get("scopeLogs", [])
+              for record in sl.get("logRecords", [])]  # fmt: skip
+    for item in items:
+        for key in ("traceId", "spanId", "parentSpanId"):
+            if item.get(key):
+                item[key] = base64.b64decode(item[key]).hex()
     return orjson.dumps(doc)
 
 
@@ -181,21 +208,26 @@ def test_no_planted_secret_reaches_any_output(tmp_path: Path, kafka: str) -> Non
     queue = kafka_queue(kafka)
     config = {**queue, "redaction": REDACTION}
     planted = planted_requests()
+    planted_logs = planted_requests(logs=True)  # linked to the planted traces' ids
     sent: list[str] = []
     collector = Collector(tmp_path / "collector", config).start()
     try:
         with grpc.insecure_channel(collector.grpc_endpoint) as channel:
-            export = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
-            for i, (where, request) in enumerate(planted):
+            calls = {path: channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+                     for path in (EXPORT, EXPORT_LOGS)}  # fmt: skip
+            for i, (where, request) in enumerate([*planted, *planted_logs]):
+                logs = isinstance(request, ExportLogsServiceRequest)
                 protocol = ("grpc", "protobuf", "json")[i % 3]
                 if protocol == "grpc":
-                    export(request.SerializeToString(), timeout=10)
+                    calls[EXPORT_LOGS if logs else EXPORT](request.SerializeToString(), timeout=10)
                 else:
                     body = otlp_json(request) if protocol == "json" else request.SerializeToString()
                     kind = "application/json" if protocol == "json" else "application/x-protobuf"
-                    response = requests.post(collector.http_url, data=body, headers={"Content-Type": kind}, timeout=10)
+                    url = collector.http_url.replace("/v1/traces", "/v1/logs") if logs else collector.http_url
+                    response = requests.post(url, data=body, headers={"Content-Type": kind}, timeout=10)
                     assert response.status_code == 200, (where, response.text)
-                sent.append(request.resource_spans[0].scope_spans[0].spans[0].trace_id.hex())
+                if not logs:
+                    sent.append(request.resource_spans[0].scope_spans[0].spans[0].trace_id.hex())
 
         def all_stored() -> bool:
             listed = collector.get("/api/traces", limit="1000").json()["traces"]
@@ -217,6 +249,8 @@ def test_no_planted_secret_reaches_any_output(tmp_path: Path, kafka: str) -> Non
                                                    queue["queue"]["kafka"]["topic"] + "-dlq"]))  # fmt: skip
     stored = dump_tables(collector.dsn)
     assert b"span-0" in stored and len(kafka_data) > 0  # the outputs really hold the planted spans
+    assert stored.count(b"planted") >= len(planted_logs)  # ... and logs (service.name of every record)
+    assert b'"logs":[{' in b"".join(api)  # the trace answers carry their logs
     places = {"ClickHouse": stored, "Kafka": kafka_data, "API": b"".join(api), "CLI": b"".join(printed),
               "/metrics": metrics, "log": collector.log().encode()}  # fmt: skip
     found = {place: leaks(data) for place, data in places.items() if leaks(data)}

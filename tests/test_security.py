@@ -21,6 +21,7 @@ import requests
 from cryptography import x509
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -274,3 +275,12 @@ def test_tenants_are_stamped_and_separated(authed: Collector) -> None:
     assert requests.get(c.api + "/api/traces", params={"tenant": "team-b"}, headers=a_token, timeout=10).status_code == 403
     stats = requests.get(c.api + "/api/stats", headers=a_token, timeout=10).json()["groups"]
     assert {g["group"] for g in stats} == {"svc-team-a"}
+
+    # Logs are stamped the same way: team-a's log, claiming team-b, is seen with team-a's token.
+    logs = ExportLogsServiceRequest()
+    rl = logs.resource_logs.add()
+    rl.resource.attributes.add(key="tailsift.tenant").value.string_value = "team-b"
+    rl.scope_logs.add().log_records.add(trace_id=bytes.fromhex(sent["team-a"])).body.string_value = "charged"
+    assert _post(c.http_url.replace("/v1/traces", "/v1/logs"), TOKENS["team-a"], logs.SerializeToString()).ok
+    trace = requests.get(f"{c.api}/api/traces/{sent['team-a']}", headers=a_token, timeout=10).json()
+    assert [entry["body"] for entry in trace["logs"]] == ["charged"]

@@ -38,10 +38,11 @@ def _expected_statements() -> set[str]:
     return {_normalise(s) for s in (
         sql.create_spans_table(7), sql.create_traces_table(7), sql.create_rejected_table(7), sql.GET_TRACE, sql.SEARCH_TRACES, sql.PING,
         sql.RECENT_KEPT, sql.TRACE_COSTS, sql.STATS, *sql.MIGRATIONS,
-        sql.create_lookup_table(7), sql.CREATE_LOOKUP_VIEW, sql.LOOKUP_EXISTS, sql.LOOKUP_BACKFILL, sql.DEDUPLICATION_WINDOW,
+        sql.create_lookup_table(7), sql.create_logs_table(7), sql.TRACE_LOGS, sql.CREATE_LOOKUP_VIEW, sql.LOOKUP_EXISTS, sql.LOOKUP_BACKFILL, sql.DEDUPLICATION_WINDOW,
         insert.format(table=sql.SPANS_TABLE, cols=", ".join(sql.SPAN_COLUMNS)),
         insert.format(table=sql.TRACES_TABLE, cols=", ".join(sql.TRACE_COLUMNS)),
         insert.format(table=sql.REJECTED_TABLE, cols=", ".join(sql.REJECTED_COLUMNS)),
+        insert.format(table=sql.LOGS_TABLE, cols=", ".join(sql.LOG_COLUMNS)),
     )}  # fmt: skip
 
 
@@ -106,7 +107,9 @@ def test_cluster_ddl_parses_and_keeps_the_single_node_columns() -> None:
     checked = subprocess.run([sys.executable, "-c", _PARSE], input=json.dumps(statements), capture_output=True,
                              text=True, timeout=120)  # fmt: skip
     assert checked.returncode == 0, checked.stderr
-    database, spans_local, spans, traces_local, traces, rejected_local, rejected, lookup_local, lookup, view = statements
+    (database, spans_local, spans, traces_local, traces, rejected_local, rejected, lookup_local, lookup, logs_local, logs,
+     view) = statements  # fmt: skip
+    assert "ReplicatedMergeTree(" in logs_local and "Distributed(" in logs
     assert "ReplicatedAggregatingMergeTree(" in lookup_local and "Distributed(" in lookup
     assert "TO otel.otel_traces_trace_id_ts_local" in view and "FROM otel.otel_traces_local" in view
     assert "ReplicatedMergeTree(" in rejected_local and "Distributed(" in rejected

@@ -54,9 +54,9 @@ class GrpcReceiver:
     """Component: ``start`` binds, ``shutdown`` stops taking calls (safe twice, without start)."""
 
     def __init__(self, settings: GrpcServerSettings, ingest: Ingest, max_request_size: int,
-                 signals: DroppedSignals | None = None, dropped: tuple[Signal, ...] = ()):  # fmt: skip
+                 signals: DroppedSignals | None = None, served: tuple[Signal, ...] = ()):  # fmt: skip
         self.settings = settings
-        self.signals, self.dropped = signals, dropped
+        self.signals, self.served = signals, served
         self.endpoint = settings.endpoint
         self.ingest = ingest
         self.max_request_size = max_request_size
@@ -74,7 +74,7 @@ class GrpcReceiver:
         ])  # fmt: skip
         handler = grpc.unary_unary_rpc_method_handler(self._export)  # raw bytes in and out
         handlers = [grpc.method_handlers_generic_handler(SERVICE, {"Export": handler})]
-        for signal in self.dropped:
+        for signal in self.served:
             export = grpc.unary_unary_rpc_method_handler(partial(self._signal, signal))
             handlers.append(grpc.method_handlers_generic_handler(SERVICES[signal], {"Export": export}))
         server.add_generic_rpc_handlers(handlers)
@@ -94,11 +94,14 @@ class GrpcReceiver:
             await server.stop(grace)
 
     async def _signal(self, signal: Signal, body: bytes, context: Any) -> bytes:
-        """Metrics or logs: authenticated like traces, counted and dropped."""
+        """Metrics or logs: authenticated like traces; logs stored, or counted and dropped."""
         try:
-            self._tenant(context)
-            assert self.signals is not None
-            self.signals(signal, body, False)
+            tenant = self._tenant(context)
+            if signal == "logs" and self.ingest.store_logs is not None:
+                await self.ingest.export_logs(body, False, tenant)
+            else:
+                assert self.signals is not None
+                self.signals(signal, body, False)
         except PipelineError as exc:
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from None

@@ -71,9 +71,9 @@ class HttpReceiver:
     """Component: ``start`` binds, ``shutdown`` stops taking requests (safe twice, without start)."""
 
     def __init__(self, settings: HttpServerSettings, ingest: Ingest, max_request_size: int,
-                 signals: DroppedSignals | None = None, dropped: tuple[Signal, ...] = ()):  # fmt: skip
+                 signals: DroppedSignals | None = None, served: tuple[Signal, ...] = ()):  # fmt: skip
         self.settings = settings
-        self.signals, self.dropped = signals, dropped
+        self.signals, self.served = signals, served
         self.endpoint = settings.endpoint
         self.ingest = ingest
         self.limit = max_request_size
@@ -88,7 +88,7 @@ class HttpReceiver:
     async def start(self) -> None:
         app = web.Application(client_max_size=self.limit)
         app.router.add_post("/v1/traces", self._traces)
-        for signal in self.dropped:
+        for signal in self.served:
             app.router.add_post(f"/v1/{signal}", partial(self._signal, signal))
         if self.tls is not None:
             await self.tls.start()
@@ -126,14 +126,17 @@ class HttpReceiver:
         return web.Response(body=_encode(response, as_json), content_type=JSON if as_json else PROTOBUF)
 
     async def _signal(self, signal: Signal, request: web.Request) -> web.Response:
-        """Metrics or logs: read like traces (auth, limits), counted and dropped."""
+        """Metrics or logs: read like traces (auth, limits); logs stored, or counted and dropped."""
         as_json = request.content_type == JSON
         reserved = [0]
         try:
-            self._tenant(request)
+            tenant = self._tenant(request)
             body = await self._read_body(request, reserved)
-            assert self.signals is not None
-            self.signals(signal, body, as_json)
+            if signal == "logs" and self.ingest.store_logs is not None:
+                await self.ingest.export_logs(body, as_json, tenant)
+            else:
+                assert self.signals is not None
+                self.signals(signal, body, as_json)
         except PipelineError as exc:
             return self._error(exc, as_json)
         finally:

@@ -118,27 +118,16 @@ class Redactor:
         return self._prefilter.backend
 
     def __call__(self, request: Any, raw: bytes | None = None) -> RedactionResult:
-        """``raw`` is the serialized request when the caller has it (saves a serialize)."""
-        counts: Counter[str] = Counter()
-        active = self._prefilter(raw if raw is not None else request.SerializeToString())
-        if not active:
-            return RedactionResult(counts, scanned=False)
-        walk = _Walk(self, self._text_pattern(active), bool(active & self._key_names), counts)
+        """Redact an ``ExportTraceServiceRequest``. ``raw`` is the serialized request when the
+        caller has it (saves a serialize)."""
+        walk, result = self._start(request, raw)
+        if walk is None:
+            return result
         text = walk.text
         for rs in request.resource_spans:
-            if rs.schema_url:
-                rs.schema_url = text(rs.schema_url)
-            walk.attrs(rs.resource.attributes)
-            for ref in rs.resource.entity_refs:
-                ref.schema_url, ref.type = text(ref.schema_url), text(ref.type)
-                walk.texts(ref.id_keys)
-                walk.texts(ref.description_keys)
+            walk.resource(rs)
             for ss in rs.scope_spans:
-                if ss.schema_url:
-                    ss.schema_url = text(ss.schema_url)
-                scope = ss.scope
-                scope.name, scope.version = text(scope.name), text(scope.version)
-                walk.attrs(scope.attributes)
+                walk.scope(ss)
                 for span in ss.spans:
                     span.name = text(span.name)
                     if span.trace_state:
@@ -152,7 +141,37 @@ class Redactor:
                         if link.trace_state:
                             link.trace_state = text(link.trace_state)
                         walk.attrs(link.attributes)
-        return RedactionResult(counts, scanned=True)
+        return result
+
+    def logs(self, request: Any, raw: bytes | None = None) -> RedactionResult:
+        """Redact an ``ExportLogsServiceRequest``: the same rules, on every text a log
+        record carries (body, attributes, severity text, event name) and its resource and
+        scope. A body that is itself a secret of a ``drop`` rule is masked (it cannot go)."""
+        walk, result = self._start(request, raw)
+        if walk is None:
+            return result
+        text = walk.text
+        for rl in request.resource_logs:
+            walk.resource(rl)
+            for sl in rl.scope_logs:
+                walk.scope(sl)
+                for record in sl.log_records:
+                    walk.value(record.body)
+                    walk.attrs(record.attributes)
+                    if record.severity_text:
+                        record.severity_text = text(record.severity_text)
+                    if record.event_name:
+                        record.event_name = text(record.event_name)
+        return result
+
+    def _start(self, request: Any, raw: bytes | None) -> tuple[_Walk | None, RedactionResult]:
+        """The prefilter's verdict: no walk when no rule could match this request."""
+        counts: Counter[str] = Counter()
+        active = self._prefilter(raw if raw is not None else request.SerializeToString())
+        if not active:
+            return None, RedactionResult(counts, scanned=False)
+        walk = _Walk(self, self._text_pattern(active), bool(active & self._key_names), counts)
+        return walk, RedactionResult(counts, scanned=True)
 
     def redact_text(self, text: str) -> str:
         """Redact one string with every value pattern (used outside OTLP, e.g. log lines)."""
@@ -225,6 +244,29 @@ class _Walk:
         if not value or self.pattern is None or not self.pattern.search(value):
             return value
         return self.pattern.sub(self._replace, value)
+
+    def resource(self, group: Any) -> None:
+        """A ``ResourceSpans``/``ResourceLogs``: schema URL, attributes, entity references."""
+        text = self.text
+        if group.schema_url:
+            group.schema_url = text(group.schema_url)
+        self.attrs(group.resource.attributes)
+        for ref in group.resource.entity_refs:
+            ref.schema_url, ref.type = text(ref.schema_url), text(ref.type)
+            self.texts(ref.id_keys)
+            self.texts(ref.description_keys)
+
+    def scope(self, group: Any) -> None:
+        """A ``ScopeSpans``/``ScopeLogs``: schema URL, scope name, version and attributes."""
+        if group.schema_url:
+            group.schema_url = self.text(group.schema_url)
+        scope = group.scope
+        scope.name, scope.version = self.text(scope.name), self.text(scope.version)
+        self.attrs(scope.attributes)
+
+    def value(self, value: Any) -> None:
+        """A lone ``AnyValue`` (a log body): cleaned; a ``drop`` match is masked."""
+        self._value(value)
 
     def texts(self, values: Any) -> None:
         """Clean a repeated string field in place."""
