@@ -35,6 +35,7 @@ from collector.auth import TENANT_KEY
 from collector.errors import InvalidRequest, PipelineError
 from collector.memory import DECODED_FACTOR, MemoryLimiter
 from collector.otlp import Fragment, decode_json, decode_logs_json, decode_protobuf, split_by_trace
+from collector.receivers.signals import DroppedSignals, Signal
 from collector.rows import log_rows
 from collector.queue import Queue
 from processors.cardinality import CardinalityProcessor
@@ -120,6 +121,7 @@ class Ingest:
                  retention_days: int = 0, store_logs: LogSink | None = None):  # fmt: skip
         self.queue = queue
         self.store_logs = store_logs
+        self.signals = DroppedSignals()
         self.redactor = redactor
         self.cardinality = cardinality
         self.metrics = metrics
@@ -143,6 +145,13 @@ class Ingest:
         finally:
             if self.memory is not None:
                 self.memory.release(reserved)
+
+    async def export_signal(self, signal: Signal, body: bytes, as_json: bool, tenant: str | None) -> None:
+        """Metrics or logs: logs stored when there is storage for them, else counted and dropped."""
+        if signal == "logs" and self.store_logs is not None:
+            await self.export_logs(body, as_json, tenant)
+        else:
+            self.signals(signal, body, as_json)
 
     async def export_logs(self, body: bytes, as_json: bool, tenant: str | None = None) -> None:
         """An OTLP logs request: decoded, tenant-stamped, redacted like spans, stored (the

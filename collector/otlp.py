@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -101,14 +102,28 @@ def _hex_ids_to_base64(obj: dict[str, Any]) -> bool:
     return valid and any(obj.get(k) for k in ("traceId", "trace_id")) and any(obj.get(k) for k in ("spanId", "span_id"))
 
 
+def _parse_otlp_json(body: bytes, request: Any, prepare: Callable[[dict[str, Any]], None]) -> None:
+    """Parse an OTLP/JSON body into ``request``; ``prepare`` first turns OTLP's hex ids into
+    what protobuf's JSON mapping reads. Anything malformed is the client's error (400)."""
+    try:
+        doc = orjson.loads(body)
+        if not isinstance(doc, dict):
+            raise InvalidRequest("OTLP/JSON body must be an object")
+        prepare(doc)
+        json_format.ParseDict(doc, request, ignore_unknown_fields=True)
+    except InvalidRequest:
+        raise
+    except (orjson.JSONDecodeError, json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidRequest(f"malformed OTLP JSON: {exc}") from None
+
+
 def decode_json(body: bytes) -> tuple[ExportTraceServiceRequest, int]:
     """Parse an OTLP/JSON request body (hex ids, integer enums, camelCase keys). Returns the
     request and how many spans were left out for missing or malformed trace or span ids."""
     dropped = 0
-    try:
-        doc = orjson.loads(body)
-        if not isinstance(doc, dict):
-            raise InvalidRequest("OTLP/JSON body must be an object with resourceSpans")
+
+    def prepare(doc: dict[str, Any]) -> None:
+        nonlocal dropped
         for rs in _list(doc, "resourceSpans", "resource_spans"):
             for ss in _list(rs, "scopeSpans", "scope_spans"):
                 spans = _list(ss, "spans")
@@ -123,22 +138,17 @@ def decode_json(body: bytes) -> tuple[ExportTraceServiceRequest, int]:
                 if len(kept) != len(spans):
                     dropped += len(spans) - len(kept)
                     ss["spans"] = kept
-        request = ExportTraceServiceRequest()
-        json_format.ParseDict(doc, request, ignore_unknown_fields=True)
-    except InvalidRequest:
-        raise
-    except (orjson.JSONDecodeError, json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
-        raise InvalidRequest(f"malformed OTLP JSON: {exc}") from None
+
+    request = ExportTraceServiceRequest()
+    _parse_otlp_json(body, request, prepare)
     return request, dropped
 
 
 def decode_logs_json(body: bytes) -> ExportLogsServiceRequest:
     """Parse an OTLP/JSON logs body (hex trace and span ids, as for spans; a record whose
     ids are not valid hex keeps none, since a log needs no trace)."""
-    try:
-        doc = orjson.loads(body)
-        if not isinstance(doc, dict):
-            raise InvalidRequest("OTLP/JSON body must be an object with resourceLogs")
+
+    def prepare(doc: dict[str, Any]) -> None:
         for rl in _list(doc, "resourceLogs", "resource_logs"):
             for sl in _list(rl, "scopeLogs", "scope_logs"):
                 for record in _list(sl, "logRecords", "log_records"):
@@ -151,12 +161,9 @@ def decode_logs_json(body: bytes) -> ExportLogsServiceRequest:
                                 record[key] = base64.b64encode(bytes.fromhex(value)).decode()
                             except ValueError:
                                 record.pop(key)
-        request = ExportLogsServiceRequest()
-        json_format.ParseDict(doc, request, ignore_unknown_fields=True)
-    except InvalidRequest:
-        raise
-    except (orjson.JSONDecodeError, json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
-        raise InvalidRequest(f"malformed OTLP JSON: {exc}") from None
+
+    request = ExportLogsServiceRequest()
+    _parse_otlp_json(body, request, prepare)
     return request
 
 

@@ -31,7 +31,6 @@ from collector.query_api import QueryApi
 from collector.queue import MemoryQueue, Queue
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
-from collector.receivers.signals import DroppedSignals
 from collector.runtime import RuntimeMonitor
 from collector.wal import WriteAheadLog
 from collector.writer import StorageWriter
@@ -83,15 +82,12 @@ class Pipeline:
                                     on_kept_span=self.metrics.observe_kept if self.metrics else None) if samples else None
         otlp = settings.receivers.otlp
         self.grpc = self.http = None
-        self.signals = DroppedSignals()
         served = tuple(otlp.served_signals)
         if self.ingest is not None and self.writer is not None and otlp.logs == "store":
             self.ingest.store_logs = self.writer.write_logs
         if self.ingest is not None:
-            self.grpc = GrpcReceiver(otlp.grpc, self.ingest, otlp.max_request_size, self.signals,
-                                     served) if otlp.grpc else None  # fmt: skip
-            self.http = HttpReceiver(otlp.http, self.ingest, otlp.max_request_size, self.signals,
-                                     served) if otlp.http else None  # fmt: skip
+            self.grpc = GrpcReceiver(otlp.grpc, self.ingest, otlp.max_request_size, served) if otlp.grpc else None
+            self.http = HttpReceiver(otlp.http, self.ingest, otlp.max_request_size, served) if otlp.http else None
         self.query = QueryApi(settings.query, self)
         self.queue.on_rebalance(self._revoked, self._assigned)
         self.decision_latency = Histogram()

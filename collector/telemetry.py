@@ -57,13 +57,15 @@ class PipelineCollector(Collector):
         if p.writer is not None:
             yield from self._storage(p.writer)
         yield from self._servers(p)
+        if p.ingest is None:
+            return
         dropped = CounterMetricFamily("tailsift_receiver_signals_dropped", "OTLP metrics data points and log "
                                       "records accepted and discarded (receivers.otlp.metrics/logs: drop)",
                                       labels=["signal"])  # fmt: skip
         for signal in p.settings.receivers.otlp.served_signals:
-            dropped.add_metric([signal], p.signals.items[signal])
+            dropped.add_metric([signal], p.ingest.signals.items[signal])
         yield dropped
-        if p.ingest is not None and p.ingest.store_logs is not None:
+        if p.ingest.store_logs is not None:
             yield CounterMetricFamily("tailsift_receiver_log_records_stored", "OTLP log records stored in otel_logs",
                                       value=p.ingest.stats["log_records_stored"])  # fmt: skip
 

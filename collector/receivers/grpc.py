@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from collector.auth import UNAUTHENTICATED, Authenticator
 from collector.errors import PipelineError, Unauthenticated, codes_for
 from collector.ingest import Ingest
-from collector.receivers.signals import RESPONSES, SERVICES, DroppedSignals, Signal
+from collector.receivers.signals import RESPONSES, SERVICES, Signal
 from collector.server_config import GrpcServerSettings
 from collector.tls import ServerTls
 
@@ -54,9 +54,9 @@ class GrpcReceiver:
     """Component: ``start`` binds, ``shutdown`` stops taking calls (safe twice, without start)."""
 
     def __init__(self, settings: GrpcServerSettings, ingest: Ingest, max_request_size: int,
-                 signals: DroppedSignals | None = None, served: tuple[Signal, ...] = ()):  # fmt: skip
+                 served: tuple[Signal, ...] = ()):  # fmt: skip
         self.settings = settings
-        self.signals, self.served = signals, served
+        self.served = served
         self.endpoint = settings.endpoint
         self.ingest = ingest
         self.max_request_size = max_request_size
@@ -97,11 +97,7 @@ class GrpcReceiver:
         """Metrics or logs: authenticated like traces; logs stored, or counted and dropped."""
         try:
             tenant = self._tenant(context)
-            if signal == "logs" and self.ingest.store_logs is not None:
-                await self.ingest.export_logs(body, False, tenant)
-            else:
-                assert self.signals is not None
-                self.signals(signal, body, False)
+            await self.ingest.export_signal(signal, body, False, tenant)
         except PipelineError as exc:
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from None

@@ -29,7 +29,7 @@ from collector.errors import (InvalidRequest, PipelineError, RequestTimeout, Req
                               UnsupportedMediaType, codes_for)
 from collector.http_server import ConnectionGuard, serve
 from collector.ingest import LARGE_BODY, Ingest
-from collector.receivers.signals import RESPONSES, DroppedSignals, Signal
+from collector.receivers.signals import RESPONSES, Signal
 from collector.server_config import HttpServerSettings
 from collector.tls import ServerTls
 
@@ -71,9 +71,9 @@ class HttpReceiver:
     """Component: ``start`` binds, ``shutdown`` stops taking requests (safe twice, without start)."""
 
     def __init__(self, settings: HttpServerSettings, ingest: Ingest, max_request_size: int,
-                 signals: DroppedSignals | None = None, served: tuple[Signal, ...] = ()):  # fmt: skip
+                 served: tuple[Signal, ...] = ()):  # fmt: skip
         self.settings = settings
-        self.signals, self.served = signals, served
+        self.served = served
         self.endpoint = settings.endpoint
         self.ingest = ingest
         self.limit = max_request_size
@@ -132,11 +132,7 @@ class HttpReceiver:
         try:
             tenant = self._tenant(request)
             body = await self._read_body(request, reserved)
-            if signal == "logs" and self.ingest.store_logs is not None:
-                await self.ingest.export_logs(body, as_json, tenant)
-            else:
-                assert self.signals is not None
-                self.signals(signal, body, as_json)
+            await self.ingest.export_signal(signal, body, as_json, tenant)
         except PipelineError as exc:
             return self._error(exc, as_json)
         finally:
