@@ -24,8 +24,9 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -42,6 +43,7 @@ from processors.cardinality import CardinalityProcessor
 from processors.redaction import Redactor
 from processors.spanmetrics import SpanMetrics
 
+T = TypeVar("T")
 LogSink = Callable[[list[list[Any]]], Awaitable[None]]
 """Stores ``otel_logs`` rows (the storage writer's ``write_logs``)."""
 LARGE_BODY = 1 << 20
@@ -84,6 +86,12 @@ def slices(request: ExportTraceServiceRequest, size: int) -> Iterator[ExportTrac
                     piece, count = ExportTraceServiceRequest(), 0
     if piece.resource_spans:
         yield piece
+
+
+async def _off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, on a worker thread for a body of :data:`LARGE_BODY` bytes or more, so a
+    huge request does not stall the others. Only for pure functions (nothing shared)."""
+    return await asyncio.to_thread(fn, *args) if size >= LARGE_BODY else fn(*args)
 
 
 def decode_logs_protobuf(body: bytes) -> ExportLogsServiceRequest:
@@ -132,19 +140,25 @@ class Ingest:
 
     async def export_body(self, body: bytes, as_json: bool, tenant: str | None = None) -> Accepted:
         """Decode a protobuf or JSON request body and take it; see :meth:`export`."""
-        reserved = len(body) * DECODED_FACTOR
-        if self.memory is not None:
-            self.memory.reserve(reserved)
-        try:
+        with self._reserving(len(body) * DECODED_FACTOR):
             dropped = 0
             if as_json:
-                request, dropped = await asyncio.to_thread(decode_json, body) if len(body) >= LARGE_BODY else decode_json(body)
+                request, dropped = await _off_loop(len(body), decode_json, body)
             else:
-                request = await asyncio.to_thread(decode_protobuf, body) if len(body) >= LARGE_BODY else decode_protobuf(body)
+                request = await _off_loop(len(body), decode_protobuf, body)
             return await self.export(request, None if as_json else body, dropped, tenant)
+
+    @contextmanager
+    def _reserving(self, size: int) -> Iterator[None]:
+        """Hold ``size`` bytes against the memory limit while a request is worked on (429 if
+        they would pass it)."""
+        if self.memory is not None:
+            self.memory.reserve(size)
+        try:
+            yield
         finally:
             if self.memory is not None:
-                self.memory.release(reserved)
+                self.memory.release(size)
 
     async def export_signal(self, signal: Signal, body: bytes, as_json: bool, tenant: str | None) -> None:
         """Metrics or logs: logs stored when there is storage for them, else counted and dropped."""
@@ -157,23 +171,17 @@ class Ingest:
         """An OTLP logs request: decoded, tenant-stamped, redacted like spans, stored (the
         client is answered once it is; see :meth:`StorageWriter.write_logs`)."""
         assert self.store_logs is not None
-        reserved = len(body) * DECODED_FACTOR
-        if self.memory is not None:
-            self.memory.reserve(reserved)
-        try:
+        with self._reserving(len(body) * DECODED_FACTOR):
             raw = None if as_json else body
-            request = decode_logs_json(body) if as_json else decode_logs_protobuf(body)
+            request = await _off_loop(len(body), decode_logs_json if as_json else decode_logs_protobuf, body)
             if tenant is not None and stamp_tenant(request.resource_logs, tenant):
                 raw = None
             if self.redactor is not None:
                 self.redactions.update(self.redactor.logs(request, raw).counts)
-            rows = log_rows(request)
+            rows = await _off_loop(len(body), log_rows, request)  # pure: safe on a worker thread
             if rows:
                 await self.store_logs(rows)
             self.stats["log_records_stored"] += len(rows)
-        finally:
-            if self.memory is not None:
-                self.memory.release(reserved)
 
     def _process(self, request: ExportTraceServiceRequest, raw: bytes | None, now: int, tenant: str | None) -> tuple[
             list[Fragment], int, str, bytes | None]:  # fmt: skip

@@ -118,17 +118,20 @@ class RowBuilder:
         spans: list[list[Any]] = []
         trace_hex = d.summary.trace_id.hex()
         on_span = self.on_span
-        tenant: str | None = None  # the root span's, else the first span's
+        tenant: str | None = None  # the first span's, replaced by the root span's
         for fragment in d.fragments:
             for rs in TracesData.FromString(fragment.payload).resource_spans:
                 service = service_name(rs.resource.attributes)
                 resource = attributes_map(rs.resource.attributes)
                 resource_types = attribute_types(rs.resource.attributes)
-                if tenant is None or any(not s.parent_span_id for ss in rs.scope_spans for s in ss.spans):
-                    tenant = resource.get(TENANT_KEY, "")
+                resource_tenant = resource.get(TENANT_KEY, "")
+                if tenant is None:
+                    tenant = resource_tenant
                 for ss in rs.scope_spans:
                     scope_name, scope_version = ss.scope.name, ss.scope.version
                     for s in ss.spans:
+                        if not s.parent_span_id:
+                            tenant = resource_tenant
                         attrs = attributes_map(s.attributes)
                         name, status = s.name, s.status
                         status_code = STATUS_NAMES.get(status.code, "Unset")

@@ -303,7 +303,9 @@ SELECT TraceId, RootService, RootName, StartNs, DurationNs, SpanCount, HasError,
                toUInt32(uniqExact(SpanId)) AS SpanCount, toUInt8(countIf(StatusCode = 'Error') > 0) AS HasError,
                max(SampleRate) AS SampleRate, anyIf(ResourceAttributes['tailsift.tenant'], ParentSpanId = '') AS Tenant
         FROM {SPANS_TABLE}
-        WHERE SampledBy = '' AND TraceId NOT IN (SELECT TraceId FROM {TRACES_TABLE})
+        WHERE SampledBy = '' AND TraceId NOT IN (  -- built from others' trace ids only: empty when there are none
+            SELECT TraceId FROM {TRACES_TABLE}
+            WHERE TraceId IN (SELECT TraceId FROM {SPANS_TABLE} WHERE SampledBy = ''))
         GROUP BY TraceId
     )
     {_SUMMARY_FILTERS}

@@ -76,12 +76,13 @@ def _typed(values: dict[str, str], types: dict[str, str]) -> dict[str, Any]:
     return {key: typed(value, types.get(key)) for key, value in values.items()} if types else dict(values)
 
 
-def block_token(spans: list[list[Any]]) -> str:
-    """The deduplication token of a block of span rows: its (trace id, span id) pairs, in
-    order. The same block sent again gets the same token, and ClickHouse stores it once."""
+def block_token(rows: list[list[Any]], columns: tuple[int, ...]) -> str:
+    """The deduplication token of a block of rows: the given columns of every row, in
+    order (spans: trace and span id). The same block sent again gets the same token, and
+    ClickHouse stores it once."""
     digest = hashlib.sha256()
-    for row in spans:
-        digest.update(f"{row[1]}:{row[2]};".encode())
+    for row in rows:
+        digest.update(":".join(str(row[i]) for i in columns).encode() + b";")
     return digest.hexdigest()
 
 
@@ -144,7 +145,7 @@ class ClickHouseStore:
         try:
             if rows.spans:
                 self._client.insert(sql.SPANS_TABLE, rows.spans, column_names=sql.SPAN_COLUMNS,
-                                    settings={"insert_deduplication_token": block_token(rows.spans)})
+                                    settings={"insert_deduplication_token": block_token(rows.spans, (1, 2))})
             if rows.traces:
                 self._client.insert(sql.TRACES_TABLE, rows.traces, column_names=sql.TRACE_COLUMNS)
         finally:
@@ -161,12 +162,10 @@ class ClickHouseStore:
         self._client.insert(sql.REJECTED_TABLE, rows, column_names=sql.REJECTED_COLUMNS)
 
     def insert_logs(self, rows: list[list[Any]]) -> None:
-        """Log records, with a token so that a request retried after a lost answer is stored once."""
-        digest = hashlib.sha256()
-        for row in rows:
-            digest.update(f"{row[0]}:{row[1]}:{row[2]}:{row[7]};".encode())
+        """Log records, with a token (time, trace, span, body) so that a request retried
+        after a lost answer is stored once."""
         self._client.insert(sql.LOGS_TABLE, rows, column_names=sql.LOG_COLUMNS,
-                            settings={"insert_deduplication_token": digest.hexdigest()})  # fmt: skip
+                            settings={"insert_deduplication_token": block_token(rows, (0, 1, 2, 7))})  # fmt: skip
 
     def trace_logs(self, trace_id_hex: str, tenant: str | None = None) -> list[dict[str, Any]]:
         """The log records of a trace (only ``tenant``'s, when given), oldest first."""
