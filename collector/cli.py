@@ -13,8 +13,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode
 
 import orjson
@@ -114,9 +115,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        return uvloop.run(_run(settings, args.role))
+        code = uvloop.run(_run(settings, args.role))
     except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
-        return asyncio.run(_run(settings, args.role))
+        code = asyncio.run(_run(settings, args.role))
+    _leave(code, durable=settings.queue.kind == "kafka" or settings.queue.wal.enabled)
+
+
+def _leave(code: int, durable: bool) -> NoReturn:
+    """Exit now, keeping ``shutdown_timeout`` for the whole process.
+
+    The pipeline is shut down; what is left is the interpreter's own teardown, which took
+    1-2 s here after a loaded run (freeing a large heap, the storage engine's destructors)
+    and would wait for an insert that overran the deadline (``concurrent.futures`` joins
+    its threads). With a durable queue that insert's records were never settled: they are
+    replayed at the next start, and storage recognises spans already stored (see
+    :mod:`collector.writer`), so leaving without it loses nothing. Without one, that insert
+    is the only copy of its data, so it is waited for."""
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if busy and durable:
+        log.warning("exiting with %s still busy; what they held is replayed at the next start",
+                    ", ".join(t.name for t in busy))  # fmt: skip
+    elif busy:
+        log.info("waiting for %s to finish storing (queue.wal is off: nothing else holds that data)",
+                 ", ".join(t.name for t in busy))  # fmt: skip
+        for t in busy:
+            t.join()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -57,6 +57,12 @@ class Queue(Protocol):
         """These consumed fragments are settled; a durable queue may now forget them."""
         ...
 
+    def maybe_stored(self, source: tuple[int, int]) -> bool:
+        """True if this record (partition, offset) may have been stored by an earlier process
+        that did not live to settle it: it was in the queue before this one started or took
+        the partition. Storage then checks before inserting its spans again."""
+        ...
+
     def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
         """Register callbacks for when partitions (sets of numbers) leave or join this consumer."""
         ...
@@ -89,6 +95,7 @@ class MemoryQueue:
         self._ready = asyncio.Event()
         self._ledger = OffsetLedger()
         self._replay: deque[Entry] = deque()
+        self._replay_end = 0  # records below this sequence number were logged by an earlier process
         self._last_checkpoint = 0.0
         self.refused_batches = 0
         self.replayed_records = 0
@@ -100,6 +107,7 @@ class MemoryQueue:
             for entry in entries:
                 self._ledger.track(0, entry.seq, entry.parts)
             self._replay.extend(entries)
+            self._replay_end = max((e.seq + 1 for e in entries), default=0)
             if entries:
                 log.info("write-ahead log: replaying %d accepted requests not yet stored", len(entries))
 
@@ -120,6 +128,9 @@ class MemoryQueue:
     def replay_pending(self) -> int:
         """Logged records still to be replayed (after a restart)."""
         return len(self._replay)
+
+    def maybe_stored(self, source: tuple[int, int]) -> bool:
+        return source[1] < self._replay_end
 
     def release(self, fragments: list[Fragment]) -> None:
         """Settled: with the log, these records may be truncated once all before them are too."""

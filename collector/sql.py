@@ -314,6 +314,15 @@ ORDER BY StartNs DESC
 LIMIT {{limit:UInt32}}
 """
 
+# Which of these spans are stored already: asked only for records replayed after a crash,
+# which may have been inserted without their summary row (see collector.writer). The time
+# bounds prune partitions; TraceId has a bloom filter index.
+STORED_SPANS = f"""
+SELECT TraceId, SpanId FROM {SPANS_TABLE}
+WHERE TraceId IN {{trace_ids:Array(String)}}
+  AND Timestamp >= fromUnixTimestamp64Nano({{start_ns:Int64}}) AND Timestamp <= fromUnixTimestamp64Nano({{end_ns:Int64}})
+"""
+
 # Kept traces decided recently, newest first: seeds the sampler's decision cache so late
 # spans join their trace after a restart or a rebalance.
 RECENT_KEPT = f"""

@@ -30,6 +30,8 @@ from processors.sampling.sampler import TraceSummary
 
 
 log = logging.getLogger("tailsift.storage")
+STORED_SPANS_CHUNK = 2000
+"""Trace ids per ``stored_spans`` query (70 kB of parameters)."""
 
 def normalize_dsn(dsn: str) -> str:
     """Make ``chdb://./data`` and ``chdb://data`` mean a path relative to the working
@@ -237,6 +239,16 @@ class ClickHouseStore:
                 "count_stderr": round(math.sqrt(max(0.0, var_n)), 1),
             })  # fmt: skip
         return out
+
+    def stored_spans(self, trace_ids: list[str], start_ns: int, end_ns: int) -> set[tuple[str, str]]:
+        """(trace id, span id) of the spans of ``trace_ids`` already stored between the bounds,
+        asked in chunks so that the query stays small for an HTTP server."""
+        found: set[tuple[str, str]] = set()
+        for i in range(0, len(trace_ids), STORED_SPANS_CHUNK):
+            result = self._client.query(sql.STORED_SPANS, parameters={
+                "trace_ids": trace_ids[i : i + STORED_SPANS_CHUNK], "start_ns": start_ns, "end_ns": end_ns})  # fmt: skip
+            found.update((str(t), str(s)) for t, s in result.result_rows)
+        return found
 
     def recent_kept(self, window_seconds: int, limit: int) -> list[tuple[TraceSummary, str, float]]:
         result = self._client.query(sql.RECENT_KEPT, parameters={"window_seconds": window_seconds, "limit": limit})

@@ -146,6 +146,8 @@ class PipelineCollector(Collector):
             yield GaugeMetricFamily("tailsift_kafka_unsettled_records",
                                     "Records on assigned partitions not yet stored or dropped (replayed after a crash)",
                                     value=queue.lag())  # fmt: skip
+            yield GaugeMetricFamily("tailsift_kafka_assigned_partitions", "Partitions this sampler reads (0 while "
+                                    "the group waits for a crashed member to time out)", value=queue.assigned())  # fmt: skip
 
     def _storage(self, w: StorageWriter) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         yield GaugeMetricFamily("tailsift_storage_pending_rows", "Span rows waiting for insert", value=w.pending_rows)
@@ -154,6 +156,8 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily("tailsift_storage_pending_bytes", "Span bytes waiting for insert", value=w.pending_bytes)
         yield CounterMetricFamily("tailsift_storage_rows_rejected", "Span rows ClickHouse refused even alone, "
                                   "stored in the tailsift_rejected table", value=w.rows_rejected)  # fmt: skip
+        yield CounterMetricFamily("tailsift_storage_rows_already_stored", "Replayed span rows found stored before a "
+                                  "restart, not inserted again", value=w.rows_already_stored)  # fmt: skip
         clamped = CounterMetricFamily("tailsift_storage_values_clamped", "Values made storable (timestamps past "
                                       "2100, token counts not finite, negative or absurd)", labels=["kind"])  # fmt: skip
         for kind in ("timestamp", "token_count"):

@@ -19,6 +19,13 @@ Isolation: nothing one client sends can make another client's data disappear.
   and is counted (``rows_rejected``). Everything else in the batch is stored.
 - If even the dead-letter insert fails, the batch is retried later: it is never dropped.
 
+Replays: a process can die after inserting a batch's spans and before inserting their trace
+summaries, the rows that tell a restarted sampler which records are stored. Those records
+are replayed and their traces decided again, in other batches (so other deduplication
+tokens). The queue says which records may have been seen before (``maybe_stored``): the
+spans of those traces are looked up first, and the ones already stored are not inserted
+again (``rows_already_stored``). Only replays pay for the lookup.
+
 Settling: ``on_settled`` is called with every batch once it is stored (rows or dead
 letters), so the queue (Kafka, or the in-process queue's write-ahead log) can forget those
 records; ``flush`` waits for that (rebalances). ``shutdown`` stops at its deadline: what is
@@ -62,8 +69,10 @@ class StorageWriter:
 
     def __init__(self, settings: ClickHouseSettings, store: ClickHouseStore | None = None,
                  on_settled: Callable[[list[Decision]], None] | None = None, prices: PriceTable | None = None,
-                 on_kept_span: KeptSpanHook | None = None):  # fmt: skip
+                 on_kept_span: KeptSpanHook | None = None,
+                 maybe_stored: Callable[[tuple[int, int]], bool] | None = None):  # fmt: skip
         self.settings = settings
+        self.maybe_stored = maybe_stored
         self.rows = RowBuilder(prices, on_kept_span)
         self.store = store or ClickHouseStore(settings)
         self.on_settled = on_settled
@@ -83,6 +92,7 @@ class StorageWriter:
         self.rows_written = 0
         self.insert_failures = 0
         self.rows_rejected = 0
+        self.rows_already_stored = 0
         self.insert_latency = Histogram()
 
     async def write_logs(self, rows: list[list[Any]]) -> None:
@@ -124,7 +134,11 @@ class StorageWriter:
         while self._full() and not self._stopping:
             self._room.clear()
             await self._room.wait()
+        maybe_stored = self.maybe_stored
         for d in kept:
+            if maybe_stored is not None and not d.late:
+                # On the event loop, where the queue's replay horizon changes.
+                d.recheck = any(f.source is not None and maybe_stored(f.source) for f in d.fragments)
             rows, size = _size(d)
             self._pending.append(d)
             self._pending_rows += rows
@@ -174,7 +188,7 @@ class StorageWriter:
         started = loop.time()
         self._inserting = rows
         try:
-            rejected = await self.run(self._store, batch)
+            rejected, already = await self.run(self._store, batch)
         except Exception as exc:  # noqa: BLE001 - the database is away: keep the batch, retry
             self.insert_failures += 1
             log.warning("insert into %s failed, will retry: %s", safe_dsn(self.store.dsn), exc)
@@ -184,15 +198,17 @@ class StorageWriter:
             self._inserting = 0
             return False
         self.insert_latency.observe(loop.time() - started)
-        self.rows_written += rows - rejected
+        self.rows_written += rows - rejected - already
         self.rows_rejected += rejected
+        self.rows_already_stored += already
         await self._settle(batch)
         return True
 
     # --- on the storage thread
-    def _store(self, batch: list[Decision]) -> int:
+    def _store(self, batch: list[Decision]) -> tuple[int, int]:
         """Build and insert a batch, isolating what ClickHouse refuses; returns the number of
-        span rows that went to the dead-letter table. Raises only if the database is away."""
+        span rows that went to the dead-letter table and of those found already stored.
+        Raises only if the database is away."""
         items: list[TraceRows] = []
         rejected: list[Rejected] = []
         decided_ns = time.time_ns()
@@ -204,10 +220,36 @@ class StorageWriter:
                 rows, _ = _size(d)
                 payload = b"".join(f.payload for f in d.fragments)
                 rejected.append(Rejected(d.summary.trace_id.hex(), "", f"cannot build rows: {exc!r}", payload, rows))
+        already = self._drop_stored([i for i in items if i.decision.recheck])
         self._insert_isolated(items, rejected)
         if rejected:
             self._dead_letter(rejected)
-        return sum(r.spans for r in rejected)
+        return sum(r.spans for r in rejected), already
+
+    def _drop_stored(self, items: list[TraceRows]) -> int:
+        """Remove the span rows of replayed traces that are stored already; their summary
+        rows stay (a summary is what was missing)."""
+        if not items:
+            return 0
+        try:
+            stored = self.store.stored_spans(sorted({i.decision.summary.trace_id.hex() for i in items}),
+                                             min(i.decision.summary.start_ns for i in items),
+                                             max(i.decision.summary.end_ns for i in items))  # fmt: skip
+        except OperationalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a duplicate row is better than a stalled writer
+            log.warning("replay: could not look up stored spans (%s); inserting them again", exc)
+            return 0
+        if not stored:
+            return 0
+        dropped = 0
+        for item in items:
+            before = len(item.spans)
+            item.spans[:] = [row for row in item.spans if (row[1], row[2]) not in stored]
+            dropped += before - len(item.spans)
+        if dropped:
+            log.info("replay: %d span rows were stored before the restart; not inserted again", dropped)
+        return dropped
 
     def _insert_isolated(self, items: list[TraceRows], rejected: list[Rejected]) -> None:
         if not items:

@@ -102,6 +102,8 @@ def test_queue_contract(kind: str, request: pytest.FixtureRequest) -> None:
             again = make(2000)
             await again.start()
             rest = await _consume_all(again, 1)
+            # Its earlier consumer may have stored it before dying: storage will check.
+            assert all(f.source is not None and again.maybe_stored(f.source) for f in rest)
             await again.shutdown()
         assert list(map(_key, rest)) == [_key(c)]  # accepted data outlives shutdown
         await q.shutdown()

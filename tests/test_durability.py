@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from tests.support.collector import Collector, deep_merge
+from tests.support.writer import kept, query, write_all
+from tests.support.writer import request as otlp_request
 from tests.support.kafka import kafka_queue
 from tests.support.load import Load
 from tests.support.storage import span_rows
@@ -33,7 +35,8 @@ def settled(c: Collector) -> bool:
         m = c.metrics()
         return (m.get("tailsift_sampler_buffered_traces", 1) == 0 and m.get("tailsift_storage_pending_rows", 1) == 0
                 and m.get("tailsift_queue_bytes", 0) == 0 and m.get("tailsift_wal_replay_pending_records", 0) == 0
-                and m.get("tailsift_kafka_unsettled_records", 0) == 0)  # fmt: skip
+                and m.get("tailsift_kafka_unsettled_records", 0) == 0
+                and m.get("tailsift_kafka_assigned_partitions", 1) > 0)  # fmt: skip
     if not idle():
         return False
     time.sleep(1.0)
@@ -55,6 +58,31 @@ def restart_and_check(workdir: Path, config: dict[str, Any], load: Load) -> dict
     doubled = {t: r for t, r in rows.items() if r[0] != r[1]}
     assert not doubled, f"{len(doubled)} traces have a span stored twice, e.g. {next(iter(doubled.items()))}"
     return rows
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_a_replay_after_spans_were_stored_without_their_summary(tmp_path: Path, checked: bool) -> None:
+    """The crash window of the writer: spans inserted, the process dies before their trace
+    summaries are. The records are replayed and decided again in other batches (other
+    deduplication tokens). Storage looks up the replayed traces' spans and inserts only the
+    missing ones, so every span is stored once; the summaries are stored. Without the
+    lookup (``checked`` false: the control) the spans would be stored twice."""
+    first = [kept(otlp_request(t, spans=3), (0, t)) for t in range(1, 41)]
+    write_all(tmp_path, first, prepare=None)
+    query(tmp_path, "TRUNCATE TABLE tailsift_traces")  # the summaries never made it
+    query(tmp_path, "ALTER TABLE otel_traces DELETE WHERE TraceId = '%032x' AND SpanId = '%016x' "
+                    "SETTINGS mutations_sync = 1" % (7, 3))  # one span of trace 7 was not stored either
+    # Replayed (sequence < 100), now batched with new traces (sequence >= 100).
+    again = [kept(otlp_request(t, spans=3), (0, t)) for t in range(41, 0, -1)] + [kept(otlp_request(t, 3), (0, t)) for t in range(100, 120)]
+    writer, _ = write_all(tmp_path, again, maybe_stored=(lambda source: source[1] < 100) if checked else None)
+    [(rows, distinct, traces)] = query(tmp_path, "SELECT count(), uniqExact(TraceId, SpanId), uniqExact(TraceId) FROM otel_traces")
+    assert distinct == (40 + 1 + 20) * 3 and traces == 61
+    if not checked:
+        assert rows > distinct  # what the lookup prevents
+        return
+    assert rows == distinct
+    assert writer.rows_already_stored == 40 * 3 - 1 and writer.rows_written == 1 + 3 + 20 * 3
+    assert query(tmp_path, "SELECT uniqExact(TraceId) FROM tailsift_traces") == [(61,)]
 
 
 @pytest.mark.e2e
@@ -90,7 +118,7 @@ def test_sigterm_under_overload_exits_in_time_and_loses_nothing(tmp_path: Path, 
     took = time.monotonic() - began
     load.stop()
     assert code == 0, c.log()[-3000:]
-    assert took <= 8 + 2, f"SIGTERM took {took:.1f}s"
+    assert took <= 8 + 2, f"SIGTERM took {took:.1f}s\n{c.log()[-3000:]}"
     assert len(load.acked_errors) > 100, load.answers
     restart_and_check(tmp_path, config, load)
     print(f"\nSIGTERM after {SOAK_SECONDS:.0f}s of keep-all overload ({kind}): exit 0 in {took:.1f}s; "

@@ -16,8 +16,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+import pytest
+
 from tests.support.collector import Collector
+from tests.support.kafka import kafka_queue
+from tests.support.load import Load
 from tests.support.otel import exporter, llm_trace
+from tests.test_durability import QUICK, restart_and_check
 
 # Grafana clickhouse-datasource 4.x, "Traces" query type, trace-id mode, OTel column defaults,
 # "Use trace timestamp table" on (the exporter's otel_traces_trace_id_ts).
@@ -100,6 +105,42 @@ def test_grafana_and_exporter_queries_read_tailsift_tables(tmp_path: Path) -> No
             spans = rows[f"{source} {i}"]
             assert len(spans) == 4, (source, spans)  # root, retrieve, vector.search, llm.chat: each once
             assert len({s[2] if source == "exporter" else s[1] for s in spans}) == 4
+
+
+@pytest.mark.e2e
+def test_outside_readers_count_each_span_once_after_a_kafka_crash_and_replay(tmp_path: Path, kafka: str) -> None:
+    """SIGKILL under load with the Kafka queue: uncommitted records are replayed to a new
+    process, some of them already stored (in other batches, some without their summary).
+    Grafana's and the exporter's queries, without FINAL, then see every span once."""
+    import signal
+
+    config = {**QUICK, **kafka_queue(kafka)}
+    first = Collector(tmp_path / "first", config, data_dir=tmp_path / "data").start()
+    load = Load(first.http_url, threads=4).start()
+    time.sleep(12)
+    assert first.proc is not None
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    load.stop()
+    stored = restart_and_check(tmp_path, config, load)  # every acknowledged error trace, each span once
+    sample = sorted(load.acked_errors)[:: max(1, len(load.acked_errors) // 40)]
+    queries: dict[str, Any] = {"search": GRAFANA_SEARCH,
+                               "totals": "SELECT count(), uniqExact(TraceId, SpanId) FROM otel_traces"}  # fmt: skip
+    for trace_id in sample:
+        queries[f"grafana {trace_id}"] = GRAFANA_TRACE_BY_ID.format(trace_id=trace_id)
+        queries[f"exporter {trace_id}"] = EXPORTER_TRACE.format(trace_id=trace_id)
+    rows = run_sql(f"chdb://{tmp_path / 'data'}", queries)
+    [[total, distinct]] = rows["totals"]
+    assert total == distinct, f"{int(total) - int(distinct)} span rows stored twice"
+    roots = [r[0] for r in rows["search"]]
+    assert roots and len(roots) == len(set(roots)), "a trace listed twice by Grafana's search"
+    for trace_id in sample:
+        grafana = [r[1] for r in rows[f"grafana {trace_id}"]]
+        exporter_rows = [r[2] for r in rows[f"exporter {trace_id}"]]
+        spans = stored[trace_id][1]
+        assert len(grafana) == len(set(grafana)) == spans and len(exporter_rows) == len(set(exporter_rows)) == spans
+    print(f"\nKafka SIGKILL: {len(load.acked_errors)} acknowledged error traces stored; {total} span rows, "
+          f"all distinct; {len(sample)} traces read by Grafana's and the exporter's SQL, each span once")
 
 
 def test_the_lookup_is_filled_from_existing_spans_when_created(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ class KafkaQueue:
         self._closed = False
         self._last_commit = 0.0
         self._committed: dict[int, int] = {}
+        self._seen_end: dict[int, int] = {}  # partition -> its end offset when assigned (see maybe_stored)
         self._generation = 0  # bumped on every revoke; a batch read before it is stale
         self._on_revoked: RebalanceHook = _nothing
         self._on_assigned: RebalanceHook = _nothing
@@ -301,10 +302,24 @@ class KafkaQueue:
         self._ledger.forget(partitions)
         for partition in partitions:
             self._committed.pop(partition, None)
+            self._seen_end.pop(partition, None)
 
     async def _assigned(self, partitions: set[int]) -> None:
         log.info("assigned partitions %s of %s", sorted(partitions), self.settings.topic)
+        tps = [TopicPartition(self.settings.topic, p) for p in partitions]
+        try:
+            ends = await self._consumer.end_offsets(tps) if tps else {}
+            self._seen_end.update({tp.partition: offset for tp, offset in ends.items()})
+        except KafkaError as exc:  # every record of these partitions is then checked: slower, never wrong
+            log.warning("reading end offsets of %s: %s; replayed spans are checked against storage", sorted(partitions), exc)
+            self._seen_end.update({p: 2**63 for p in partitions})
         await self._on_assigned(partitions)
+
+    def maybe_stored(self, source: tuple[int, int]) -> bool:
+        """Records up to the partition's end when it was assigned may have been stored by its
+        previous owner (which may have crashed before committing them)."""
+        partition, offset = source
+        return offset < self._seen_end.get(partition, 0)
 
     def lag(self) -> int:
         """Records on assigned partitions not yet consumed (for /metrics)."""
@@ -318,6 +333,10 @@ class KafkaQueue:
             if high is not None and position is not None:
                 total += max(0, high - position)
         return total
+
+    def assigned(self) -> int:
+        """Partitions assigned to this consumer now (for /metrics)."""
+        return len(self._consumer.assignment()) if self._consumer is not None else 0
 
     @property
     def open_records(self) -> int:

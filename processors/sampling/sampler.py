@@ -94,6 +94,9 @@ class Decision:
     sample_rate: float
     fragments: list[Fragment]
     late: bool = False
+    recheck: bool = False
+    """Set by storage for a replayed record that an earlier process may have stored before it
+    crashed: its spans are checked against the database before they are inserted."""
 
 
 @dataclass(slots=True)
