@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from collector.units import StrictModel
+from processors.units import StrictModel
 
 TENANT_KEY = "tailsift.tenant"
 _TENANT = r"^[A-Za-z0-9._-]{1,64}$"

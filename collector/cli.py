@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import orjson
 
 from collector.config import ROLES, ConfigError, Role, Settings, load_config
-from collector.units import format_duration_ns, parse_duration_ns
+from processors.units import format_duration_ns, parse_duration_ns
 from collector.waterfall import format_cost
 
 DEFAULT_API = "http://127.0.0.1:3200"
@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", help="YAML for the bench's own collector (rules, redaction, ...)")
     bench.add_argument("--kafka", metavar="BOOTSTRAP", help="own collector on the Kafka queue (a fresh topic)")
     bench.add_argument("--endpoint", help="drive a running collector instead: host:4318 (http) or host:4317 (grpc)")
-    bench.add_argument("--api", default=api, help="with --endpoint: its query API, for /metrics and probes")
+    bench.add_argument("--api", help="with --endpoint, a tailsift's query API (for /metrics, probes and the storage "
+                       "check); without it any OTLP collector is measured from the client side")  # fmt: skip
     bench.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     bench.add_argument("--plot", metavar="OUT.png", help="draw throughput and p99 latency over time (matplotlib)")
     bench.set_defaults(func=cmd_bench)

@@ -21,11 +21,11 @@ from collector.auth import AuthSettings
 from collector.kafka.settings import KafkaQueue
 from collector.receivers.signals import Signal, SignalAction
 from collector.server_config import GrpcServerSettings, HttpServerSettings
-from collector.units import StrictModel, duration_fields, parse_duration_ns, parse_size, readable_files, size_fields
+from processors.units import StrictModel, duration_fields, parse_duration_ns, parse_size, readable_files, size_fields
 from processors.cardinality import CardinalitySettings
 from processors.genai import GenAISettings
 from processors.redaction.settings import RedactionSettings
-from processors.sampling.rules import Rule, validate_rule_list
+from processors.sampling.settings import SamplingSettings
 
 
 Role = Literal["all", "receiver", "sampler"]
@@ -104,32 +104,6 @@ class QueueSettings(_Strict):
     wal: WalSettings = Field(default_factory=WalSettings)
 
     _size = _sizes("max_size")
-
-
-def _default_rules() -> list[Rule]:
-    return [
-        Rule.model_validate({"name": "errors", "when": [{"status": "error"}], "keep": "100%"}),
-        Rule.model_validate({"name": "slow", "when": [{"duration": ">= 2s"}], "keep": "100%"}),
-        Rule.model_validate({"name": "default", "keep": "5%"}),
-    ]
-
-
-class SamplingSettings(_Strict):
-    decision_wait: int = 10_000_000_000
-    """Nanoseconds to wait after a trace's first span before deciding it."""
-    quiet_period: int = 2_000_000_000
-    """Once the root span has arrived, decide after this long without new spans."""
-    max_traces: int = Field(default=100_000, ge=1)
-    max_spans_per_trace: int = Field(default=10_000, ge=1)
-    max_buffered_spans: int = Field(default=1_000_000, ge=1)
-    max_buffered_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
-    """Span bytes (OTLP) awaiting a decision; past it the oldest trace is decided early."""
-    decision_cache_size: int = Field(default=200_000, ge=0)
-    rules: list[Rule] = Field(default_factory=_default_rules)
-
-    _waits = _durations("decision_wait", "quiet_period")
-    _bytes = _sizes("max_buffered_bytes")
-    _rules = field_validator("rules")(classmethod(lambda cls, v: validate_rule_list(v)))
 
 
 class ClickHouseSettings(_Strict):

@@ -35,11 +35,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from collector.auth import TENANT_KEY
 from collector.errors import InvalidRequest, PipelineError
 from collector.memory import DECODED_FACTOR, MemoryLimiter
-from collector.otlp import Fragment, decode_json, decode_logs_json, decode_protobuf, split_by_trace
+from collector.otlp import decode_json, decode_logs_json, decode_protobuf, split_by_trace
 from collector.receivers.signals import DroppedSignals, Signal
 from collector.rows import log_rows
 from collector.queue import Queue
 from processors.cardinality import CardinalityProcessor
+from processors.contract import RequestProcessor
+from processors.fragment import Fragment
 from processors.redaction import Redactor
 from processors.spanmetrics import SpanMetrics
 
@@ -121,8 +123,18 @@ def stamp_tenant(groups: Iterable[Any], tenant: str) -> bool:
     return changed
 
 
+def run_processor(processor: RequestProcessor, request: Any, raw: bytes | None, counts: Counter[str]) -> bytes | None:
+    """Every request processor runs this one way: what it did is added to ``counts``, and
+    once a mutating one has changed the request, the caller's bytes no longer match it and
+    are not passed on (None is returned)."""
+    did = processor(request, raw)
+    counts.update(did)
+    return None if processor.mutates and did else raw
+
+
 class Ingest:
-    """Counts in ``stats`` (read by /metrics): spans accepted, rejected, refused; redactions by kind."""
+    """Counts in ``stats`` (read by /metrics): spans accepted, rejected, refused; and in
+    ``processed``, what each processor did, by processor name and kind."""
 
     def __init__(self, queue: Queue, redactor: Redactor | None, cardinality: CardinalityProcessor | None = None,
                  metrics: SpanMetrics | None = None, memory: MemoryLimiter | None = None,
@@ -136,7 +148,12 @@ class Ingest:
         self.memory = memory
         self.retention_ns = retention_days * DAY_NS
         self.stats: Counter[str] = Counter()
-        self.redactions: Counter[str] = Counter()
+        self.processed: dict[str, Counter[str]] = {p.name: Counter() for p in (redactor, cardinality, metrics) if p}
+
+    @property
+    def redactions(self) -> Counter[str]:
+        """Values redacted, by rule."""
+        return self.processed.get("redaction", Counter())
 
     async def export_body(self, body: bytes, as_json: bool, tenant: str | None = None) -> Accepted:
         """Decode a protobuf or JSON request body and take it; see :meth:`export`."""
@@ -177,7 +194,7 @@ class Ingest:
             if tenant is not None and stamp_tenant(request.resource_logs, tenant):
                 raw = None
             if self.redactor is not None:
-                self.redactions.update(self.redactor.logs(request, raw).counts)
+                self.processed[self.redactor.name].update(self.redactor.logs(request, raw))
             rows = await _off_loop(len(body), log_rows, request)  # pure: safe on a worker thread
             if rows:
                 await self.store_logs(rows)
@@ -185,18 +202,11 @@ class Ingest:
 
     def _process(self, request: ExportTraceServiceRequest, raw: bytes | None, now: int, tenant: str | None) -> tuple[
             list[Fragment], int, str, bytes | None]:  # fmt: skip
-        if self.redactor is not None:
-            result = self.redactor(request, raw)
-            self.redactions.update(result.counts)
-            if result.counts:
-                raw = None  # the bytes no longer match the request
+        for processor in (self.redactor, self.cardinality):
+            if processor is not None:
+                raw = run_processor(processor, request, raw, self.processed[processor.name])
         if tenant is not None and stamp_tenant(request.resource_spans, tenant):
             raw = None
-        if self.cardinality is not None:
-            changed = self.cardinality(request, raw)
-            if changed:
-                self.stats.update(changed)
-                raw = None
         oldest = now - self.retention_ns if self.retention_ns else 0
         split = split_by_trace(request, now, oldest)
         self.stats["spans_rejected_expired"] += split.expired_spans
@@ -239,7 +249,7 @@ class Ingest:
             raise
         if self.metrics is not None:
             for piece, piece_raw in zip(pieces, raws, strict=True):
-                self.metrics(piece, piece_raw)
+                run_processor(self.metrics, piece, piece_raw, self.processed[self.metrics.name])
                 if large:
                     await asyncio.sleep(0)
         self.stats["spans_accepted"] += accepted

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
@@ -22,43 +22,12 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.errors import InvalidRequest
+from processors.fragment import Fragment, RootInfo
 from processors.otlp_values import service_name
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 STATUS_ERROR = 2
-
-
-@dataclass(slots=True)
-class RootInfo:
-    """The root span of a trace (the one with no parent), as the sampler sees it."""
-
-    service: str
-    name: str
-    start_ns: int
-    end_ns: int
-
-
-@dataclass(slots=True)
-class Fragment:
-    """The spans of one trace from one request. See the module docstring."""
-
-    trace_id: bytes
-    payload: bytes
-    span_count: int
-    start_ns: int
-    end_ns: int
-    has_error: bool
-    root: RootInfo | None
-    received_ns: int = field(default_factory=time.time_ns)
-    source: tuple[int, int] | None = None
-    """(partition, offset) of the Kafka record it came from; None from the in-process queue.
-    The Kafka queue uses it to commit only what is settled (stored or dropped)."""
-
-    @property
-    def size(self) -> int:
-        """Bytes this fragment costs in a queue: the payload dominates."""
-        return len(self.payload) + 64
 
 
 @dataclass(slots=True)

@@ -26,15 +26,17 @@ from collector.config import Role, Settings
 from collector.ingest import Ingest
 from collector.kafka.queue import KafkaQueue
 from collector.memory import MemoryLimiter
-from collector.otlp import Fragment
 from collector.query_api import QueryApi
 from collector.queue import MemoryQueue, Queue
+from collector.reader import StoredTraces
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
 from collector.runtime import RuntimeMonitor
+from collector.telemetry import build_registry
 from collector.wal import WriteAheadLog
 from collector.writer import StorageWriter
 from processors.cardinality import CardinalityProcessor
+from processors.fragment import Fragment
 from processors.genai import PriceTable
 from processors.redaction import Redactor
 from processors.spanmetrics import Histogram, SpanMetrics
@@ -89,7 +91,8 @@ class Pipeline:
         if self.ingest is not None:
             self.grpc = GrpcReceiver(otlp.grpc, self.ingest, otlp.max_request_size, served) if otlp.grpc else None
             self.http = HttpReceiver(otlp.http, self.ingest, otlp.max_request_size, served) if otlp.http else None
-        self.query = QueryApi(settings.query, self)
+        reader = StoredTraces(self.writer, self.sampler) if self.writer is not None else None
+        self.query = QueryApi(settings.query, reader, build_registry(self), role)
         self.queue.on_rebalance(self._revoked, self._assigned)
         self.decision_latency = Histogram()
         self.runtime = RuntimeMonitor()

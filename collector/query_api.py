@@ -23,7 +23,7 @@ import math
 import re
 import time
 from datetime import datetime
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -35,12 +35,13 @@ from collector.auth import UNAUTHENTICATED, Authenticator, Identity
 from collector.errors import Forbidden
 from collector.http_server import IDENTITY, ConnectionGuard, auth_middleware, serve
 from collector.tls import ServerTls
-from collector.units import parse_duration_ns
+from processors.units import parse_duration_ns
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from collector.config import QuerySettings
-    from collector.pipeline import Pipeline
-    from collector.storage import ClickHouseStore
+    from collector.reader import TraceReader
 
 _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _GROUP = re.compile(r"^[A-Za-z0-9_.:/-]{1,255}$")
@@ -169,16 +170,19 @@ def _host_name(header: str) -> str:
 
 
 class QueryApi:
-    """Component serving the query API; reads storage through the writer's storage thread.
+    """Component serving the query API. It reads through a :class:`collector.reader.TraceReader`
+    (None in a process without storage: ``--role receiver``) and serves ``registry`` as /metrics.
 
     It answers only to the Host names it is meant for (``query.hosts``), so a page in a
     developer's browser cannot reach it through DNS rebinding, and it sends no CORS headers,
     so no other origin can read its answers."""
 
-    def __init__(self, settings: QuerySettings, pipeline: Pipeline):
+    def __init__(self, settings: QuerySettings, reader: TraceReader | None, registry: CollectorRegistry, role: str):
         self.settings = settings
         self.endpoint = settings.endpoint
-        self.pipeline = pipeline
+        self.reader = reader
+        self._registry = registry
+        self.role = role
         self.hosts = allowed_hosts(settings.endpoint, settings.hosts)
         self.tls = ServerTls(settings.tls, "query API") if settings.tls else None
         self.auth = Authenticator(settings.auth) if settings.auth else None
@@ -189,9 +193,6 @@ class QueryApi:
         self.port = 0
 
     async def start(self) -> None:
-        from collector.telemetry import build_registry
-
-        self._registry = build_registry(self.pipeline)
         app = web.Application(middlewares=[self._check_host, auth_middleware(self._authenticator, self._refuse)])
         app.router.add_get("/api/traces/{trace_id}", self._trace)
         app.router.add_get("/api/traces", self._search)
@@ -239,34 +240,31 @@ class QueryApi:
             await self.tls.shutdown()
 
     def _no_storage(self) -> web.Response | None:
-        if self.pipeline.writer is None:
-            return _json({"error": f"this process has --role {self.pipeline.role}; query a sampler"}, 404)
+        if self.reader is None:
+            return _json({"error": f"this process has --role {self.role}; query a sampler"}, 404)
         return None
 
     async def _trace(self, request: web.Request) -> web.Response:
         if (refusal := self._no_storage()) is not None:
             return refusal
+        assert self.reader is not None
         trace_id = request.match_info["trace_id"]
         if not _TRACE_ID.match(trace_id) or int(trace_id, 16) == 0:
             return _json({"error": "trace id must be 32 hex characters, not all zero"}, 400)
         trace_id = trace_id.lower()
-        writer = self.pipeline.writer
-        assert writer is not None
         try:
             tenant = self._tenant(request, None)
         except Forbidden as exc:
             return _json({"error": exc.message}, 403)
-        spans = await writer.run(writer.store.get_trace, trace_id, tenant)
+        spans, logs = await self.reader.trace(trace_id, tenant)
         if not spans:
             return _json({"error": f"trace {trace_id} not found{self._why_missing(trace_id, tenant)}"}, 404)
-        logs = await writer.run(writer.store.trace_logs, trace_id, tenant)
         return _json({"trace_id": trace_id, "spans": spans, "logs": logs})
 
     def _why_missing(self, trace_id: str, tenant: str | None) -> str:
         """What the sampler remembers of a trace that is not stored (not for tenants' tokens:
         that would tell one tenant about another's traces)."""
-        sampler = self.pipeline.sampler
-        known = sampler.decision_for(bytes.fromhex(trace_id)) if sampler is not None and tenant is None else None
+        known = self.reader.decision_for(bytes.fromhex(trace_id)) if self.reader is not None and tenant is None else None
         if known is None:
             return ""
         state, rule, rate = known
@@ -277,17 +275,23 @@ class QueryApi:
         return f": kept by rule {rule!r}, not yet stored (storage.clickhouse.flush_interval)"
 
     async def _search(self, request: web.Request) -> web.Response:
-        return await self._answer(request, _search_params, lambda store, p: {"traces": store.search_traces(**p)})
+        return await self._answer(request, _search_params, self._search_answer)
+
+    async def _search_answer(self, reader: TraceReader, p: dict[str, Any]) -> dict[str, Any]:
+        return {"traces": await reader.search(p)}
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return await self._answer(request, _stats_params, lambda store, p: {
-            "group_by": p["group_by"], "weighted_by": "sample_rate", "groups": store.stats(**p)})  # fmt: skip
+        return await self._answer(request, _stats_params, self._stats_answer)
+
+    async def _stats_answer(self, reader: TraceReader, p: dict[str, Any]) -> dict[str, Any]:
+        return {"group_by": p["group_by"], "weighted_by": "sample_rate", "groups": await reader.stats(p)}
 
     async def _answer(self, request: web.Request, parse: Callable[[Any], dict[str, Any]],
-                      query: Callable[[ClickHouseStore, dict[str, Any]], Any]) -> web.Response:  # fmt: skip
-        """Parse the query string (400 naming the parameter), then run ``query`` on the storage thread."""
+                      query: Callable[[TraceReader, dict[str, Any]], Awaitable[dict[str, Any]]]) -> web.Response:  # fmt: skip
+        """Parse the query string (400 naming the parameter), then answer it through the reader."""
         if (refusal := self._no_storage()) is not None:
             return refusal
+        assert self.reader is not None
         try:
             params = parse(request.query)
             params["tenant"] = self._tenant(request, params["tenant"])
@@ -295,9 +299,7 @@ class QueryApi:
             return _json({"error": str(exc)}, 400)
         except Forbidden as exc:
             return _json({"error": exc.message}, 403)
-        writer = self.pipeline.writer
-        assert writer is not None
-        return _json(await writer.run(query, writer.store, params))
+        return _json(await query(self.reader, params))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """Prometheus text; OpenMetrics (which carries exemplars) when the scraper asks for it."""

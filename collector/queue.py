@@ -21,8 +21,8 @@ from typing import Protocol
 from collector.errors import Backpressure, Unavailable
 from collector.kafka.envelope import EnvelopeError, pack, unpack
 from collector.kafka.ledger import OffsetLedger
-from collector.otlp import Fragment
 from collector.wal import Entry, WriteAheadLog
+from processors.fragment import Fragment
 
 log = logging.getLogger("tailsift.queue")
 RECORD_FRAGMENTS = 512

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 
 from collector.auth import AuthSettings
 from collector.tls import TlsSettings
-from collector.units import StrictModel, duration_fields
+from processors.units import StrictModel, duration_fields
 
 
 def host_port(value: str) -> str:

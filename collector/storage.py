@@ -22,9 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 from collector import sql
+from processors.fragment import RootInfo
 from processors.otlp_values import typed
 from collector.config import ClickHouseSettings
-from collector.otlp import RootInfo
 from collector.rows import Rejected
 from processors.sampling.sampler import TraceSummary
 

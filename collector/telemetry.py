@@ -8,6 +8,8 @@ early decisions forced by memory bounds, late spans, queue depth, pending insert
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,10 @@ class PipelineCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         p = self.p
+        # Read in the same pass as the counters, so a client can compute exact rates between
+        # two scrapes even when an answer is slow to come (tailsift bench does).
+        yield GaugeMetricFamily("tailsift_scrape_unixtime_seconds", "When this scrape was collected",
+                                value=time.time())  # fmt: skip
         if p.ingest is not None:
             yield from self._ingest(p.ingest)
         if p.metrics is not None:
@@ -112,7 +118,7 @@ class PipelineCollector(Collector):
         cardinality = CounterMetricFamily("tailsift_cardinality_events", "Span names normalised, high-cardinality "
                                           "attributes dropped or hashed", labels=["event"])  # fmt: skip
         for event in ("span_names_normalized", "high_cardinality_dropped", "high_cardinality_hashed"):
-            cardinality.add_metric([event], ingest.stats[event])
+            cardinality.add_metric([event], ingest.processed.get("cardinality", Counter())[event])
         yield cardinality
 
     def _sampler(self, s: TailSampler) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

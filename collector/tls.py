@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from collector.runtime import stop_task
-from collector.units import StrictModel, duration_fields, readable_files
+from processors.units import StrictModel, duration_fields, readable_files
 
 log = logging.getLogger("tailsift.tls")
 

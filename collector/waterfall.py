@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.units import format_duration_ns
+from processors.units import format_duration_ns
 
 TOKEN_KEYS = (("gen_ai.usage.input_tokens", "in"), ("gen_ai.usage.output_tokens", "out"))
 KEY_ATTRIBUTES = ("http.route", "url.path", "rpc.method", "db.system", "messaging.destination.name",

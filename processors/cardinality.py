@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collector.units import parse_duration_ns
+from processors.units import parse_duration_ns
 from processors.redaction.redactor import hash_placeholder
 
 OVERFLOW = "__overflow__"
@@ -127,8 +127,12 @@ class LabelLimiter:
 class CardinalityProcessor:
     """At ingress: normalise span names and apply ``high_cardinality_action``, in place.
 
-    Settings in ``__init__``, work in ``__call__``; returns counts by what it changed.
+    Settings in ``__init__``, work in ``__call__``; returns counts by what it changed (a
+    :class:`processors.contract.RequestProcessor`).
     """
+
+    name = "cardinality"
+    mutates = True
 
     def __init__(self, settings: CardinalitySettings, salt: bytes = b""):
         self.settings = settings

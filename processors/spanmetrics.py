@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,7 +109,13 @@ def _count(value: Any) -> int:
 
 
 class SpanMetrics:
-    """Settings in ``__init__``, work in ``__call__`` (one decoded request), output in ``collect``."""
+    """Settings in ``__init__``, work in ``__call__`` (one decoded request), output in ``collect``.
+
+    A :class:`processors.contract.RequestProcessor` that reads only; its counts are the
+    spans it counted (its series are read through ``collect``)."""
+
+    name = "span_metrics"
+    mutates = False
 
     def __init__(self, settings: CardinalitySettings, prices: PriceTable, limiter: LabelLimiter | None = None):
         self.settings = settings
@@ -124,7 +131,7 @@ class SpanMetrics:
         self._generation = 0
         self._overflow_key = (OVERFLOW,) * len(self.labels)
 
-    def __call__(self, request: Any, raw: bytes | None = None) -> None:
+    def __call__(self, request: Any, raw: bytes | None = None) -> Counter[str]:
         """Count one request. Spans are first summed per distinct label set in local dicts;
         the limiter and the shared series see each label set once per request, not per span."""
         if self._generation != self.limiter.generation:
@@ -176,6 +183,7 @@ class SpanMetrics:
             self._merge(admitted, calls, errors, total, buckets)
         for (service, model), used in usage.items():
             self._merge_usage((admit("service", service), admit("model", model) if model else ""), used)
+        return Counter(spans_counted=sum(acc[0] for acc in local.values()))
 
     def _merge(self, key: tuple[str, ...], calls: int, errors: int, seconds: float, buckets: list[int]) -> None:
         series = self.series.get(key)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,43 @@ def test_bench_drives_a_running_collector(tmp_path: Path) -> None:
         assert received >= report["accepted_spans"]  # the collector saw what the bench says it sent (+ probes)
     finally:
         assert target.stop() == 0, target.log()
+
+
+def _bench(tmp_path: Path, *flags: str) -> tuple[dict[str, Any], str]:
+    out = tmp_path / "out.json"
+    run = subprocess.run([sys.executable, "-m", "collector.cli", "bench", "--json", str(out), *flags],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads(out.read_text()), run.stdout
+
+
+@pytest.mark.e2e
+def test_bench_above_capacity_stops_at_the_deadline_and_counts_what_the_collector_counted(tmp_path: Path) -> None:
+    """Offered far more than the collector takes, the senders stop at ``--duration`` (requests
+    still unanswered 1.5 s after it are abandoned) and the rate is what was acknowledged in
+    the window: the collector's own /metrics count of accepted spans agrees within 5% (the
+    edges of the window differ by the requests in flight there, about 3% over 27 s), and
+    over the whole run the two counts agree to the span, but for abandoned requests."""
+    report, stdout = _bench(tmp_path, "--rate", "1000000", "--senders", "3", "--concurrency", "16", "--duration", "30")
+    assert report["senders_stopped_after_deadline_s"] <= 2.0, report["senders_stopped_after_deadline_s"]
+    unanswered = report["accepted_spans_counted_by_collector"] - report["accepted_spans"]
+    assert 0 <= unanswered <= report["unfinished_requests"] * 600, (unanswered, report["unfinished_requests"])
+    counted = report["spans_per_second_counted_by_collector"]
+    assert counted and abs(report["spans_per_second"] / counted - 1) <= 0.05, (report["spans_per_second"], counted)
+    assert report["spans_per_second"] < 500_000  # what it took, not what was offered
+    assert report["check_passed"], stdout
+
+
+def test_bench_measures_any_otlp_collector_from_the_client_side(tmp_path: Path) -> None:
+    """``--endpoint`` without ``--api``: nothing tailsift-only is asked of the target (its
+    /metrics, its query API); the report has the client's figures and says the storage
+    check was skipped."""
+    target = Collector(tmp_path / "target").start()
+    try:
+        report, stdout = _bench(tmp_path, "--duration", "3", "--endpoint", f"127.0.0.1:{target.http_port}")
+    finally:
+        assert target.stop() == 0, target.log()
+    assert report["accepted_spans"] > 0 and report["spans_per_second"] > 0 and report["ack_latency_ms_p99"] > 0
+    assert report["error_traces_stored"] is None and "kept_fraction_by_rule" not in report
+    assert report["spans_per_second_counted_by_collector"] is None
+    assert "not checked: not our collector" in stdout and "through sampling" not in stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,15 @@ from collector.config import load_config
 from collector.errors import Backpressure, Unavailable
 from collector.ingest import Ingest
 from collector.kafka.queue import KafkaQueue
-from collector.otlp import Fragment, split_by_trace
+from collector.otlp import split_by_trace
+from processors.contract import RequestProcessor
 from collector.pipeline import Pipeline
 from collector.queue import MemoryQueue, Queue
 from collector.server_config import GrpcServerSettings, HttpServerSettings
 from collector.receivers.grpc import GrpcReceiver
 from collector.receivers.http import HttpReceiver
 from collector.writer import StorageWriter
+from processors.fragment import Fragment
 from tests.support.kafka import kafka_queue
 
 def _memory(bootstrap: str) -> Callable[[int], Queue]:
@@ -178,15 +181,24 @@ def _busy_request() -> ExportTraceServiceRequest:
 
 @pytest.mark.parametrize("name", list(_processors()))
 def test_ingress_processor_contract(name: str) -> None:
-    """Every ingress processor: takes an empty request, gives the same result whether or not
-    it gets the raw bytes (they are only a shortcut), and is idempotent on what it changes."""
+    """Every request processor (processors.contract.RequestProcessor): takes an empty request
+    and reports nothing done; gives the same request and the same counts whether or not it
+    gets the raw bytes (they are only a shortcut); reports a change exactly when the request
+    changed, and changes nothing if it does not mutate; is idempotent on what it changes."""
     make = _processors()[name]
-    make()(ExportTraceServiceRequest(), b"")
+    assert isinstance(make(), RequestProcessor) and make().name
+    assert not +make()(ExportTraceServiceRequest(), b"")
     with_raw, without_raw = _busy_request(), _busy_request()
-    make()(with_raw, with_raw.SerializeToString())
-    make()(without_raw, None)
+    before = with_raw.SerializeToString()
+    counts_with = make()(with_raw, before)
+    counts_without = make()(without_raw, None)
+    assert isinstance(counts_with, Counter) and dict(counts_with) == dict(counts_without)
     assert with_raw.SerializeToString() == without_raw.SerializeToString()
+    changed = with_raw.SerializeToString() != before
+    assert changed == bool(+counts_with) if make().mutates else not changed
     once = with_raw.SerializeToString()
     processor = make()
-    processor(with_raw, once)
+    again = processor(with_raw, once)
     assert with_raw.SerializeToString() == once
+    if processor.mutates:
+        assert not +again  # nothing left to change, nothing reported

@@ -17,7 +17,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from collector.errors import RequestTooLarge
 from collector.kafka import envelope
 from collector.kafka.ledger import OffsetLedger
-from collector.otlp import Fragment, split_by_trace
+from collector.otlp import split_by_trace
+from processors.fragment import Fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 

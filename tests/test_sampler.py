@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.config import SamplingSettings
-from collector.otlp import Fragment, split_by_trace
+from collector.otlp import split_by_trace
+from processors.fragment import Fragment
 from processors.otlp_values import add_attributes
 from processors.sampling.sampler import TailSampler, keep_by_trace_id
+from processors.sampling.settings import SamplingSettings
 
 S = 1_000_000_000
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.otlp import Fragment, split_by_trace
+from collector.otlp import split_by_trace
 from collector.queue import MemoryQueue
 from collector.wal import HEADER, WriteAheadLog
+from processors.fragment import Fragment
 
 
 def fragments(first: int, count: int) -> list[Fragment]:

@@ -21,6 +21,9 @@ from typing import Any
 from collector.bench.shapes import build_set
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+GRACE_SECONDS = 1.5
+"""A request still unanswered this long after the deadline is abandoned (counted as
+``unfinished_requests``): the senders stop at ``--duration``, whatever the collector does."""
 COUNTERS = ("accepted_spans", "accepted_requests", "refused_requests", "failed_requests")
 
 
@@ -38,6 +41,8 @@ class SenderResult:
     accepted_requests: int = 0
     refused_requests: int = 0
     failed_requests: int = 0
+    unfinished_requests: int = 0
+    """Sent before the deadline, unanswered within :data:`GRACE_SECONDS` after it."""
     error_traces: int = 0
     """Error traces in requests the collector accepted: all of them must be stored."""
     timeline: dict[int, list[Any]] = field(default_factory=dict)
@@ -96,7 +101,8 @@ async def _drive(target: Target, shape: str, rate: float | None, concurrency: in
             if interval:
                 due = schedule[0]
                 schedule[0] += interval
-                if due >= deadline:
+                # Above capacity the schedule falls behind the clock: the clock ends the run.
+                if due >= deadline or time.monotonic() >= deadline:
                     return
                 delay = due - time.monotonic()
                 if delay > 0:
@@ -109,7 +115,10 @@ async def _drive(target: Target, shape: str, rate: float | None, concurrency: in
             sent[0] += 1
             body = template.fresh()
             try:
-                outcome = await client.send(body)
+                outcome = await asyncio.wait_for(client.send(body), deadline + GRACE_SECONDS - time.monotonic())
+            except TimeoutError:
+                result.unfinished_requests += 1
+                return
             except Exception as exc:  # noqa: BLE001 - a refused connection is a result, not a crash
                 outcome = f"{type(exc).__name__}: {exc}"
             now = time.monotonic()
@@ -168,6 +177,7 @@ def merge(results: list[SenderResult]) -> SenderResult:
         total.accepted_requests += r.accepted_requests
         total.refused_requests += r.refused_requests
         total.failed_requests += r.failed_requests
+        total.unfinished_requests += r.unfinished_requests
         total.error_traces += r.error_traces
         total.failures += r.failures
         for second, (spans, refused, latencies) in r.timeline.items():

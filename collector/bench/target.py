@@ -64,6 +64,8 @@ class OwnCollector:
         self.proc: subprocess.Popen[bytes] | None = None
         self.nofile: int | None = None
         """Open-files limit (soft and hard) for the process, to test descriptor exhaustion."""
+        self.cpus: set[int] | None = None
+        """CPUs the process (all its threads) may run on, for per-core benchmarks."""
 
     @property
     def http_url(self) -> str:
@@ -82,7 +84,7 @@ class OwnCollector:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collector.cli", "run", "--config", str(self.config_path), "--role", self.role],
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
-            preexec_fn=self._limits if self.nofile else None,
+            preexec_fn=self._limits if self.nofile or self.cpus else None,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -96,8 +98,10 @@ class OwnCollector:
     def _limits(self) -> None:
         import resource
 
-        assert self.nofile is not None
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        if self.nofile:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -130,7 +134,17 @@ class Scraper:
         return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
 
     def value(self, name: str, **labels: str) -> float:
-        return sum(v for n, lab, v in self.samples() if n == name and all(lab.get(k) == x for k, x in labels.items()))
+        return self.values(self.samples(), name, **labels)
+
+    @staticmethod
+    def values(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+        return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items()))
+
+    def timed(self, name: str, **labels: str) -> tuple[float, float] | None:
+        """(collector's clock, value) from one scrape: exact rates even when the answer is slow."""
+        samples = self.samples()
+        at = self.values(samples, "tailsift_scrape_unixtime_seconds")
+        return (at, self.values(samples, name, **labels)) if at else None
 
     def settle(self, timeout: float = 180.0) -> bool:
         """Wait until nothing waits for a decision or an insert (the decision wait bounds
@@ -154,6 +168,7 @@ class Probes:
         self.http_url, self.api, self.every, self.timeout = http_url, api.rstrip("/"), every, timeout
         self.latencies_ms: list[float] = []
         self.lost = 0
+        self.accepted = 0  # probe spans the collector accepted (each probe is one span)
         self._pending: dict[str, float] = {}
         self._stop = threading.Event()
         self._sending = True
@@ -191,6 +206,7 @@ class Probes:
             with urllib.request.urlopen(post, timeout=10) as resp:
                 if resp.status == 200:
                     self._pending[trace_id.hex()] = sent
+                    self.accepted += 1
         except (urllib.error.URLError, OSError):
             pass  # refused under load: no probe this time
 

@@ -22,7 +22,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 
 from collector.errors import RequestTooLarge
 from collector.kafka.envelope_pb2 import Batch, Envelope
-from collector.otlp import Fragment, RootInfo, split_by_trace
+from collector.otlp import split_by_trace
+from processors.fragment import Fragment, RootInfo
 
 VERSION = 2
 READS = (1, 2)

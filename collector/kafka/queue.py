@@ -37,8 +37,8 @@ from collector.kafka.settings import KafkaQueue as KafkaSettings
 from collector.errors import Backpressure, RequestTooLarge, Unavailable
 from collector.kafka.envelope import EnvelopeError, decode, encode, partition_of
 from collector.kafka.ledger import OffsetLedger
-from collector.otlp import Fragment
 from collector.queue import RebalanceHook
+from processors.fragment import Fragment
 
 log = logging.getLogger("tailsift.kafka")
 TOPIC_ALREADY_EXISTS = 36

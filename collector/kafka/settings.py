@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from collector.server_config import host_port
-from collector.units import StrictModel, duration_fields, readable_files, size_fields
+from processors.units import StrictModel, duration_fields, readable_files, size_fields
 
 
 class KafkaTls(StrictModel):

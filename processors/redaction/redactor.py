@@ -27,7 +27,6 @@ import hmac
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from processors.otlp_values import value_as_string
@@ -38,12 +37,17 @@ from processors.redaction.settings import Action, KeyRule, RedactionSettings
 _CACHE_LIMIT = 10_000  # distinct attribute keys remembered per lookup table
 
 
-@dataclass
-class RedactionResult:
-    """What one call redacted, by rule name. The values themselves are never recorded."""
+class RedactionResult(Counter[str]):
+    """What one call redacted, by rule name (the values themselves are never recorded), and
+    whether the request was walked at all."""
 
-    counts: Counter[str]
-    scanned: bool  # False when the prefilter let the request through untouched
+    def __init__(self, counts: Counter[str], scanned: bool):
+        super().__init__(counts)
+        self.scanned = scanned  # False when the prefilter let the request through untouched
+
+    @property
+    def counts(self) -> Counter[str]:
+        return self
 
 
 def hash_placeholder(salt: bytes, name: str, value: str, digits: int = 12) -> str:
@@ -73,8 +77,12 @@ def _anchored(regex: str) -> bool:
 class Redactor:
     """Replace secrets in an OTLP ``ExportTraceServiceRequest`` in place.
 
-    Settings in ``__init__``, work in ``__call__`` (structlog's processor shape).
+    Settings in ``__init__``, work in ``__call__`` (structlog's processor shape): a
+    :class:`processors.contract.RequestProcessor`.
     """
+
+    name = "redaction"
+    mutates = True
 
     def __init__(self, settings: RedactionSettings | None = None, prefilter_backend: str | None = None):
         settings = settings or RedactionSettings()
@@ -166,12 +174,11 @@ class Redactor:
 
     def _start(self, request: Any, raw: bytes | None) -> tuple[_Walk | None, RedactionResult]:
         """The prefilter's verdict: no walk when no rule could match this request."""
-        counts: Counter[str] = Counter()
         active = self._prefilter(raw if raw is not None else request.SerializeToString())
+        result = RedactionResult(Counter(), scanned=bool(active))
         if not active:
-            return None, RedactionResult(counts, scanned=False)
-        walk = _Walk(self, self._text_pattern(active), bool(active & self._key_names), counts)
-        return walk, RedactionResult(counts, scanned=True)
+            return None, result
+        return _Walk(self, self._text_pattern(active), bool(active & self._key_names), result), result
 
     def redact_text(self, text: str) -> str:
         """Redact one string with every value pattern (used outside OTLP, e.g. log lines)."""

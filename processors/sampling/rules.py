@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collector.units import parse_duration_ns, parse_rate, parse_ratio
+from processors.units import parse_duration_ns, parse_rate, parse_ratio
 from processors.otlp_values import find_attribute
 
 Op = Literal["=", "!=", ">", ">=", "<", "<=", "exists", "not_exists", "matches", "in"]

@@ -33,8 +33,8 @@ from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from collector.config import SamplingSettings
-from collector.otlp import Fragment, RootInfo
+from processors.fragment import Fragment, RootInfo
+from processors.sampling.settings import SamplingSettings
 from processors.otlp_values import service_name
 from processors.sampling.rules import Rule, SpanLike, compile_rule
 

@@ -1,0 +1,191 @@
+"""tailsift against the OTel Collector (contrib tail_sampling, v0.161.0), side by side: the same
+``tailsift bench`` load, one collector after the other, and the CPU each spends per span.
+
+    python -m benchmarks.peer.run                        # 3 pairs, 20 s each, collector pinned to CPU 0
+    python -m benchmarks.peer.run --unpinned --pairs 3   # the collector may use both cores
+
+Each run starts a fresh collector, drives it with ``tailsift bench --endpoint`` (client-side
+figures only, the same for both) and counts the collector's CPU seconds from the start of
+the load until it is idle again after the load (so tailsift's decisions and inserts after
+the last request, and the peer's, are included). The figure compared is accepted spans per
+CPU-second; the ratio is tailsift's over the peer's, so above 1 means tailsift is cheaper.
+
+The peer runs tailsift's default rules as tail_sampling policies (otelcol.yaml), with a nop
+exporter: it stores nothing. tailsift runs its defaults: redaction, span metrics, the
+write-ahead log with fdatasync, and ClickHouse (chDB) storage of the kept traces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.peer.build import RELEASE, build
+from collector.bench.target import OwnCollector, free_port
+
+HERE = Path(__file__).resolve().parent
+DECISION_WAIT = 10.0  # both collectors' decision wait (tailsift's default; set in otelcol.yaml)
+
+
+@dataclass
+class Run:
+    name: str
+    spans_per_second: float  # acknowledged, as the client saw it (bench)
+    accepted_spans: int
+    cpu_seconds: float
+    peak_rss_mb: float
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.accepted_spans / max(1e-9, self.cpu_seconds)
+
+
+class Peer:
+    """The OTel Collector process, on free loopback ports."""
+
+    def __init__(self, workdir: Path, cpus: set[int] | None):
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        env = dict(os.environ, PEER_HTTP_PORT=str(self.http_port), PEER_GRPC_PORT=str(self.grpc_port),
+                   PEER_METRICS_PORT=str(self.metrics_port), GOMAXPROCS=str(len(cpus)) if cpus else "")  # fmt: skip
+        if not cpus:
+            env.pop("GOMAXPROCS")
+        self.log = (workdir / "otelcol.log").open("wb")
+        self.proc = subprocess.Popen([str(build()), "--config", str(HERE / "otelcol.yaml")], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)  # fmt: skip
+        _wait_for_port(self.http_port, self.proc)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.log.close()
+
+
+class Tailsift:
+    """``tailsift run`` on its defaults, in a fresh data directory."""
+
+    def __init__(self, workdir: Path, cpus: set[int] | None):
+        self.own = OwnCollector({}, workdir / "tailsift")
+        self.own.cpus = cpus
+        self.own.start()
+        assert self.own.proc is not None
+        self.proc = self.own.proc
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.own.http_port}"
+
+    def stop(self) -> None:
+        self.own.stop()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the collector exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
+def _until_idle(p: psutil.Process, at_least: float, timeout: float = 120.0) -> None:
+    """Wait ``at_least`` seconds, then until the process used under 5% of a core for a second."""
+    time.sleep(at_least)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = _cpu(p)
+        time.sleep(1.0)
+        if _cpu(p) - before < 0.05:
+            return
+
+
+def measure(kind: str, args: argparse.Namespace, workdir: Path) -> Run:
+    cpus = {0} if args.pin else None
+    workdir.mkdir(parents=True, exist_ok=True)
+    collector: Peer | Tailsift = Peer(workdir, cpus) if kind == "otelcol" else Tailsift(workdir, cpus)
+    try:
+        proc = psutil.Process(collector.proc.pid)
+        peak = [0.0]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.2):
+                peak[0] = max(peak[0], proc.memory_info().rss / 2**20)
+
+        threading.Thread(target=watch, daemon=True).start()
+        out = workdir / f"{kind}.json"
+        cpu_before = _cpu(proc)
+        subprocess.run([sys.executable, "-m", "collector.cli", "bench", "--endpoint", collector.endpoint,
+                        "--duration", str(args.duration), "--shape", args.shape, "--json", str(out)],
+                       check=True, stdout=subprocess.DEVNULL,
+                       preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if args.pin else None)  # fmt: skip
+        _until_idle(proc, DECISION_WAIT + 2)
+        cpu = _cpu(proc) - cpu_before
+        done.set()
+        report: dict[str, Any] = json.loads(out.read_text())
+        return Run(kind, report["spans_per_second"], report["accepted_spans"], cpu, peak[0])
+    finally:
+        collector.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=20)
+    parser.add_argument("--shape", choices=("llm", "fanout", "deep"), default="llm")
+    parser.add_argument("--unpinned", dest="pin", action="store_false", help="let the collector use every core")
+    parser.add_argument("--json", help="write every run and the medians here")
+    args = parser.parse_args()
+    build()
+    runs: list[tuple[Run, Run]] = []
+    with tempfile.TemporaryDirectory(prefix="tailsift-peer-") as tmp:
+        for pair in range(args.pairs):
+            order = ("otelcol", "tailsift") if pair % 2 == 0 else ("tailsift", "otelcol")  # A B, B A, ...
+            got = {kind: measure(kind, args, Path(tmp) / f"{pair}-{kind}") for kind in order}
+            runs.append((got["tailsift"], got["otelcol"]))
+            for r in (got["tailsift"], got["otelcol"]):
+                print(f"pair {pair + 1} {r.name:>8}: {r.spans_per_second:>9,.0f} spans/s  {r.cpu_seconds:6.1f} CPU-s  "
+                      f"{r.per_cpu_second:>9,.0f} spans/CPU-s  peak RSS {r.peak_rss_mb:,.0f} MB", flush=True)
+            print(f"pair {pair + 1} ratio (tailsift / otelcol spans per CPU-second): "
+                  f"{got['tailsift'].per_cpu_second / got['otelcol'].per_cpu_second:.2f}", flush=True)
+    ratio = statistics.median(t.per_cpu_second / o.per_cpu_second for t, o in runs)
+    print(f"\n{args.shape}, {args.duration:.0f} s, {'collector pinned to CPU 0, load on CPU 1' if args.pin else 'unpinned'}, "
+          f"otelcol-contrib {RELEASE}, {args.pairs} pairs")
+    for name, index in (("tailsift", 0), ("otelcol", 1)):
+        print(f"  {name:>8}: median {statistics.median(p[index].spans_per_second for p in runs):>9,.0f} spans/s, "
+              f"{statistics.median(p[index].per_cpu_second for p in runs):>9,.0f} spans per CPU-second")
+    print(f"  ratio tailsift / otelcol, spans per CPU-second: median {ratio:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"ratio_median": ratio, "runs": [[t.__dict__, o.__dict__] for t, o in runs]},
+                                              indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

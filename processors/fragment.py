@@ -1,0 +1,46 @@
+"""The unit that travels from the receivers to storage: a *fragment*, the spans of one trace
+from one request, as serialized OTLP ``TracesData`` bytes plus the few facts the sampler
+decides on (see :mod:`collector.otlp`, which cuts requests into fragments).
+
+It lives here, below both packages, so that processors (the sampler) and the collector
+(queues, storage) share it while ``processors/`` never imports ``collector/``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["Fragment", "RootInfo"]
+
+
+@dataclass(slots=True)
+class RootInfo:
+    """The root span of a trace (the one with no parent), as the sampler sees it."""
+
+    service: str
+    name: str
+    start_ns: int
+    end_ns: int
+
+
+@dataclass(slots=True)
+class Fragment:
+    """The spans of one trace from one request. See the module docstring."""
+
+    trace_id: bytes
+    payload: bytes
+    span_count: int
+    start_ns: int
+    end_ns: int
+    has_error: bool
+    root: RootInfo | None
+    received_ns: int = field(default_factory=time.time_ns)
+    source: tuple[int, int] | None = None
+    """(partition, offset) of the Kafka record it came from; None from the in-process queue.
+    The Kafka queue uses it to commit only what is settled (stored or dropped)."""
+
+    @property
+    def size(self) -> int:
+        """Bytes this fragment costs in a queue: the payload dominates."""
+        return len(self.payload) + 64

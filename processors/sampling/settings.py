@@ -1,0 +1,35 @@
+"""``sampling:`` in the YAML: when a trace is decided, the memory bounds of the buffer, and the
+rules. Validated at load time, so a bad rule is a config error that names its key."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from processors.sampling.rules import Rule, validate_rule_list
+from processors.units import StrictModel, duration_fields, size_fields
+
+
+def _default_rules() -> list[Rule]:
+    return [
+        Rule.model_validate({"name": "errors", "when": [{"status": "error"}], "keep": "100%"}),
+        Rule.model_validate({"name": "slow", "when": [{"duration": ">= 2s"}], "keep": "100%"}),
+        Rule.model_validate({"name": "default", "keep": "5%"}),
+    ]
+
+
+class SamplingSettings(StrictModel):
+    decision_wait: int = 10_000_000_000
+    """Nanoseconds to wait after a trace's first span before deciding it."""
+    quiet_period: int = 2_000_000_000
+    """Once the root span has arrived, decide after this long without new spans."""
+    max_traces: int = Field(default=100_000, ge=1)
+    max_spans_per_trace: int = Field(default=10_000, ge=1)
+    max_buffered_spans: int = Field(default=1_000_000, ge=1)
+    max_buffered_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    """Span bytes (OTLP) awaiting a decision; past it the oldest trace is decided early."""
+    decision_cache_size: int = Field(default=200_000, ge=0)
+    rules: list[Rule] = Field(default_factory=_default_rules)
+
+    _waits = duration_fields("decision_wait", "quiet_period")
+    _bytes = size_fields("max_buffered_bytes")
+    _rules = field_validator("rules")(classmethod(lambda cls, v: validate_rule_list(v)))
