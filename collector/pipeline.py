@@ -140,12 +140,13 @@ class Pipeline:
             decisions = self.sampler.add(batch) if batch else []
             due = self.sampler.due(DECIDE_BATCH)
             decisions += due
-        except Exception:  # a bug here must not stop sampling for everyone
-            log.exception("tail sampler failed on a batch of %d fragments", len(batch))
+        except Exception as exc:  # a bug here must not stop sampling for everyone, nor lose the batch
+            log.exception("tail sampler failed on a batch of %d fragments; they go to tailsift_rejected", len(batch))
             self.sampler.stats["batch_failures"] += 1
-            self.queue.release(batch)
+            if await self.writer.dead_letter(batch, f"tail sampler failed: {exc!r}"):
+                self._settle(batch)
             return False
-        self.queue.release(self.sampler.take_settled())
+        self._settle(self.sampler.take_settled())
         now = time.time_ns()
         for d in decisions:
             if d.fragments:
@@ -155,7 +156,16 @@ class Pipeline:
 
     def _stored(self, decisions: list[Decision]) -> None:
         """Storage finished these kept traces: their records may be committed."""
-        self.queue.release([f for d in decisions for f in d.fragments])
+        self._settle([f for d in decisions for f in d.fragments])
+
+    def _settle(self, fragments: list[Fragment]) -> None:
+        """The one place records are declared done, so the queue may forget them (commit the
+        Kafka offset, checkpoint the write-ahead log): a fragment is settled once its trace
+        is stored (the writer's ``on_settled``), dropped or found already stored by the
+        sampler (``take_settled``), or stored in the dead-letter table. (The queues settle on
+        their own only records they never handed out: undecodable ones they dead-letter, and
+        write-ahead log records whose write failed, which the client was never told were taken.)"""
+        self.queue.release(fragments)
 
     async def _recall_decisions(self) -> None:
         """Seed the decision cache with recently kept traces, so late spans join them."""
@@ -175,7 +185,7 @@ class Pipeline:
             if self.sampler is None or self.writer is None:
                 return
             forgotten = self.sampler.forget(partitions)
-            self.queue.release(self.sampler.take_settled())
+            self._settle(self.sampler.take_settled())
             await self.writer.flush()
             if partitions:
                 log.info("partitions %s revoked: %d buffered traces left to their next owner",
@@ -218,7 +228,7 @@ class Pipeline:
         if self.sampler is not None and self.writer is not None:
             async with self._step_lock:
                 decisions = self.sampler.flush()
-                self.queue.release(self.sampler.take_settled())
+                self._settle(self.sampler.take_settled())
                 await self.writer.write(decisions)
             log.info("shutdown: decided %d buffered traces", len(decisions))
             await self.writer.shutdown(max(0.1, deadline - reserve - loop.time()))

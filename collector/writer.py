@@ -53,6 +53,7 @@ from collector.rows import KeptSpanHook, Rejected, RowBuilder, TraceRows, raw_sp
 from collector.storage import ClickHouseStore, Rows, safe_dsn
 from processors.genai import PriceTable
 from processors.spanmetrics import Histogram
+from processors.fragment import Fragment
 from processors.sampling.sampler import Decision
 
 log = logging.getLogger("tailsift.storage")
@@ -103,6 +104,18 @@ class StorageWriter:
         except Exception as exc:  # noqa: BLE001 - reported in the protocol's terms
             log.warning("could not store %d log records: %s", len(rows), exc)
             raise Unavailable("log storage is unavailable; retry later") from None
+
+    async def dead_letter(self, fragments: list[Fragment], reason: str) -> bool:
+        """Store fragments that could not be sampled in the dead-letter table, whole and
+        counted; False (and they stay unsettled, replayed at the next start) if that fails."""
+        rejected = [Rejected(f.trace_id.hex(), "", reason[:2000], f.payload, f.span_count) for f in fragments]
+        try:
+            await self.run(self._dead_letter, rejected)
+        except Exception as exc:  # noqa: BLE001 - the database is away: the queue keeps them
+            log.warning("could not store %d fragments in the dead-letter table: %s", len(fragments), exc)
+            return False
+        self.rows_rejected += sum(r.spans for r in rejected)
+        return True
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call on the storage thread."""

@@ -131,3 +131,47 @@ def test_poison_among_good_error_traces_costs_nothing(tmp_path: Path, queue_conf
         assert all(math.isfinite(g["cost_usd"]) and g["input_tokens"] >= 0 for g in stats)
     finally:
         assert c.stop() == 0, c.log()
+
+
+def test_a_batch_the_sampler_fails_on_is_dead_lettered_not_lost(tmp_path: Path) -> None:
+    """A sampler bug on one batch (here: forced on the batch holding trace 666) must not lose
+    what was acknowledged: the batch's spans go whole to ``tailsift_rejected``, counted, and
+    everything else is sampled and stored as usual."""
+    import asyncio
+
+    from collector.config import load_config
+    from collector.otlp import split_by_trace
+    from collector.pipeline import Pipeline
+
+    settings = load_config(None, {
+        "storage": {"clickhouse": {"dsn": f"chdb://{tmp_path / 'db'}", "flush_interval": "100ms"}},
+        "receivers": {"otlp": {"grpc": None, "http": None}}, "query": {"endpoint": "127.0.0.1:0"},
+        "queue": {"wal": {"enabled": False}},
+        "sampling": {"decision_wait": "200ms", "rules": [{"name": "all", "keep": "100%"}]},
+    })  # fmt: skip
+    pipeline = Pipeline(settings)
+    assert pipeline.sampler is not None and pipeline.ingest is not None
+    add = pipeline.sampler.add
+
+    def failing_add(batch: list[Any]) -> list[Any]:
+        if any(f.trace_id == (666).to_bytes(16, "big") for f in batch):
+            raise RuntimeError("a bug in the sampler")
+        return add(batch)
+
+    pipeline.sampler.add = failing_add  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await pipeline.start()
+        for trace in (1, 2, 666, 3):
+            await pipeline.queue.publish(split_by_trace(request(trace, spans=3, now=time.time_ns())).fragments)
+            await asyncio.sleep(0.3)  # one batch each
+        await asyncio.sleep(1.5)
+        await pipeline.shutdown()
+
+    asyncio.run(go())
+    assert pipeline.writer is not None and pipeline.writer.rows_rejected == 3
+    stored = {int(t, 16) for (t,) in query(tmp_path, "SELECT DISTINCT TraceId FROM otel_traces")}
+    assert stored == {1, 2, 3}
+    [(trace_id, reason, payload)] = query(tmp_path, "SELECT TraceId, Reason, Payload FROM tailsift_rejected")
+    assert int(str(trace_id), 16) == 666 and "a bug in the sampler" in str(reason)
+    assert len(TracesData.FromString(base64.b64decode(str(payload))).resource_spans[0].scope_spans[0].spans) == 3
