@@ -150,7 +150,8 @@ class StorageWriter:
         maybe_stored = self.maybe_stored
         for d in kept:
             if maybe_stored is not None and not d.late:
-                # On the event loop, where the queue's replay horizon changes.
+                # Set here, on the event loop, where the queue's replay horizon changes; the
+                # storage thread only reads it, after the decision was handed over (never rewritten).
                 d.recheck = any(f.source is not None and maybe_stored(f.source) for f in d.fragments)
             rows, size = _size(d)
             self._pending.append(d)
