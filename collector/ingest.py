@@ -208,7 +208,7 @@ class Ingest:
         if tenant is not None and stamp_tenant(request.resource_spans, tenant):
             raw = None
         oldest = now - self.retention_ns if self.retention_ns else 0
-        split = split_by_trace(request, now, oldest)
+        split = split_by_trace(request, now, oldest, raw)
         self.stats["spans_rejected_expired"] += split.expired_spans
         return split.fragments, split.rejected_spans, split.error_message, raw
 

@@ -1,4 +1,4 @@
-"""Decoding OTLP requests and cutting them into per-trace fragments.
+"""Decoding OTLP requests; cutting them into per-trace fragments is :mod:`processors.wire`.
 
 A *fragment* is the spans of one trace from one request, kept as serialized OTLP
 ``TracesData`` bytes plus the few facts the sampler needs to decide without parsing them
@@ -10,8 +10,6 @@ and rows once its trace is kept.
 from __future__ import annotations
 
 import base64
-import time
-from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
@@ -22,20 +20,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.errors import InvalidRequest
-from processors.fragment import Fragment, RootInfo
-from processors.otlp_values import service_name
+from processors.wire import EXPIRED, SplitResult, split_by_trace
 
-_ZERO_TRACE = bytes(16)
-_ZERO_SPAN = bytes(8)
-STATUS_ERROR = 2
-
-
-@dataclass(slots=True)
-class SplitResult:
-    fragments: list[Fragment]
-    rejected_spans: int
-    error_message: str
-    expired_spans: int = 0
+__all__ = ["EXPIRED", "SplitResult", "decode_json", "decode_logs_json", "decode_protobuf", "split_by_trace"]
 
 
 def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
@@ -146,113 +133,3 @@ def _list(obj: Any, *keys: str) -> list[Any]:
                 raise InvalidRequest(f"OTLP/JSON: {key} must be a list")
             return value
     return []
-
-
-def _invalid_id_reason(span: Any) -> str | None:
-    if len(span.trace_id) != 16 or span.trace_id == _ZERO_TRACE:
-        return "trace_id must be 16 bytes and not all zero"
-    if len(span.span_id) != 8 or span.span_id == _ZERO_SPAN:
-        return "span_id must be 8 bytes and not all zero"
-    if span.parent_span_id and len(span.parent_span_id) != 8:
-        return "parent_span_id must be empty or 8 bytes"
-    return None
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_SMALL = [_varint(n) for n in range(1 << 14)]  # lengths up to 16 KiB take one table lookup
-
-
-def _length(n: int) -> bytes:
-    return _SMALL[n] if n < 16384 else _varint(n)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (wire type 2)."""
-    return _SMALL[number << 3 | 2] + _length(len(payload)) + payload
-
-
-def _framing(rs: Any, ss: Any) -> tuple[bytes, bytes, bytes, bytes]:
-    """The bytes around the spans of one (resource, scope): resource, its schema url, scope, its schema url."""
-    resource = _field(1, rs.resource.SerializeToString())
-    scope = _field(1, ss.scope.SerializeToString())
-    rs_schema = _field(3, rs.schema_url.encode()) if rs.schema_url else b""
-    ss_schema = _field(3, ss.schema_url.encode()) if ss.schema_url else b""
-    return resource, rs_schema, scope, ss_schema
-
-
-EXPIRED = "start time is older than the storage retention (storage.clickhouse.ttl_days), so it would be deleted on arrival"
-
-
-def split_by_trace(request: ExportTraceServiceRequest, received_ns: int | None = None,
-                   oldest_ns: int = 0) -> SplitResult:  # fmt: skip
-    """Validate ids and group spans by trace id into fragments.
-
-    Spans with invalid ids, and spans that start before ``oldest_ns`` (storage would delete
-    them at once, by its TTL), are rejected and counted, so that the rest of the request is
-    accepted (OTLP ``partial_success``): nothing is acknowledged and then silently deleted.
-
-    This runs on every span that arrives, so it reads each span once and builds each
-    fragment's ``TracesData`` from serialized pieces: every span is serialized on its own
-    (one C call) and the resource, scope and framing bytes are written once per request.
-    Building protobuf objects per trace instead cost twice as much.
-    """
-    now = received_ns or time.time_ns()
-    # trace id -> [span count, start, end, error, root, {(ri, si): [serialized spans]}]
-    groups: dict[bytes, list[Any]] = {}
-    framing: dict[tuple[int, int], tuple[bytes, bytes, bytes, bytes]] = {}
-    rejected, expired, reason = 0, 0, ""
-    for ri, rs in enumerate(request.resource_spans):
-        service = ""
-        for si, ss in enumerate(rs.scope_spans):
-            if ss.spans:
-                framing[(ri, si)] = _framing(rs, ss)
-            for span in ss.spans:
-                trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
-                if (len(trace_id) != 16 or len(span_id) != 8 or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN
-                        or (parent and len(parent) != 8)):  # fmt: skip
-                    rejected += 1
-                    reason = reason or str(_invalid_id_reason(span))
-                    continue
-                start, end = span.start_time_unix_nano, span.end_time_unix_nano
-                if start < oldest_ns:
-                    rejected += 1
-                    expired += 1
-                    continue
-                group = groups.get(trace_id)
-                if group is None:
-                    group = groups[trace_id] = [0, start, end, False, None, {}]
-                group[0] += 1
-                if start < group[1]:
-                    group[1] = start
-                if end > group[2]:
-                    group[2] = end
-                if span.status.code == STATUS_ERROR:
-                    group[3] = True
-                if not parent:
-                    service = service or service_name(rs.resource.attributes)
-                    group[4] = RootInfo(service, span.name, start, end)
-                chunks = group[5]
-                chunk = chunks.get((ri, si))
-                if chunk is None:
-                    chunk = chunks[(ri, si)] = []
-                chunk.append(span.SerializeToString())
-    fragments = []
-    for trace_id, (count, start, end, error, root, chunks) in groups.items():
-        parts = []
-        for key, spans in chunks.items():
-            resource, rs_schema, scope, ss_schema = framing[key]
-            scope_spans = scope + b"".join([b"\x12" + _length(len(s)) + s for s in spans]) + ss_schema
-            parts.append(_field(1, resource + _field(2, scope_spans) + rs_schema))
-        fragments.append(Fragment(trace_id, b"".join(parts), count, start, end, error, root, now))
-    reasons = ([f"{rejected - expired} with invalid ids ({reason})"] if rejected > expired else []) + (
-        [f"{expired} whose {EXPIRED}"] if expired else [])
-    message = f"{rejected} spans rejected: " + "; ".join(reasons) if rejected else ""
-    return SplitResult(fragments, rejected, message, expired)

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
+import clickhouse_connect.driver.options
 from collector import sql
 from processors.fragment import RootInfo
 from processors.otlp_values import typed
@@ -112,6 +113,10 @@ class ClickHouseStore:
         except Exception as exc:  # noqa: BLE001 - e.g. a Distributed table: its shards have their own
             log.warning("could not turn on insert deduplication for %s: %s", sql.SPANS_TABLE, exc)
         self._create_lookup()
+        # clickhouse-connect imports pandas (if installed) at the first insert, to check
+        # whether the rows are a DataFrame: ~0.7 s of the storage thread, in the middle of the
+        # first batch of traffic. Done here, it is part of starting up.
+        getattr(clickhouse_connect.driver.options, "pd", None)
 
     def _create_lookup(self) -> None:
         """The exporter's trace-id lookup and the view that fills it; on a database that

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from collector.kafka.queue import KafkaQueue
 from collector.queue import MemoryQueue
+from processors import wire
 from processors.spanmetrics import Histogram
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ class PipelineCollector(Collector):
                                 value=time.time())  # fmt: skip
         if p.ingest is not None:
             yield from self._ingest(p.ingest)
+            fallbacks = CounterMetricFamily("tailsift_wire_fallbacks", "Request bodies the compiled hot path refused "
+                                            "and the Python reference handled (expected: none)", labels=["function"])  # fmt: skip
+            for function, count in sorted(wire.FALLBACKS.items()):
+                fallbacks.add_metric([function], count)
+            yield fallbacks
         if p.metrics is not None:
             yield from p.metrics.collect()
         if p.memory is not None:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from processors.units import parse_duration_ns
 from processors.redaction.redactor import hash_placeholder
+from processors.wire import span_names
 
 OVERFLOW = "__overflow__"
 _NAMES_CACHED = 20_000
@@ -148,6 +149,8 @@ class CardinalityProcessor:
             raw is None or any(k in raw for k in self._key_bytes))  # fmt: skip
         if not s.normalize_span_names and not touch_keys:
             return counts
+        if not touch_keys and all(self._normalised(name) == name for name in span_names(request, raw)):
+            return counts  # the common case, decided per distinct name, not per span
         original = s.original_name_attribute
         for rs in request.resource_spans:
             if touch_keys:

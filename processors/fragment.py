@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Fragment", "RootInfo"]
+__all__ = ["FRAGMENT_OVERHEAD", "Fragment", "RootInfo"]
+FRAGMENT_OVERHEAD = 64
+"""Bytes a fragment costs in a queue besides its payload."""
 
 
 @dataclass(slots=True)
@@ -43,4 +45,4 @@ class Fragment:
     @property
     def size(self) -> int:
         """Bytes this fragment costs in a queue: the payload dominates."""
-        return len(self.payload) + 64
+        return len(self.payload) + FRAGMENT_OVERHEAD

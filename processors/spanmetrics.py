@@ -10,8 +10,9 @@ and cost counters by service and model. Label values go through the
 Exemplars carry the trace ids of traces that were actually *kept*: storage reports each
 kept span (``observe_kept``), so a click on an exemplar always finds its trace.
 
-The hot path is plain Python arithmetic on a dict of series; prometheus_client only
-formats them when ``/metrics`` is scraped.
+The per-span work runs in compiled code over the request's bytes
+(:func:`processors.wire.metric_groups`); Python sees each distinct label set once per
+request, and prometheus_client only formats the series when ``/metrics`` is scraped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.samples import Exemplar
 
@@ -31,6 +33,7 @@ from processors.cardinality import OVERFLOW, CardinalitySettings, LabelLimiter
 from processors.genai import (CACHE_READ, CACHE_WRITE, INPUT, MAX_TOKENS, OUTPUT, USAGE_KEYS, PriceTable, Usage,
                               model_of, parse_count)
 from processors.otlp_values import STATUS_NAMES, service_name, value_as_string
+from processors.wire import metric_groups
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Duration histogram bounds, seconds: from a cache hit to a long LLM call."""
@@ -86,12 +89,13 @@ class UsageSeries:
     cost: float = 0.0
     unpriced: int = 0
 
-    def add(self, use: Usage) -> None:
+    def add(self, use: Usage, spans: int = 1) -> None:
+        """``use``: the usage of ``spans`` spans together."""
         self.input += use.input
         self.output += use.output
         self.cache_read += use.cache_read
         self.cache_write += use.cache_write
-        self.spans += 1
+        self.spans += spans
 
 
 def _text(value: Any) -> str:
@@ -123,8 +127,11 @@ class SpanMetrics:
         self.limiter = limiter or LabelLimiter(settings.max_values_per_label, settings.window)
         self.label_keys = list(settings.label_keys)
         self.labels = BASE_LABELS + tuple(label_name(k) for k in self.label_keys)
-        self._wanted = USAGE_KEYS | frozenset(self.label_keys)
-        self._wanted_bytes = [k.encode() for k in sorted(self._wanted)]
+        self._key_names = sorted(USAGE_KEYS | frozenset(self.label_keys))
+        self._keys = [k.encode() for k in self._key_names]
+        # Integer token counts are summed in the compiled walk; a key that is also a label
+        # or a model is read as a value instead.
+        self._summable = [k in TOKEN_KEYS and k not in self.label_keys for k in self._key_names]
         self.series: dict[tuple[str, ...], Series] = {}
         self.usage: dict[tuple[str, str], UsageSeries] = {}
         self.series_overflows = 0
@@ -132,55 +139,48 @@ class SpanMetrics:
         self._overflow_key = (OVERFLOW,) * len(self.labels)
 
     def __call__(self, request: Any, raw: bytes | None = None) -> Counter[str]:
-        """Count one request. Spans are first summed per distinct label set in local dicts;
-        the limiter and the shared series see each label set once per request, not per span."""
+        """Count one request. The compiled walk (:func:`processors.wire.metric_groups`) sums
+        spans per distinct label set; here each label set is read once per request, and the
+        limiter and the shared series see it once per request, not per span."""
         if self._generation != self.limiter.generation:
             self._prune()
-        look = raw is None or any(k in raw for k in self._wanted_bytes)
-        wanted, label_keys, no_labels = self._wanted, self.label_keys, ("",) * len(self.label_keys)
-        # label set -> [calls, errors, duration sum, bucket counts]: plain lists, inlined,
-        # because this loop runs for every span that arrives.
-        local: dict[tuple[Any, ...], list[Any]] = {}
+        slots: dict[str, int] = {}
+        resources = [slots.setdefault(service_name(rs.resource.attributes), len(slots)) for rs in request.resource_spans]
+        services = list(slots)
+        label_keys, no_labels = self.label_keys, ("",) * len(self.label_keys)
+        local: dict[tuple[Any, ...], list[Any]] = {}  # label set -> [calls, errors, duration ns, bucket counts]
         usage: dict[tuple[str, str], UsageSeries] = {}
-        bounds, slots = BUCKETS, len(BUCKETS) + 1
-        for rs in request.resource_spans:
-            service = service_name(rs.resource.attributes)
-            resource = {kv.key: kv.value for kv in rs.resource.attributes if kv.key in wanted} if look else {}
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    found = {kv.key: kv.value for kv in span.attributes if kv.key in wanted} if look else None
-                    if resource:
-                        found = {**resource, **(found or {})}
-                    model, labels = "", no_labels
-                    if found:
-                        model = model_of(found, _text)
-                        if not found.keys().isdisjoint(TOKEN_KEYS):  # an LLM call: read its usage
-                            use = Usage.from_attributes(found, _count, model)
-                            if use is not None:
-                                used = usage.get((service, model))
-                                if used is None:
-                                    used = usage[(service, model)] = UsageSeries()
-                                used.add(use)
-                        labels = tuple(value_as_string(found[k]) if k in found else "" for k in label_keys)
-                    code = span.status.code
-                    key = (service, span.name, code, model, labels)
-                    acc = local.get(key)
-                    if acc is None:
-                        acc = local[key] = [0, 0, 0.0, [0] * slots]
-                    seconds = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
-                    if seconds < 0:
-                        seconds = 0.0
-                    acc[0] += 1
-                    if code == STATUS_ERROR:
-                        acc[1] += 1
-                    acc[2] += seconds
-                    acc[3][bisect.bisect_left(bounds, seconds)] += 1
+        groups = metric_groups(request, raw, resources, self._keys, self._summable, list(BUCKETS))
+        for slot, name, code, values, calls, errors, duration_ns, buckets in groups:
+            service = services[slot]
+            found = {key: v if isinstance(v, int) else AnyValue.FromString(v)
+                     for key, v in zip(self._key_names, values, strict=True) if v is not None}  # fmt: skip
+            model, labels = "", no_labels
+            if found:
+                model = model_of(found, _text)
+                if not found.keys().isdisjoint(TOKEN_KEYS):  # an LLM call: read its usage
+                    use = Usage.from_attributes(found, lambda v: v if isinstance(v, int) else _count(v) * calls, model)
+                    if use is not None:
+                        used = usage.get((service, model))
+                        if used is None:
+                            used = usage[(service, model)] = UsageSeries()
+                        used.add(use, calls)
+                labels = tuple(value_as_string(found[k]) if k in found else "" for k in label_keys)
+            key = (service, name, code, model, labels)
+            acc = local.get(key)
+            if acc is None:
+                local[key] = [calls, errors, duration_ns, buckets]
+            else:
+                acc[0] += calls
+                acc[1] += errors
+                acc[2] += duration_ns
+                acc[3] = [a + b for a, b in zip(acc[3], buckets, strict=True)]
         admit = self.limiter.admit
-        for (service, name, code, model, labels), (calls, errors, total, buckets) in local.items():
+        for (service, name, code, model, labels), (calls, errors, duration_ns, buckets) in local.items():
             admitted = (admit("service", service), admit("span_name", name), STATUS_NAMES.get(code, "Unset"),
                    admit("model", model) if model else "",
                    *(admit(k, v) if v else "" for k, v in zip(label_keys, labels, strict=True)))  # fmt: skip
-            self._merge(admitted, calls, errors, total, buckets)
+            self._merge(admitted, calls, errors, duration_ns / 1e9, buckets)
         for (service, model), used in usage.items():
             self._merge_usage((admit("service", service), admit("model", model) if model else ""), used)
         return Counter(spans_counted=sum(acc[0] for acc in local.values()))

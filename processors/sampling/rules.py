@@ -10,6 +10,7 @@ and every error message is written to be shown next to its key path.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, Protocol
@@ -176,7 +177,11 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
     else:
         return False
     x, y = pair
-    return bool({"=": x == y, "!=": x != y, ">": x > y, ">=": x >= y, "<": x < y, "<=": x <= y}[op])
+    return bool(_OPERATORS[op](x, y))
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
 def _text(value: Any) -> str:
@@ -197,6 +202,9 @@ def compile_condition(cond: Condition) -> Predicate:
     scope = cond.scope
     if cond.duration is not None:
         op, limit = _parse_duration_expr(cond.duration)
+        if scope != "root":
+            compare, bound = _OPERATORS[op], float(limit)  # what _compare does with two numbers
+            return lambda view: bool(compare(float(view.duration_ns), bound))
 
         def duration(view: TraceView) -> bool:
             if scope == "root":
@@ -244,4 +252,13 @@ def compile_condition(cond: Condition) -> Predicate:
 def compile_rule(rule: Rule) -> Predicate:
     """All conditions of a rule must hold; an empty rule always matches."""
     predicates = [compile_condition(c) for c in rule.when]
-    return lambda view: all(p(view) for p in predicates)
+    if len(predicates) == 1:
+        return predicates[0]  # the common case, without a generator per decision
+
+    def every(view: TraceView) -> bool:
+        for predicate in predicates:
+            if not predicate(view):
+                return False
+        return True
+
+    return every

@@ -24,7 +24,6 @@ storage.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
@@ -33,7 +32,8 @@ from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from processors.fragment import Fragment, RootInfo
+from processors import _wire
+from processors.fragment import FRAGMENT_OVERHEAD, Fragment, RootInfo
 from processors.sampling.settings import SamplingSettings
 from processors.otlp_values import service_name
 from processors.sampling.rules import Rule, SpanLike, compile_rule
@@ -47,8 +47,7 @@ def keep_by_trace_id(trace_id: bytes, probability: float) -> bool:
         return True
     if probability <= 0.0:
         return False
-    digest = hashlib.blake2b(trace_id, digest_size=8).digest()
-    return int.from_bytes(digest, "big") < probability * _HASH_SPACE
+    return _wire.trace_hash(trace_id) < probability * _HASH_SPACE  # BLAKE2b, 8-byte digest, big-endian
 
 
 @dataclass(slots=True)
@@ -185,37 +184,40 @@ class TailSampler:
         out: list[Decision] = []
         now = self.clock()
         limits = self.settings
+        buffer, decided, rooted = self._buffer, self._decided, self._rooted
+        received = 0
         for fragment in fragments:
-            self.stats["spans_received"] += fragment.span_count
-            trace_id = fragment.trace_id
-            if trace_id in self._decided:
+            trace_id, spans = fragment.trace_id, fragment.span_count
+            received += spans
+            if trace_id in decided:
                 out.extend(self._late(fragment))
                 continue
-            entry = self._buffer.get(trace_id)
+            entry = buffer.get(trace_id)
             if entry is None:
-                if len(self._buffer) >= limits.max_traces:
+                if len(buffer) >= limits.max_traces:
                     self.stats["decided_early_max_traces"] += 1
                     out.append(self._decide_oldest())
-                entry = _Buffered(TraceSummary(trace_id), first_seen=now, last_seen=now)
-                self._buffer[trace_id] = entry
+                entry = buffer[trace_id] = _Buffered(TraceSummary(trace_id), first_seen=now, last_seen=now)
             entry.fragments.append(fragment)
-            entry.summary.absorb(fragment)
+            summary = entry.summary
+            summary.absorb(fragment)
             entry.last_seen = now
             entry._parsed = None
-            self.buffered_spans += fragment.span_count
-            self.buffered_bytes += fragment.size
-            if entry.summary.root is not None:
-                self._rooted[trace_id] = None
-                self._rooted.move_to_end(trace_id)
-            if entry.summary.span_count >= limits.max_spans_per_trace:
+            self.buffered_spans += spans
+            self.buffered_bytes += len(fragment.payload) + FRAGMENT_OVERHEAD
+            if summary.root is not None:
+                rooted[trace_id] = None
+                rooted.move_to_end(trace_id)
+            if summary.span_count >= limits.max_spans_per_trace:
                 self.stats["decided_early_max_spans_per_trace"] += 1
                 out.append(self._decide(trace_id))
-            while self.buffered_spans > limits.max_buffered_spans and self._buffer:
+            while self.buffered_spans > limits.max_buffered_spans and buffer:
                 self.stats["decided_early_max_buffered_spans"] += 1
                 out.append(self._decide_oldest())
-            while self.buffered_bytes > limits.max_buffered_bytes and self._buffer:
+            while self.buffered_bytes > limits.max_buffered_bytes and buffer:
                 self.stats["decided_early_max_buffered_bytes"] += 1
                 out.append(self._decide_oldest())
+        self.stats["spans_received"] += received
         return out
 
     def due(self, limit: int | None = None) -> list[Decision]:
@@ -225,18 +227,21 @@ class TailSampler:
         out: list[Decision] = []
         wait, quiet = self.settings.decision_wait, self.settings.quiet_period
         limit = limit if limit is not None else 2**62
-        while self._rooted and len(out) < limit:
-            trace_id = next(iter(self._rooted))
-            if self._buffer[trace_id].last_seen + quiet > now:
+        buffer, rooted, decide = self._buffer, self._rooted, self._decide
+        while rooted and len(out) < limit:
+            trace_id = next(iter(rooted))
+            if buffer[trace_id].last_seen + quiet > now:
                 break
-            self.stats["decided_root_quiet"] += 1
-            out.append(self._decide(trace_id))
-        while self._buffer and len(out) < limit:
-            trace_id, entry = next(iter(self._buffer.items()))
+            out.append(decide(trace_id))
+        quieted = len(out)
+        while buffer and len(out) < limit:
+            trace_id, entry = next(iter(buffer.items()))
             if entry.first_seen + wait > now:
                 break
-            self.stats["decided_wait_elapsed"] += 1
-            out.append(self._decide(trace_id))
+            out.append(decide(trace_id))
+        if out:
+            self.stats["decided_root_quiet"] += quieted
+            self.stats["decided_wait_elapsed"] += len(out) - quieted
         return out
 
     def flush(self) -> list[Decision]:
@@ -292,8 +297,9 @@ class TailSampler:
     def _decide(self, trace_id: bytes) -> Decision:
         entry = self._buffer.pop(trace_id)
         self._rooted.pop(trace_id, None)
+        fragments = entry.fragments
         self.buffered_spans -= entry.summary.span_count
-        self.buffered_bytes -= sum(f.size for f in entry.fragments)
+        self.buffered_bytes -= sum([len(f.payload) for f in fragments]) + FRAGMENT_OVERHEAD * len(fragments)
         keep, rule_name, rate = False, "", 1.0
         for rule, matches, limiter in self._rules:
             try:
@@ -313,9 +319,12 @@ class TailSampler:
             break
         self.decisions[(rule_name, keep)] += 1
         self._remember(trace_id, keep, rule_name, rate, entry.summary)
-        if not keep:
-            self._settle(entry.fragments)
-        return Decision(entry.summary, keep, rule_name, rate, entry.fragments if keep else [])
+        if keep:
+            return Decision(entry.summary, True, rule_name, rate, fragments)
+        for f in fragments:
+            if f.source is not None:
+                self._settled.append(f)
+        return Decision(entry.summary, False, rule_name, rate, [])
 
     def _remember(self, trace_id: bytes, keep: bool, rule: str, rate: float, summary: TraceSummary) -> None:
         if self.settings.decision_cache_size == 0:

@@ -1,0 +1,143 @@
+//! Span metrics by label set: calls, errors, summed duration and duration buckets, and sums
+//! of integer token counts, per distinct (service, span name, status code, wanted
+//! attribute values). Python turns each group into its labels once per request.
+
+use std::collections::HashMap;
+
+use crate::otlp::{attributes, walk};
+use crate::wire::{each, Merged, Result, Value};
+
+pub const MAX_TOKENS: i64 = 1_000_000_000_000;
+
+/// What one wanted attribute holds on a span (the span's own value, else its resource's).
+pub enum Part {
+    Absent,
+    /// An integer token count: summed here, clamped to [0, MAX_TOKENS] per span.
+    Int(u128),
+    /// Anything else, as its `AnyValue` bytes, for Python to read.
+    Raw(Vec<u8>),
+}
+
+pub struct Group {
+    pub service: u32,
+    pub name: String,
+    pub code: i32,
+    pub parts: Vec<Part>,
+    pub calls: u64,
+    pub errors: u64,
+    pub duration_ns: u128,
+    pub buckets: Vec<u64>,
+}
+
+/// The integer of an `AnyValue` whose set member is `int_value`, else None.
+fn as_int(value: &[u8]) -> Option<i64> {
+    let mut last: Option<Option<i64>> = None;
+    each(value, |field, v| {
+        match (field, v) {
+            (3, Value::Varint(n)) => last = Some(Some(n as i64)),
+            (1 | 5 | 6 | 7, Value::Bytes(_)) | (2, Value::Varint(_)) | (4, Value::Fixed64(_)) => last = Some(None),
+            _ => {}
+        }
+        Ok(())
+    })
+    .ok()?;
+    last.flatten()
+}
+
+fn wanted_values<'a>(message: &'a [u8], number: u32, keys: &[Vec<u8>], out: &mut [Option<Merged<'a>>]) -> Result<()> {
+    attributes(message, number, |key, value| {
+        if let Some(i) = keys.iter().position(|k| k.as_slice() == key) {
+            out[i] = Some(value); // the last of duplicate keys wins, as in a dict
+        }
+    })
+}
+
+/// `services[i]`: the service slot of the i-th resource (equal names share a slot).
+/// `summable[k]`: wanted key k is a token count, summed when it is an integer.
+pub fn groups(body: &[u8], services: &[u32], keys: &[Vec<u8>], summable: &[bool], bounds: &[f64]) -> Result<Vec<Group>> {
+    let mut out: Vec<Group> = Vec::new();
+    let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut resource_at = usize::MAX;
+    let mut resource_values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+    let mut span_values: Vec<Option<Merged>> = vec![None; keys.len()];
+    let mut ints: Vec<Option<i64>> = vec![None; keys.len()];
+    let mut key = Vec::with_capacity(128);
+    walk(body, |resource, _scope, span| {
+        if resource.index != resource_at {
+            resource_at = resource.index;
+            let mut resource_found: Vec<Option<Merged>> = vec![None; keys.len()];
+            wanted_values(resource.message.bytes(), 1, keys, &mut resource_found)?;
+            for (owned, found) in resource_values.iter_mut().zip(&resource_found) {
+                *owned = found.as_ref().map(|m| m.bytes().to_vec());
+            }
+        }
+        span_values.iter_mut().for_each(|v| *v = None);
+        wanted_values(span.raw, 9, keys, &mut span_values)?;
+        let values: Vec<Option<&[u8]>> = span_values.iter().zip(&resource_values)
+            .map(|(s, r)| s.as_ref().map(|m| m.bytes()).or(r.as_deref())).collect();
+        let service = *services.get(resource.index).unwrap_or(&u32::MAX);
+        key.clear();
+        key.extend_from_slice(&service.to_le_bytes());
+        key.extend_from_slice(&span.code.to_le_bytes());
+        key.extend_from_slice(&(span.name.len() as u64).to_le_bytes());
+        key.extend_from_slice(span.name);
+        for (k, value) in values.iter().enumerate() {
+            ints[k] = None;
+            match value {
+                None => key.push(0),
+                Some(v) => match as_int(v).filter(|_| summable[k]) {
+                    Some(n) => {
+                        ints[k] = Some(n);
+                        key.push(1);
+                    }
+                    None => {
+                        key.push(2);
+                        key.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                        key.extend_from_slice(v);
+                    }
+                },
+            }
+        }
+        let at = match index.get(key.as_slice()) {
+            Some(&at) => at,
+            None => {
+                let parts = values.iter().enumerate().map(|(k, v)| match (v, ints[k]) {
+                    (None, _) => Part::Absent,
+                    (Some(_), Some(_)) => Part::Int(0),
+                    (Some(v), None) => Part::Raw(v.to_vec()),
+                }).collect();
+                out.push(Group { service, name: String::from_utf8_lossy(span.name).into_owned(), code: span.code, parts,
+                                 calls: 0, errors: 0, duration_ns: 0, buckets: vec![0; bounds.len() + 1] });
+                index.insert(key.clone(), out.len() - 1);
+                out.len() - 1
+            }
+        };
+        let g = &mut out[at];
+        let ns = (i128::from(span.end) - i128::from(span.start)).max(0) as u128;
+        let seconds = ns as f64 / 1e9;
+        g.calls += 1;
+        g.errors += u64::from(span.code == 2);
+        g.duration_ns += ns;
+        g.buckets[bounds.partition_point(|&b| b < seconds)] += 1;
+        for (part, n) in g.parts.iter_mut().zip(&ints) {
+            if let (Part::Int(sum), Some(n)) = (part, n) {
+                *sum += (*n).clamp(0, MAX_TOKENS) as u128;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The distinct span names of a request, in order of first use.
+pub fn span_names(body: &[u8]) -> Result<Vec<String>> {
+    let mut seen: HashMap<&[u8], ()> = HashMap::new();
+    let mut out = Vec::new();
+    walk(body, |_r, _s, span| {
+        if seen.insert(span.name, ()).is_none() {
+            out.push(String::from_utf8_lossy(span.name).into_owned());
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}

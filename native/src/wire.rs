@@ -1,0 +1,174 @@
+//! A protobuf wire-format reader over borrowed bytes: no allocation, no copies.
+//!
+//! Semantics follow the protobuf spec as upb (Python's parser) applies them, so that what
+//! this reads agrees with the decoded request: the last occurrence of a scalar field wins,
+//! occurrences of a message field merge (callers concatenate them), a known field with an
+//! unexpected wire type is an unknown field, and unknown fields (groups included) are
+//! skipped.
+
+pub enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32,
+    Group,
+}
+
+#[derive(Debug)]
+pub struct WireError(pub &'static str);
+
+pub type Result<T> = std::result::Result<T, WireError>;
+
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut out: u64 = 0;
+        for shift in (0..70).step_by(7) {
+            let byte = *self.buf.get(self.pos).ok_or(WireError("truncated varint"))?;
+            self.pos += 1;
+            if shift < 64 {
+                out |= u64::from(byte & 0x7f) << shift;
+            }
+            if byte & 0x80 == 0 {
+                return Ok(out);
+            }
+        }
+        Err(WireError("varint longer than 10 bytes"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).ok_or(WireError("length overflows"))?;
+        let out = self.buf.get(self.pos..end).ok_or(WireError("truncated field"))?;
+        self.pos = end;
+        Ok(out)
+    }
+
+    /// Skips a group's fields up to its end tag (nested groups included).
+    fn skip_group(&mut self, number: u64, depth: u32) -> Result<()> {
+        if depth > 64 {
+            return Err(WireError("groups nested too deep"));
+        }
+        loop {
+            if self.pos >= self.buf.len() {
+                return Err(WireError("unterminated group"));
+            }
+            let tag = self.varint()?;
+            let (field, wire) = (tag >> 3, tag & 7);
+            match wire {
+                0 => {
+                    self.varint()?;
+                }
+                1 => {
+                    self.take(8)?;
+                }
+                2 => {
+                    let n = self.varint()? as usize;
+                    self.take(n)?;
+                }
+                3 => self.skip_group(field, depth + 1)?,
+                4 if field == number => return Ok(()),
+                5 => {
+                    self.take(4)?;
+                }
+                _ => return Err(WireError("bad wire type in group")),
+            }
+        }
+    }
+
+    /// The next (field number, value), or None at the end.
+    pub fn next(&mut self) -> Result<Option<(u32, Value<'a>)>> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        let tag = self.varint()?;
+        let field = tag >> 3;
+        if field == 0 || field > u64::from(u32::MAX >> 3) {
+            return Err(WireError("invalid field number"));
+        }
+        let value = match tag & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => Value::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().unwrap())),
+            2 => {
+                let n = self.varint()?;
+                let n = usize::try_from(n).map_err(|_| WireError("length overflows"))?;
+                Value::Bytes(self.take(n)?)
+            }
+            3 => {
+                self.skip_group(field, 0)?;
+                Value::Group
+            }
+            5 => {
+                self.take(4)?;
+                Value::Fixed32
+            }
+            _ => return Err(WireError("invalid wire type")),
+        };
+        Ok(Some((field as u32, value)))
+    }
+}
+
+/// Calls `f` with every (field, value) of a message.
+pub fn each<'a>(buf: &'a [u8], mut f: impl FnMut(u32, Value<'a>) -> Result<()>) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while let Some((field, value)) = r.next()? {
+        f(field, value)?;
+    }
+    Ok(())
+}
+
+pub fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n > 0x7f {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A length-delimited field (wire type 2).
+pub fn put_field(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
+    put_varint(out, u64::from(number) << 3 | 2);
+    put_varint(out, payload.len() as u64);
+    out.extend_from_slice(payload);
+}
+
+/// An embedded message: occurrences of the same field merge, which concatenating their
+/// bytes expresses exactly. Borrowed while there is one occurrence (the common case).
+#[derive(Default, Clone)]
+pub struct Merged<'a> {
+    first: Option<&'a [u8]>,
+    more: Option<Vec<u8>>,
+}
+
+impl<'a> Merged<'a> {
+    pub fn push(&mut self, part: &'a [u8]) {
+        match (&mut self.more, self.first) {
+            (Some(more), _) => more.extend_from_slice(part),
+            (None, None) => self.first = Some(part),
+            (None, Some(first)) => {
+                let mut v = first.to_vec();
+                v.extend_from_slice(part);
+                self.more = Some(v);
+            }
+        }
+    }
+
+    pub fn present(&self) -> bool {
+        self.first.is_some()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match (&self.more, self.first) {
+            (Some(v), _) => v,
+            (None, Some(b)) => b,
+            (None, None) => &[],
+        }
+    }
+}

@@ -1,0 +1,104 @@
+"""The per-span hot path, over the request's OTLP bytes, in compiled code (``native/``, Rust).
+
+Python works per request and per trace; everything done per span runs here, in one pass
+over the protobuf bytes without building an object per span: cutting a request into
+per-trace fragments (:func:`split_by_trace`), listing its span names (for normalisation)
+and summing span metrics by label set (:func:`metric_groups`).
+
+The extension reads the wire format the way upb does (last scalar wins, repeated message
+fields merge, unknown fields and groups skipped), and ``processors/reference.py`` holds the
+pure-Python reference that ``tests/test_wire_contract.py`` runs on the same inputs: both
+must give the same results. If the extension refuses a body that upb accepted (it never
+should), the caller falls back to the reference, counted in :data:`FALLBACKS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from processors import _wire, reference
+from processors.fragment import Fragment, RootInfo
+from processors.otlp_values import service_name
+
+log = logging.getLogger("tailsift")
+FALLBACKS: Counter[str] = Counter()
+"""Bodies the extension refused and the reference handled, by function (read by /metrics;
+updated on the event loop only)."""
+EXPIRED = reference.EXPIRED
+
+__all__ = ["EXPIRED", "FALLBACKS", "SplitResult", "metric_groups", "span_names", "split_by_trace"]
+
+
+@dataclass(slots=True)
+class SplitResult:
+    fragments: list[Fragment]
+    rejected_spans: int
+    error_message: str
+    expired_spans: int = 0
+
+
+def _fallback(what: str, exc: ValueError) -> None:
+    FALLBACKS[what] += 1
+    log.warning("wire: %s fell back to the Python reference: %s", what, exc)
+
+
+def split_by_trace(request: Any, received_ns: int | None = None, oldest_ns: int = 0,
+                   raw: bytes | None = None) -> SplitResult:  # fmt: skip
+    """Validate ids and group spans by trace id into fragments.
+
+    ``raw`` is the request's serialized form when the caller has it unchanged (else it is
+    serialized here: one C call). Spans with invalid ids, and spans that start before
+    ``oldest_ns`` (storage would delete them at once, by its TTL), are rejected and counted,
+    so the rest of the request is accepted (OTLP ``partial_success``): nothing is
+    acknowledged and then silently deleted."""
+    now = received_ns or time.time_ns()
+    body = raw if raw is not None else request.SerializeToString()
+    try:
+        found, rejected, expired, reason = _wire.split(body, max(0, oldest_ns))
+    except ValueError as exc:
+        _fallback("split", exc)
+        found, rejected, expired, reason = reference.split(request, oldest_ns)
+    services: dict[int, str] = {}
+    fragments = []
+    for trace_id, payload, count, start, end, error, root in found:
+        info = None
+        if root is not None:
+            at, name, root_start, root_end = root
+            if at not in services:
+                services[at] = service_name(request.resource_spans[at].resource.attributes)
+            info = RootInfo(services[at], name, root_start, root_end)
+        fragments.append(Fragment(trace_id, payload, count, start, end, error, info, now))
+    return SplitResult(fragments, rejected, reference.rejection_message(rejected, expired, reason), expired)
+
+
+def span_names(request: Any, raw: bytes | None) -> list[str]:
+    """The distinct span names of a request, in order of first use."""
+    body = raw if raw is not None else request.SerializeToString()
+    try:
+        return _wire.span_names(body)
+    except ValueError as exc:
+        _fallback("span_names", exc)
+        return reference.span_names(request)
+
+
+MetricGroup = tuple[int, str, int, list[bytes | int | None], int, int, int, list[int]]
+
+
+def metric_groups(request: Any, raw: bytes | None, services: list[int], keys: list[bytes], summable: list[bool],
+                  bounds: list[float]) -> list[MetricGroup]:  # fmt: skip
+    """Spans summed per distinct (service slot, name, status code, wanted attribute values):
+    ``(slot, name, code, values, calls, errors, duration_ns, buckets)``. ``services[i]`` is
+    the slot of the i-th resource; ``values[k]`` is None when key k is absent (on the span
+    and its resource), the ``AnyValue`` bytes, or for a ``summable`` key holding integers
+    the sum of each span's value clamped to [0, 10**12]. Durations below 0 count as 0;
+    ``buckets[i]`` counts spans with ``bounds[i-1] < seconds <= bounds[i]``."""
+    body = raw if raw is not None else request.SerializeToString()
+    try:
+        return _wire.metric_groups(body, services, keys, summable, bounds)
+    except ValueError as exc:
+        _fallback("metric_groups", exc)
+        return reference.metric_groups(request, services, keys, summable, bounds)

@@ -1,0 +1,241 @@
+"""The compiled hot path (``processors._wire``) against its Python reference.
+
+Both run on the same inputs and must agree: generated requests, the bench's shapes, and
+bytes no SDK writes but upb accepts (fields out of order or repeated, messages split in
+parts, unknown fields and groups, known fields with the wrong wire type). Payloads are
+compared as parsed messages (the extension copies span bytes as they came; the reference
+writes them canonically); everything else must be equal as is. Span metrics are compared
+end to end: a ``SpanMetrics`` fed through the extension and one fed through the reference
+(the extension made to refuse, which is also the production fallback) hold equal series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from collector.bench.shapes import SHAPES, build
+from collector.kafka import envelope
+from collector.kafka.envelope_pb2 import Batch
+from processors import _wire, reference, wire
+from processors.cardinality import CardinalitySettings
+from processors.genai import Price, PriceTable
+from processors.spanmetrics import BUCKETS, SpanMetrics
+
+KEYS = [b"gen_ai.request.model", b"gen_ai.response.model", b"gen_ai.usage.input_tokens", b"prompt_key"]
+SUMMABLE = [False, False, True, False]
+BOUNDS = list(BUCKETS)
+
+
+def _normal_split(result: tuple[list[Any], int, int, str | None]) -> tuple[Any, ...]:
+    fragments, rejected, expired, reason = result
+    return ([(t, TracesData.FromString(p), *rest) for t, p, *rest in fragments], rejected, expired, reason)
+
+
+def _normal_groups(groups: list[Any]) -> list[Any]:
+    return [(*g[:3], [AnyValue.FromString(v) if isinstance(v, bytes) else v for v in g[3]], *g[4:]) for g in groups]
+
+
+def assert_agree(body: bytes, oldest_ns: int = 0, services: list[int] | None = None) -> ExportTraceServiceRequest:
+    """Every compiled function agrees with the reference on ``body`` (which upb accepts)."""
+    request = ExportTraceServiceRequest.FromString(body)
+    slots = services if services is not None else list(range(len(request.resource_spans)))
+    assert _normal_split(_wire.split(body, oldest_ns)) == _normal_split(reference.split(request, oldest_ns))
+    assert _wire.span_names(body) == reference.span_names(request)
+    assert _normal_groups(_wire.metric_groups(body, slots, KEYS, SUMMABLE, BOUNDS)) == _normal_groups(
+        reference.metric_groups(request, slots, KEYS, SUMMABLE, BOUNDS))
+    return request
+
+
+# --- generated requests
+
+_ids = st.one_of(st.binary(min_size=16, max_size=16), st.sampled_from([bytes(16), b"", b"\x01" * 15]))
+_values = st.one_of(
+    st.builds(lambda s: AnyValue(string_value=s), st.sampled_from(["gpt-4o", "", "claude", "p1"])),
+    st.builds(lambda n: AnyValue(int_value=n), st.integers(-(2**63), 2**63 - 1)),
+    st.builds(lambda d: AnyValue(double_value=d), st.floats(allow_nan=True)),
+    st.builds(lambda b: AnyValue(bool_value=b), st.booleans()),
+    st.just(AnyValue()),
+)
+_attributes = st.lists(st.tuples(st.sampled_from([k.decode() for k in KEYS] + ["other"]), _values), max_size=4)
+
+
+@st.composite
+def requests(draw: Any) -> bytes:
+    request = ExportTraceServiceRequest()
+    traces = draw(st.lists(_ids, min_size=1, max_size=4))
+    for _ in range(draw(st.integers(1, 3))):
+        rs = request.resource_spans.add(schema_url=draw(st.sampled_from(["", "https://s/1"])))
+        for key, value in draw(_attributes):
+            rs.resource.attributes.add(key=key).value.CopyFrom(value)
+        if draw(st.booleans()):
+            rs.resource.attributes.add(key="service.name").value.string_value = draw(st.sampled_from(["a", "b"]))
+        for _ in range(draw(st.integers(0, 3))):
+            ss = rs.scope_spans.add(scope={"name": draw(st.sampled_from(["", "lib"]))})
+            for _ in range(draw(st.integers(0, 5))):
+                start = draw(st.integers(0, 2**64 - 1))
+                span = ss.spans.add(
+                    trace_id=draw(st.sampled_from(traces)), span_id=draw(st.sampled_from([b"\x01" * 8, bytes(8), b"\x02" * 7])),
+                    parent_span_id=draw(st.sampled_from([b"", b"\x03" * 8, b"\x04"])), name=draw(st.sampled_from(["a", "GET /x/1", "é"])),
+                    start_time_unix_nano=start, end_time_unix_nano=draw(st.sampled_from([start, 0, 2**64 - 1, min(start + 10**9, 2**64 - 1)])),
+                )  # fmt: skip
+                span.status.code = draw(st.sampled_from([0, 1, 2, 7]))
+                for key, value in draw(_attributes):
+                    span.attributes.add(key=key).value.CopyFrom(value)
+    return request.SerializeToString()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=requests(), oldest=st.sampled_from([0, 2**40, 2**63]))
+def test_generated_requests_agree(body: bytes, oldest: int) -> None:
+    assert_agree(body, oldest)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bench_shapes_agree(shape: str) -> None:
+    assert_agree(build(shape).fresh())
+
+
+# --- bytes no SDK writes, that upb accepts
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _fixed64(field: int, n: int) -> bytes:
+    return _varint(field << 3 | 1) + struct.pack("<Q", n)
+
+
+def _request(*spans: bytes, resource: bytes = b"", scope: bytes = b"") -> bytes:
+    return _ld(1, _ld(1, resource) + _ld(2, _ld(1, scope) + b"".join(_ld(2, s) for s in spans)))
+
+
+TRACE = b"\x0a" * 16
+KV = _ld(1, b"gen_ai.usage.input_tokens") + _ld(2, _varint(3 << 3) + _varint(40))
+ODD: dict[str, Callable[[], bytes]] = {
+    "fields in reverse order": lambda: _request(
+        _fixed64(8, 900) + _fixed64(7, 100) + _ld(5, b"op") + _ld(2, b"\x01" * 8) + _ld(1, TRACE)),
+    "trace id given twice, the last one wins": lambda: _request(
+        _ld(1, b"\x0b" * 16) + _ld(1, TRACE) + _ld(2, b"\x01" * 8) + _fixed64(7, 5)),
+    "status in two parts (merged), code last": lambda: _request(
+        _ld(1, TRACE) + _ld(2, b"\x01" * 8) + _ld(15, _varint(3 << 3) + _varint(2)) + _ld(15, _ld(2, b"boom"))),
+    "resource in two parts": lambda: _ld(1, _ld(1, _ld(1, _ld(1, b"service.name") + _ld(2, _ld(1, b"a"))))
+                                         + _ld(2, _ld(2, _ld(1, TRACE) + _ld(2, b"\x01" * 8)))
+                                         + _ld(1, _ld(1, KV))),
+    "unknown fields and a group": lambda: _request(
+        _ld(1, TRACE) + _ld(2, b"\x01" * 8) + _varint(99 << 3) + _varint(7) + _varint(98 << 3 | 3)
+        + _varint(1 << 3) + _varint(1) + _varint(98 << 3 | 4) + _varint(97 << 3 | 5) + b"\0\0\0\0"),
+    "start time sent as a varint (an unknown field then)": lambda: _request(
+        _ld(1, TRACE) + _ld(2, b"\x01" * 8) + _varint(7 << 3) + _varint(5)),
+    "attribute value in two parts, integer last": lambda: _request(
+        _ld(1, TRACE) + _ld(2, b"\x01" * 8)
+        + _ld(9, _ld(1, b"gen_ai.usage.input_tokens") + _ld(2, _ld(1, b"12")) + _ld(2, _varint(3 << 3) + _varint(7)))),
+    "duplicate attribute keys, span over resource": lambda: _request(
+        _ld(1, TRACE) + _ld(2, b"\x01" * 8) + _ld(9, KV) + _ld(9, _ld(1, b"prompt_key") + _ld(2, _ld(1, b"x")))
+        + _ld(9, _ld(1, b"prompt_key") + _ld(2, _ld(1, b"y"))), resource=_ld(1, _ld(1, b"prompt_key") + _ld(2, _ld(1, b"r")))),
+    "negative token count and status code": lambda: _request(
+        _ld(1, TRACE) + _ld(2, b"\x01" * 8) + _ld(15, _varint(3 << 3) + _varint(2**64 - 1))
+        + _ld(9, _ld(1, b"gen_ai.usage.input_tokens") + _ld(2, _varint(3 << 3) + _varint(2**64 - 5)))),
+    "no spans, empty messages": lambda: _ld(1, b"") + _ld(1, _ld(2, b"")),
+}
+
+
+@pytest.mark.parametrize("case", ODD)
+def test_odd_but_valid_encodings_agree(case: str) -> None:
+    request = assert_agree(ODD[case]())
+    assert isinstance(request, ExportTraceServiceRequest)
+
+
+@settings(max_examples=400, deadline=None)
+@given(seed=requests(), cut=st.integers(0, 10_000), junk=st.binary(max_size=6))
+def test_damaged_bytes_never_crash_and_agree_when_upb_accepts(seed: bytes, cut: int, junk: bytes) -> None:
+    """A body cut short or with junk spliced in: the extension raises ValueError or returns,
+    never crashes; and when upb accepts the body it gives the reference's answer."""
+    at = cut % (len(seed) + 1)
+    body = seed[:at] + junk + seed[at + len(junk):]
+    try:
+        ExportTraceServiceRequest.FromString(body)
+    except (DecodeError, RuntimeError, ValueError):
+        for call in (lambda: _wire.split(body, 0), lambda: _wire.span_names(body),
+                     lambda: _wire.metric_groups(body, [0, 1, 2], KEYS, SUMMABLE, BOUNDS)):  # fmt: skip
+            try:
+                call()
+            except ValueError:
+                pass
+        return
+    assert_agree(body, services=[0] * 64)
+
+
+# --- span metrics end to end, and the fallback
+
+
+def _metrics_state(metrics: SpanMetrics) -> tuple[Any, Any]:
+    series = {k: (s.calls, s.errors, s.duration.buckets, round(s.duration.sum, 9)) for k, s in metrics.series.items()}
+    usage = {k: (u.input, u.output, u.cache_read, u.cache_write, u.spans, u.unpriced, round(u.cost, 9))
+             for k, u in metrics.usage.items()}  # fmt: skip
+    return series, usage
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(requests(), min_size=1, max_size=4))
+def test_span_metrics_agree_with_the_reference_fallback(bodies: list[bytes]) -> None:
+    def make() -> SpanMetrics:
+        return SpanMetrics(CardinalitySettings(label_keys=["prompt_key"]), PriceTable([Price(model="gpt*", input=1, output=2)]))
+
+    compiled, fallback = make(), make()
+    for body in bodies:
+        request = ExportTraceServiceRequest.FromString(body)
+        compiled(request, body)
+    before = sum(wire.FALLBACKS.values())
+    with pytest.MonkeyPatch.context() as patch:
+        def refuse(*args: Any) -> Any:
+            raise ValueError("refused for the test")
+
+        patch.setattr(_wire, "metric_groups", refuse)
+        for body in bodies:
+            fallback(ExportTraceServiceRequest.FromString(body), body)
+    assert sum(wire.FALLBACKS.values()) == before + len(bodies)
+    assert _metrics_state(compiled) == _metrics_state(fallback)
+
+
+# --- the write-ahead log's and Kafka's batch
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=requests(), received=st.sampled_from([0, 1, 2**64 - 1]), error=st.booleans())
+def test_packed_batches_agree(body: bytes, received: int, error: bool) -> None:
+    fragments = wire.split_by_trace(ExportTraceServiceRequest.FromString(body), received or 1).fragments
+    for f in fragments[:1]:
+        f.has_error, f.received_ns = error, received
+        if f.root is not None:
+            f.root.service = ""  # present, though empty
+    packed = envelope.pack(fragments)
+    assert Batch.FromString(packed) == Batch.FromString(envelope.pack_reference(fragments))
+    assert [(f.trace_id, f.payload, f.root) for f in envelope.unpack(packed, (0, 1))] == [
+        (f.trace_id, f.payload, f.root) for f in fragments]
+
+
+@given(trace_id=st.binary(max_size=32))
+def test_the_sampling_coin_is_blake2b(trace_id: bytes) -> None:
+    """Every replica and version must toss the same coin for a trace id."""
+    assert _wire.trace_hash(trace_id) == int.from_bytes(hashlib.blake2b(trace_id, digest_size=8).digest(), "big")
