@@ -3,7 +3,9 @@ span's size on the wire.
 
 Builds requests of each ``tailsift bench`` shape, splits them by trace as the receiver
 does, buffers every fragment in a :class:`TailSampler` that decides nothing yet, and
-measures what stays on the Python heap (tracemalloc) once the requests are gone:
+measures what stays on the Python heap (tracemalloc) once the requests are gone, plus what
+the compiled buffer holds outside it (its tables, queues and per-trace entries, which
+tracemalloc cannot see; ``TailSampler.native_bytes``):
 
     python -m benchmarks.memory
 
@@ -39,7 +41,7 @@ def measure(shape: str) -> tuple[float, float]:
         spans += template.spans
         sampler.add(split_by_trace(decode_protobuf(body)).fragments)  # the request is garbage after this
     gc.collect()
-    held = tracemalloc.get_traced_memory()[0] - before
+    held = tracemalloc.get_traced_memory()[0] - before + sampler.native_bytes
     tracemalloc.stop()
     assert sampler.buffered_spans == spans
     return held / spans, wire / spans

@@ -239,3 +239,36 @@ def test_packed_batches_agree(body: bytes, received: int, error: bool) -> None:
 def test_the_sampling_coin_is_blake2b(trace_id: bytes) -> None:
     """Every replica and version must toss the same coin for a trace id."""
     assert _wire.trace_hash(trace_id) == int.from_bytes(hashlib.blake2b(trace_id, digest_size=8).digest(), "big")
+
+
+# --- the sampler's rules: evaluated in the compiled buffer, or in Python
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(requests(), min_size=1, max_size=5), wait=st.sampled_from([0, 10**9]),
+       rules=st.sampled_from([None, [{"name": "slow", "when": [{"duration": "> 1ms"}, {"status": "error"}], "keep": "50%"},
+                                     {"name": "short", "when": [{"duration": "<= 3ms"}], "keep": 0.3},
+                                     {"name": "rest", "keep": "10%"}]]))  # fmt: skip
+def test_native_rule_decisions_agree_with_python(bodies: list[bytes], wait: int, rules: Any) -> None:
+    """The same traces through a sampler deciding the default kind of rules in compiled code
+    and one made to evaluate them in Python: the same decisions, counts and summaries."""
+    from processors.sampling import sampler as sampling
+    from processors.sampling.settings import SamplingSettings
+
+    config: dict[str, Any] = {"decision_wait": wait, "quiet_period": wait, "max_traces": 7}
+    settings = SamplingSettings.model_validate({**config, **({"rules": rules} if rules else {})})
+
+    def run() -> tuple[Any, ...]:
+        s = sampling.TailSampler(settings, clock=lambda: 0)
+        out = []
+        for body in bodies:
+            out += s.add(wire.split_by_trace(ExportTraceServiceRequest.FromString(body), 1, 0, body).fragments)
+            out += s.due()
+        out += s.flush()
+        return ([(d.summary, d.keep, d.rule, d.sample_rate, [f.payload for f in d.fragments], d.late) for d in out],
+                dict(s.stats), dict(s.decisions))  # fmt: skip
+
+    native = run()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sampling, "native_conditions", lambda rule: None)
+        assert run() == native

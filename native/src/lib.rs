@@ -2,6 +2,7 @@
 //! request and per trace, never per span. `processors/wire.py` is its typed face, and
 //! `processors/reference.py` the pure-Python reference that tests hold it to.
 
+mod buffer;
 mod envelope;
 mod metrics;
 mod otlp;
@@ -73,9 +74,13 @@ fn pack<'py>(py: Python<'py>, fragments: &Bound<'py, PyList>) -> PyResult<Bound<
 /// (`hashlib.blake2b(trace_id, digest_size=8)`): the sampler's deterministic coin.
 #[pyfunction]
 fn trace_hash(trace_id: &[u8]) -> u64 {
+    hash64(trace_id)
+}
+
+pub(crate) fn hash64(data: &[u8]) -> u64 {
     use blake2::digest::{Update, VariableOutput};
     let mut hasher = blake2::Blake2bVar::new(8).expect("8 is a valid BLAKE2b output size");
-    hasher.update(trace_id);
+    hasher.update(data);
     let mut out = [0u8; 8];
     hasher.finalize_variable(&mut out).expect("the buffer is the output size");
     u64::from_be_bytes(out)
@@ -88,5 +93,6 @@ fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(metric_groups, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
     m.add_function(wrap_pyfunction!(trace_hash, m)?)?;
+    m.add_class::<buffer::TraceBuffer>()?;
     Ok(())
 }

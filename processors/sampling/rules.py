@@ -249,6 +249,26 @@ def compile_condition(cond: Condition) -> Predicate:
     return lambda view: any(_compare(op, s.name, expected) for _, _, s in _subjects(view, scope))
 
 
+def native_conditions(rule: Rule) -> list[tuple[Any, ...]] | None:
+    """A rule's conditions in the form the compiled buffer evaluates itself (``("error",)``,
+    ``("duration", op, bound_ns)``: what the fast paths of :func:`compile_condition` test),
+    or None when any of them, or a rate limit, needs Python."""
+    if rule.rate_limit is not None:
+        return None
+    out: list[tuple[Any, ...]] = []
+    for cond in rule.when:
+        if cond.scope != "any":
+            return None
+        if cond.duration is not None:
+            op, limit = _parse_duration_expr(cond.duration)
+            out.append(("duration", op, float(limit)))
+        elif cond.status == "error" and cond.op != "!=":
+            out.append(("error",))
+        else:
+            return None
+    return out
+
+
 def compile_rule(rule: Rule) -> Predicate:
     """All conditions of a rule must hold; an empty rule always matches."""
     predicates = [compile_condition(c) for c in rule.when]

@@ -20,23 +20,29 @@ With the Kafka queue every fragment carries its record position. Fragments the s
 done with and that need no storage (dropped, or replays of spans already stored) are
 reported by ``take_settled`` so the queue can commit past them; kept ones are settled by
 storage.
+
+The buffer and the decision cache are compiled (``processors._wire.TraceBuffer``, Rust): a
+waiting trace is a compact entry there, not Python objects, and rules that read only the
+error flag and the duration are evaluated there too. Rules on names, services or
+attributes, and rate limits, run in Python (:meth:`TailSampler._evaluate`);
+tests/test_wire_contract.py holds both ways of deciding to the same answers.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from processors import _wire
-from processors.fragment import FRAGMENT_OVERHEAD, Fragment, RootInfo
+from processors.fragment import Fragment, RootInfo
 from processors.sampling.settings import SamplingSettings
 from processors.otlp_values import service_name
-from processors.sampling.rules import Rule, SpanLike, compile_rule
+from processors.sampling.rules import Rule, SpanLike, compile_rule, native_conditions
 
 _HASH_SPACE = float(2**64)
 
@@ -98,15 +104,17 @@ class Decision:
     crashed: its spans are checked against the database before they are inserted."""
 
 
-@dataclass(slots=True)
-class _Buffered:
-    summary: TraceSummary
-    first_seen: int
-    last_seen: int
-    fragments: list[Fragment] = field(default_factory=list)
-    _parsed: list[tuple[str, Any, SpanLike]] | None = None
+class _View:
+    """A buffered trace as the rules read it (the ``TraceView`` protocol): built only for a
+    trace whose rules need more than its error flag and duration."""
 
-    # --- the TraceView protocol the rules read
+    __slots__ = ("summary", "fragments", "_parsed")
+
+    def __init__(self, summary: TraceSummary, fragments: list[Fragment]):
+        self.summary = summary
+        self.fragments = fragments
+        self._parsed: list[tuple[str, Any, SpanLike]] | None = None
+
     @property
     def has_error(self) -> bool:
         return self.summary.has_error
@@ -157,7 +165,12 @@ class _RateLimit:
 
 
 class TailSampler:
-    """See the module docstring. ``clock`` returns monotonic nanoseconds (tests pass a fake)."""
+    """See the module docstring. ``clock`` returns monotonic nanoseconds (tests pass a fake).
+
+    The buffer and the decision cache live in compiled code (``processors._wire.TraceBuffer``):
+    a buffered trace is no Python object, and the rules that read only the error flag and
+    the duration (the defaults) are evaluated there. Any other rule runs here
+    (:meth:`_evaluate`), trace by trace. Single-threaded: the event loop's only."""
 
     def __init__(self, settings: SamplingSettings, clock: Callable[[], int] = time.monotonic_ns):
         self.settings = settings
@@ -166,116 +179,74 @@ class TailSampler:
             (r, compile_rule(r), _RateLimit(r.rate_limit) if r.rate_limit is not None else None)
             for r in settings.rules
         ]
-        self._buffer: OrderedDict[bytes, _Buffered] = OrderedDict()  # by first arrival
-        self._rooted: OrderedDict[bytes, None] = OrderedDict()  # root seen, by last arrival
-        self._decided: OrderedDict[bytes, tuple[bool, str, float, TraceSummary]] = OrderedDict()
-        self.buffered_spans = 0
-        self.buffered_bytes = 0
+        limits = (settings.max_traces, settings.max_spans_per_trace, settings.max_buffered_spans,
+                  settings.max_buffered_bytes, settings.decision_cache_size)  # fmt: skip
+        self._buffer = _wire.TraceBuffer([(native_conditions(r), r.keep, r.name) for r in settings.rules], limits,
+                                         TraceSummary, Decision, self._evaluate)  # fmt: skip
         self.stats: Counter[str] = Counter()
         self.decisions: Counter[tuple[str, bool]] = Counter()
         self._settled: list[Fragment] = []
 
     @property
     def buffered_traces(self) -> int:
-        return len(self._buffer)
+        return int(self._buffer.traces)
+
+    @property
+    def buffered_spans(self) -> int:
+        return int(self._buffer.spans)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return int(self._buffer.size)
+
+    @property
+    def native_bytes(self) -> int:
+        """Memory the buffer holds outside the Python heap (its tables and queues)."""
+        return int(self._buffer.native_bytes)
 
     def add(self, fragments: list[Fragment]) -> list[Decision]:
         """Buffer fragments; returns decisions forced by bounds or late spans."""
-        out: list[Decision] = []
-        now = self.clock()
-        limits = self.settings
-        buffer, decided, rooted = self._buffer, self._decided, self._rooted
-        received = 0
-        for fragment in fragments:
-            trace_id, spans = fragment.trace_id, fragment.span_count
-            received += spans
-            if trace_id in decided:
-                out.extend(self._late(fragment))
-                continue
-            entry = buffer.get(trace_id)
-            if entry is None:
-                if len(buffer) >= limits.max_traces:
-                    self.stats["decided_early_max_traces"] += 1
-                    out.append(self._decide_oldest())
-                entry = buffer[trace_id] = _Buffered(TraceSummary(trace_id), first_seen=now, last_seen=now)
-            entry.fragments.append(fragment)
-            summary = entry.summary
-            summary.absorb(fragment)
-            entry.last_seen = now
-            entry._parsed = None
-            self.buffered_spans += spans
-            self.buffered_bytes += len(fragment.payload) + FRAGMENT_OVERHEAD
-            if summary.root is not None:
-                rooted[trace_id] = None
-                rooted.move_to_end(trace_id)
-            if summary.span_count >= limits.max_spans_per_trace:
-                self.stats["decided_early_max_spans_per_trace"] += 1
-                out.append(self._decide(trace_id))
-            while self.buffered_spans > limits.max_buffered_spans and buffer:
-                self.stats["decided_early_max_buffered_spans"] += 1
-                out.append(self._decide_oldest())
-            while self.buffered_bytes > limits.max_buffered_bytes and buffer:
-                self.stats["decided_early_max_buffered_bytes"] += 1
-                out.append(self._decide_oldest())
-        self.stats["spans_received"] += received
+        out, late = self._buffer.add(fragments, self.clock())
+        for fragment in late:
+            out.extend(self._late(fragment))
+        self._count()
         return out
 
     def due(self, limit: int | None = None) -> list[Decision]:
         """Decide the traces whose wait or quiet period has passed, at most ``limit`` of them
         (the caller comes back for the rest, so one call never holds the event loop long)."""
-        now = self.clock()
-        out: list[Decision] = []
-        wait, quiet = self.settings.decision_wait, self.settings.quiet_period
-        limit = limit if limit is not None else 2**62
-        buffer, rooted, decide = self._buffer, self._rooted, self._decide
-        while rooted and len(out) < limit:
-            trace_id = next(iter(rooted))
-            if buffer[trace_id].last_seen + quiet > now:
-                break
-            out.append(decide(trace_id))
-        quieted = len(out)
-        while buffer and len(out) < limit:
-            trace_id, entry = next(iter(buffer.items()))
-            if entry.first_seen + wait > now:
-                break
-            out.append(decide(trace_id))
-        if out:
-            self.stats["decided_root_quiet"] += quieted
-            self.stats["decided_wait_elapsed"] += len(out) - quieted
+        s = self.settings
+        out = self._buffer.due(self.clock(), s.decision_wait, s.quiet_period, 2**62 if limit is None else limit)
+        self._count()
         return out
 
     def flush(self) -> list[Decision]:
         """Decide everything still buffered (shutdown)."""
-        self.stats["decided_on_shutdown"] += len(self._buffer)
-        return [self._decide(tid) for tid in list(self._buffer)]
+        out = self._buffer.flush()
+        self._count()
+        return out
 
     def take_settled(self) -> list[Fragment]:
-        """Fragments (from Kafka) finished without needing storage since the last call."""
-        settled, self._settled = self._settled, []
+        """Fragments (from a durable queue) finished without needing storage since the last call."""
+        settled, self._settled = self._buffer.take_settled() + self._settled, []
         return settled
 
     def forget(self, partitions: set[int]) -> int:
         """Drop, undecided, the buffered traces read from these Kafka partitions (revoked in
         a rebalance). Their records stay uncommitted, so the partition's next owner replays
         and decides them: no trace is decided by two samplers. Returns the traces dropped."""
-        gone = [tid for tid, entry in self._buffer.items()
-                if any(f.source is not None and f.source[0] in partitions for f in entry.fragments)]  # fmt: skip
-        for trace_id in gone:
-            entry = self._buffer.pop(trace_id)
-            self._rooted.pop(trace_id, None)
-            self.buffered_spans -= entry.summary.span_count
-            self.buffered_bytes -= sum(f.size for f in entry.fragments)
+        gone = self._buffer.forget(set(partitions))
         self._settled = [f for f in self._settled if f.source is None or f.source[0] not in partitions]
-        self.stats["forgotten_on_rebalance"] += len(gone)
-        return len(gone)
+        self._count()
+        return int(gone)
 
     def decision_for(self, trace_id: bytes) -> tuple[str, str, float] | None:
         """What this sampler knows of a trace: ("buffered", "", 0) while it waits for a
         decision, ("kept" or "dropped", rule, sample rate) while the decision cache holds
         it, None otherwise. For the query API's answer to a trace it does not have."""
-        if trace_id in self._buffer:
+        if self._buffer.is_buffered(trace_id):
             return "buffered", "", 0.0
-        decided = self._decided.get(trace_id)
+        decided = self._buffer.decided(trace_id)
         if decided is None:
             return None
         keep, rule, rate, _ = decided
@@ -285,58 +256,45 @@ class TailSampler:
         """Seed the decision cache with traces kept earlier (read back from storage), without
         overriding what this sampler decided itself."""
         for summary, rule, rate in kept:
-            if summary.trace_id not in self._decided and summary.trace_id not in self._buffer:
-                self._remember(summary.trace_id, True, rule, rate, summary)
+            tid = summary.trace_id
+            if self._buffer.decided(tid) is None and not self._buffer.is_buffered(tid):
+                self._buffer.remember(tid, True, rule, rate, summary)
 
-    def _settle(self, fragments: list[Fragment]) -> None:
-        self._settled.extend(f for f in fragments if f.source is not None)
+    def _count(self) -> None:
+        """Fold the buffer's counts since the last call into ``stats`` and ``decisions``."""
+        events, decisions = self._buffer.take_counts()
+        for event, count in events:
+            self.stats[event] += count
+        for rule, keep, count in decisions:
+            self.decisions[(rule, keep)] += count
 
-    def _decide_oldest(self) -> Decision:
-        return self._decide(next(iter(self._buffer)))
-
-    def _decide(self, trace_id: bytes) -> Decision:
-        entry = self._buffer.pop(trace_id)
-        self._rooted.pop(trace_id, None)
-        fragments = entry.fragments
-        self.buffered_spans -= entry.summary.span_count
-        self.buffered_bytes -= sum([len(f.payload) for f in fragments]) + FRAGMENT_OVERHEAD * len(fragments)
-        keep, rule_name, rate = False, "", 1.0
-        for rule, matches, limiter in self._rules:
+    def _evaluate(self, summary: TraceSummary, fragments: list[Fragment]) -> tuple[bool, int, float]:
+        """The rules in order, first match wins: (keep, rule index or -1, sample rate)."""
+        view = _View(summary, fragments)
+        for index, (rule, matches, limiter) in enumerate(self._rules):
             try:
-                matched = matches(entry)
+                matched = matches(view)
             except Exception:  # noqa: BLE001 - odd span data must not stop decisions
                 self.stats["rule_errors"] += 1
                 matched = False
             if not matched:
                 continue
-            rule_name = rule.name
             if limiter is not None:
                 keep, rate = limiter.take()
-            else:
-                probability = rule.keep or 0.0
-                keep = keep_by_trace_id(trace_id, probability)
-                rate = 1.0 / probability if probability > 0 else 0.0
-            break
-        self.decisions[(rule_name, keep)] += 1
-        self._remember(trace_id, keep, rule_name, rate, entry.summary)
-        if keep:
-            return Decision(entry.summary, True, rule_name, rate, fragments)
-        for f in fragments:
-            if f.source is not None:
-                self._settled.append(f)
-        return Decision(entry.summary, False, rule_name, rate, [])
+                return keep, index, rate
+            probability = rule.keep or 0.0
+            return keep_by_trace_id(summary.trace_id, probability), index, 1.0 / probability if probability > 0 else 0.0
+        return False, -1, 1.0
 
-    def _remember(self, trace_id: bytes, keep: bool, rule: str, rate: float, summary: TraceSummary) -> None:
-        if self.settings.decision_cache_size == 0:
-            return
-        # A kept trace's summary grows with late spans, so the cache holds a copy; a dropped
-        # trace's summary is never touched again (and copying it costs ~3 µs per trace).
-        self._decided[trace_id] = (keep, rule, rate, replace(summary) if keep else summary)
-        if len(self._decided) > self.settings.decision_cache_size:
-            self._decided.popitem(last=False)
+    def _settle(self, fragments: list[Fragment]) -> None:
+        self._settled.extend(f for f in fragments if f.source is not None)
 
     def _late(self, fragment: Fragment) -> list[Decision]:
-        keep, rule, rate, summary = self._decided[fragment.trace_id]
+        decided = self._buffer.decided(fragment.trace_id)
+        if decided is None:  # forgotten since (the cache is bounded): a new trace again
+            out, _ = self._buffer.add([fragment], self.clock())
+            return list(out)
+        keep, rule, rate, summary = decided
         if not keep:
             self.stats["late_spans_dropped"] += fragment.span_count
             self._settle([fragment])

@@ -1,0 +1,499 @@
+//! The tail sampler's buffer and decision cache, with no Python object per trace while it
+//! waits: per trace a compact entry (counts, time range, error, root, Kafka position) and
+//! its fragments; two arrival queues with lazy deletion stand in for ordered dicts. Rules
+//! that only read the error flag and the duration are evaluated here; any other rule is
+//! handed to Python (`evaluate`), trace by trace. Python sees each decided trace once, as
+//! the `Decision` it builds (`processors/sampling/sampler.py` is the component around it).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+type TraceId = [u8; 16];
+const NO_START: u64 = 1 << 63;
+
+#[derive(Clone, Copy)]
+enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+#[derive(Clone, Copy)]
+enum Cond {
+    Error,
+    Duration(Op, f64),
+}
+
+struct Rule {
+    /// None: some condition (or a rate limit) only Python evaluates.
+    conds: Option<Vec<Cond>>,
+    keep: f64,
+}
+
+struct Entry {
+    serial: u64,
+    touch: u64,
+    first_seen: i64,
+    last_seen: i64,
+    spans: u64,
+    start: u64,
+    end: u64,
+    error: bool,
+    root: Option<(Py<PyAny>, u64)>,
+    partition: i64,
+    offset: i64,
+    bytes: u64,
+    fragments: Vec<Py<PyAny>>,
+}
+
+struct Decided {
+    keep: bool,
+    rule: i64,
+    rate: f64,
+    summary: Option<Py<PyAny>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    received: u64,
+    root_quiet: u64,
+    wait_elapsed: u64,
+    max_traces: u64,
+    max_spans_per_trace: u64,
+    max_buffered_spans: u64,
+    max_buffered_bytes: u64,
+    on_shutdown: u64,
+    forgotten: u64,
+}
+
+#[pyclass(module = "processors._wire")]
+pub struct TraceBuffer {
+    traces: HashMap<TraceId, Entry>,
+    arrivals: VecDeque<(TraceId, u64)>,
+    rooted: VecDeque<(TraceId, u64, u64)>,
+    serial: u64,
+    spans: u64,
+    bytes: u64,
+    decided: HashMap<TraceId, Decided>,
+    decided_order: VecDeque<TraceId>,
+    rules: Vec<Rule>,
+    rule_names: Vec<String>,
+    settled: Vec<Py<PyAny>>,
+    counts: Counts,
+    decisions: HashMap<(i64, bool), u64>,
+    limits: (u64, u64, u64, u64, usize), // max traces, spans per trace, buffered spans, buffered bytes, cache size
+    classes: (Py<PyAny>, Py<PyAny>),     // TraceSummary, Decision
+    evaluate: Py<PyAny>,
+}
+
+fn op(text: &str) -> PyResult<Op> {
+    Ok(match text {
+        "=" => Op::Eq,
+        "!=" => Op::Ne,
+        ">" => Op::Gt,
+        ">=" => Op::Ge,
+        "<" => Op::Lt,
+        "<=" => Op::Le,
+        _ => return Err(PyValueError::new_err(format!("unknown operator {text}"))),
+    })
+}
+
+fn holds(cond: Cond, e: &Entry) -> bool {
+    match cond {
+        Cond::Error => e.error,
+        Cond::Duration(o, bound) => {
+            let d = duration(e) as f64;
+            match o {
+                Op::Eq => d == bound,
+                Op::Ne => d != bound,
+                Op::Gt => d > bound,
+                Op::Ge => d >= bound,
+                Op::Lt => d < bound,
+                Op::Le => d <= bound,
+            }
+        }
+    }
+}
+
+fn duration(e: &Entry) -> u64 {
+    let begin = e.root.as_ref().map_or(e.start, |r| r.1);
+    e.end.saturating_sub(begin)
+}
+
+fn trace_id(value: &Bound<'_, PyAny>) -> PyResult<TraceId> {
+    let bytes: &[u8] = value.extract()?;
+    bytes.try_into().map_err(|_| PyValueError::new_err("a trace id is 16 bytes"))
+}
+
+/// The sampling coin: BLAKE2b of the trace id, 8-byte digest, big-endian, against p * 2^64.
+pub fn coin(id: &[u8], probability: f64) -> bool {
+    if probability >= 1.0 {
+        return true;
+    }
+    if probability <= 0.0 {
+        return false;
+    }
+    // Exactly as Python compares an int with a float: h < t, t = p * 2^64 (exact, < 2^64).
+    let t = probability * 18446744073709551616.0;
+    let floor = t.floor() as u128;
+    let h = u128::from(crate::hash64(id));
+    if t == t.floor() { h < floor } else { h <= floor }
+}
+
+#[pymethods]
+impl TraceBuffer {
+    /// rules: [(conditions or None, keep probability or None)], conditions being
+    /// [("error",) | ("duration", op, bound_ns)]; limits: (max_traces, max_spans_per_trace,
+    /// max_buffered_spans, max_buffered_bytes, decision_cache_size); evaluate(trace_id,
+    /// summary, fragments) -> (keep, rule index or -1, rate) runs the Python rules.
+    #[new]
+    fn new(rules: Vec<(Option<Vec<Bound<'_, PyTuple>>>, Option<f64>, String)>, limits: (u64, u64, u64, u64, usize),
+           summary_cls: Py<PyAny>, decision_cls: Py<PyAny>, evaluate: Py<PyAny>) -> PyResult<Self> {
+        let mut compiled = Vec::new();
+        let mut names = Vec::new();
+        for (conds, keep, name) in rules {
+            let conds = match (conds, keep) {
+                (Some(list), Some(_)) => {
+                    let mut out = Vec::new();
+                    for c in list {
+                        let kind: String = c.get_item(0)?.extract()?;
+                        out.push(match kind.as_str() {
+                            "error" => Cond::Error,
+                            "duration" => Cond::Duration(op(&c.get_item(1)?.extract::<String>()?)?, c.get_item(2)?.extract()?),
+                            _ => return Err(PyValueError::new_err(format!("unknown native condition {kind}"))),
+                        });
+                    }
+                    Some(out)
+                }
+                _ => None,
+            };
+            compiled.push(Rule { conds, keep: keep.unwrap_or(0.0) });
+            names.push(name);
+        }
+        Ok(TraceBuffer {
+            traces: HashMap::new(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
+            decided: HashMap::new(), decided_order: VecDeque::new(), rules: compiled, rule_names: names,
+            settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
+            classes: (summary_cls, decision_cls), evaluate,
+        })
+    }
+
+    #[getter]
+    fn traces(&self) -> usize {
+        self.traces.len()
+    }
+
+    #[getter]
+    fn spans(&self) -> u64 {
+        self.spans
+    }
+
+    #[getter]
+    fn size(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Bytes this buffer holds outside the Python heap (tables, queues, entries), from the
+    /// capacities it allocated: what tracemalloc cannot see.
+    #[getter]
+    fn native_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let table = |cap: usize, item: usize| cap * (item + 1);
+        table(self.traces.capacity(), size_of::<(TraceId, Entry)>())
+            + self.traces.values().map(|e| e.fragments.capacity() * size_of::<Py<PyAny>>()).sum::<usize>()
+            + self.arrivals.capacity() * size_of::<(TraceId, u64)>()
+            + self.rooted.capacity() * size_of::<(TraceId, u64, u64)>()
+            + table(self.decided.capacity(), size_of::<(TraceId, Decided)>())
+            + self.decided_order.capacity() * size_of::<TraceId>()
+            + self.settled.capacity() * size_of::<Py<PyAny>>()
+    }
+
+    /// Buffer fragments (none of them of a decided trace: the caller routes those).
+    /// Returns the decisions bounds forced, and fragments of traces decided in this call.
+    fn add<'py>(&mut self, py: Python<'py>, fragments: Vec<Bound<'py, PyAny>>, now: i64)
+                -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let out = PyList::empty(py);
+        let late = PyList::empty(py);
+        let (max_traces, max_spans_per_trace, max_spans, max_bytes, _) = self.limits;
+        for f in fragments {
+            let id = trace_id(&f.getattr(intern!(py, "trace_id"))?)?;
+            let spans: u64 = f.getattr(intern!(py, "span_count"))?.extract()?;
+            self.counts.received += spans;
+            if self.decided.contains_key(&id) {
+                late.append(f)?;
+                continue;
+            }
+            if !self.traces.contains_key(&id) {
+                if self.traces.len() as u64 >= max_traces {
+                    self.counts.max_traces += 1;
+                    self.decide_oldest(py, &out)?;
+                }
+                self.serial += 1;
+                self.traces.insert(id, Entry {
+                    serial: self.serial, touch: 0, first_seen: now, last_seen: now, spans: 0, start: NO_START, end: 0,
+                    error: false, root: None, partition: -1, offset: -1, bytes: 0, fragments: Vec::new(),
+                });
+                self.arrivals.push_back((id, self.serial));
+            }
+            let size = f.getattr(intern!(py, "payload"))?.len()? as u64 + 64;
+            let source = f.getattr(intern!(py, "source"))?;
+            let root = f.getattr(intern!(py, "root"))?;
+            let e = self.traces.get_mut(&id).expect("inserted above");
+            if !source.is_none() {
+                let (partition, offset): (i64, i64) = source.extract()?;
+                e.partition = partition;
+                e.offset = e.offset.max(offset);
+            }
+            e.spans += spans;
+            e.start = e.start.min(f.getattr(intern!(py, "start_ns"))?.extract()?);
+            e.end = e.end.max(f.getattr(intern!(py, "end_ns"))?.extract()?);
+            e.error |= f.getattr(intern!(py, "has_error"))?.extract::<bool>()?;
+            if !root.is_none() {
+                let start: u64 = root.getattr(intern!(py, "start_ns"))?.extract()?;
+                e.root = Some((root.unbind(), start));
+            }
+            e.last_seen = now;
+            e.bytes += size;
+            e.fragments.push(f.unbind());
+            self.spans += spans;
+            self.bytes += size;
+            if e.root.is_some() {
+                e.touch += 1;
+                self.rooted.push_back((id, e.serial, e.touch));
+            }
+            if e.spans >= max_spans_per_trace {
+                self.counts.max_spans_per_trace += 1;
+                let d = self.decide(py, &id)?;
+                out.append(d)?;
+            }
+            while self.spans > max_spans && !self.traces.is_empty() {
+                self.counts.max_buffered_spans += 1;
+                self.decide_oldest(py, &out)?;
+            }
+            while self.bytes > max_bytes && !self.traces.is_empty() {
+                self.counts.max_buffered_bytes += 1;
+                self.decide_oldest(py, &out)?;
+            }
+        }
+        self.compact();
+        Ok((out, late))
+    }
+
+    /// Decide the traces whose quiet period (root seen) or wait has passed, at most `limit`.
+    fn due<'py>(&mut self, py: Python<'py>, now: i64, wait: i64, quiet: i64, limit: usize) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        while out.len() < limit {
+            let Some(id) = self.first_rooted() else { break };
+            if self.traces[&id].last_seen.saturating_add(quiet) > now {
+                break;
+            }
+            self.counts.root_quiet += 1;
+            out.append(self.decide(py, &id)?)?;
+        }
+        while out.len() < limit {
+            let Some(id) = self.first_arrival() else { break };
+            if self.traces[&id].first_seen.saturating_add(wait) > now {
+                break;
+            }
+            self.counts.wait_elapsed += 1;
+            out.append(self.decide(py, &id)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Decide everything buffered, oldest first (shutdown).
+    fn flush<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        self.counts.on_shutdown += self.traces.len() as u64;
+        while let Some(id) = self.first_arrival() {
+            out.append(self.decide(py, &id)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Drop, undecided, the traces with a fragment read from these partitions; their
+    /// settled-but-untaken fragments too. Returns how many traces.
+    fn forget(&mut self, py: Python<'_>, partitions: HashSet<i64>) -> PyResult<usize> {
+        let from = |f: &Py<PyAny>| -> PyResult<bool> {
+            let source = f.bind(py).getattr(intern!(py, "source"))?;
+            Ok(!source.is_none() && partitions.contains(&source.get_item(0)?.extract::<i64>()?))
+        };
+        let mut gone = Vec::new();
+        for (id, e) in &self.traces {
+            for f in &e.fragments {
+                if from(f)? {
+                    gone.push(*id);
+                    break;
+                }
+            }
+        }
+        for id in &gone {
+            let e = self.traces.remove(id).expect("listed above");
+            self.spans -= e.spans;
+            self.bytes -= e.bytes;
+        }
+        let mut kept = Vec::new();
+        for f in self.settled.drain(..) {
+            if !from(&f)? {
+                kept.push(f);
+            }
+        }
+        self.settled = kept;
+        self.counts.forgotten += gone.len() as u64;
+        self.compact();
+        Ok(gone.len())
+    }
+
+    /// Fragments (from a durable queue) finished without storage since the last call.
+    fn take_settled<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, self.settled.drain(..))
+    }
+
+    /// (keep, rule name, sample rate, summary or None) of a decided trace, or None.
+    fn decided<'py>(&self, py: Python<'py>, trace: &[u8]) -> PyResult<Option<(bool, String, f64, Py<PyAny>)>> {
+        let Ok(id) = TraceId::try_from(trace) else { return Ok(None) };
+        Ok(self.decided.get(&id).map(|d| (d.keep, self.rule_name(d.rule), d.rate,
+                                            d.summary.as_ref().map_or_else(|| py.None(), |s| s.clone_ref(py)))))
+    }
+
+    fn is_buffered(&self, trace: &[u8]) -> bool {
+        TraceId::try_from(trace).is_ok_and(|id| self.traces.contains_key(&id))
+    }
+
+    /// Remember a decision (kept traces: with their summary, which late spans update).
+    fn remember(&mut self, trace: &[u8], keep: bool, rule: String, rate: f64, summary: Option<Py<PyAny>>) -> PyResult<()> {
+        let id = TraceId::try_from(trace).map_err(|_| PyValueError::new_err("a trace id is 16 bytes"))?;
+        let rule = self.rule_names.iter().position(|n| *n == rule).map_or(-1, |i| i as i64);
+        self.remember_id(id, keep, rule, rate, summary);
+        Ok(())
+    }
+
+    /// Counts since the last call: (events by name, decisions as (rule name, keep, count)).
+    fn take_counts(&mut self) -> (Vec<(&'static str, u64)>, Vec<(String, bool, u64)>) {
+        let c = std::mem::take(&mut self.counts);
+        let events = [("spans_received", c.received), ("decided_root_quiet", c.root_quiet),
+                      ("decided_wait_elapsed", c.wait_elapsed), ("decided_early_max_traces", c.max_traces),
+                      ("decided_early_max_spans_per_trace", c.max_spans_per_trace),
+                      ("decided_early_max_buffered_spans", c.max_buffered_spans),
+                      ("decided_early_max_buffered_bytes", c.max_buffered_bytes), ("decided_on_shutdown", c.on_shutdown),
+                      ("forgotten_on_rebalance", c.forgotten)];
+        let counted = std::mem::take(&mut self.decisions);
+        let decisions = counted.into_iter().map(|((rule, keep), n)| (self.rule_name(rule), keep, n)).collect();
+        (events.into_iter().filter(|(_, n)| *n > 0).collect(), decisions)
+    }
+}
+
+impl TraceBuffer {
+    fn rule_name(&self, rule: i64) -> String {
+        usize::try_from(rule).ok().and_then(|i| self.rule_names.get(i)).cloned().unwrap_or_default()
+    }
+
+    fn first_arrival(&mut self) -> Option<TraceId> {
+        while let Some(&(id, serial)) = self.arrivals.front() {
+            if self.traces.get(&id).is_some_and(|e| e.serial == serial) {
+                return Some(id);
+            }
+            self.arrivals.pop_front();
+        }
+        None
+    }
+
+    fn first_rooted(&mut self) -> Option<TraceId> {
+        while let Some(&(id, serial, touch)) = self.rooted.front() {
+            if self.traces.get(&id).is_some_and(|e| e.serial == serial && e.touch == touch) {
+                return Some(id);
+            }
+            self.rooted.pop_front();
+        }
+        None
+    }
+
+    /// Drops stale queue entries once they outnumber live ones (a trace that keeps getting
+    /// fragments leaves one stale entry per fragment behind its newest).
+    fn compact(&mut self) {
+        let live = self.traces.len() + 1024;
+        if self.rooted.len() > 2 * live {
+            let traces = &self.traces;
+            self.rooted.retain(|(id, s, t)| traces.get(id).is_some_and(|e| e.serial == *s && e.touch == *t));
+        }
+        if self.arrivals.len() > 2 * live {
+            let traces = &self.traces;
+            self.arrivals.retain(|(id, s)| traces.get(id).is_some_and(|e| e.serial == *s));
+        }
+    }
+
+    fn decide_oldest(&mut self, py: Python<'_>, out: &Bound<'_, PyList>) -> PyResult<()> {
+        if let Some(id) = self.first_arrival() {
+            out.append(self.decide(py, &id)?)?;
+        }
+        Ok(())
+    }
+
+    fn remember_id(&mut self, id: TraceId, keep: bool, rule: i64, rate: f64, summary: Option<Py<PyAny>>) {
+        let cap = self.limits.4;
+        if cap == 0 {
+            return;
+        }
+        if self.decided.insert(id, Decided { keep, rule, rate, summary }).is_none() {
+            self.decided_order.push_back(id);
+        }
+        while self.decided.len() > cap {
+            match self.decided_order.pop_front() {
+                Some(old) => {
+                    self.decided.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn native(&self, id: &TraceId, e: &Entry) -> Option<(bool, i64, f64)> {
+        for (i, rule) in self.rules.iter().enumerate() {
+            let conds = rule.conds.as_ref()?;
+            if conds.iter().all(|c| holds(*c, e)) {
+                let rate = if rule.keep > 0.0 { 1.0 / rule.keep } else { 0.0 };
+                return Some((coin(id, rule.keep), i as i64, rate));
+            }
+        }
+        Some((false, -1, 1.0))
+    }
+
+    /// Takes a trace out of the buffer and decides it; returns its `Decision`.
+    fn decide<'py>(&mut self, py: Python<'py>, id: &TraceId) -> PyResult<Bound<'py, PyAny>> {
+        let e = self.traces.remove(id).expect("decided traces are buffered");
+        self.spans -= e.spans;
+        self.bytes -= e.bytes;
+        let root = e.root.as_ref().map_or_else(|| py.None(), |r| r.0.clone_ref(py));
+        let trace = PyBytes::new(py, id);
+        let make_summary = || {
+            self.classes.0.bind(py).call1((&trace, e.spans, e.start, e.end, e.error, root.clone_ref(py), e.partition, e.offset))
+        };
+        let summary = make_summary()?;
+        let fragments = PyList::new(py, e.fragments.iter().map(|f| f.clone_ref(py)))?;
+        let (keep, rule, rate) = match self.native(id, &e) {
+            Some(decision) => decision,
+            None => self.evaluate.bind(py).call1((&summary, &fragments))?.extract()?,
+        };
+        *self.decisions.entry((rule, keep)).or_insert(0) += 1;
+        let cached = if keep { Some(make_summary()?.unbind()) } else { None };
+        self.remember_id(*id, keep, rule, rate, cached);
+        let kept = if keep {
+            fragments
+        } else {
+            for f in e.fragments {
+                if !f.bind(py).getattr(intern!(py, "source"))?.is_none() {
+                    self.settled.push(f);
+                }
+            }
+            PyList::empty(py)
+        };
+        self.classes.1.bind(py).call1((summary, keep, self.rule_name(rule), rate, kept))
+    }
+}
