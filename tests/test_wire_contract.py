@@ -95,7 +95,7 @@ def requests(draw: Any) -> bytes:
     return request.SerializeToString()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=requests(), oldest=st.sampled_from([0, 2**40, 2**63]))
 def test_generated_requests_agree(body: bytes, oldest: int) -> None:
     assert_agree(body, oldest)
@@ -166,7 +166,7 @@ def test_odd_but_valid_encodings_agree(case: str) -> None:
     assert isinstance(request, ExportTraceServiceRequest)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(seed=requests(), cut=st.integers(0, 10_000), junk=st.binary(max_size=6))
 def test_damaged_bytes_never_crash_and_agree_when_upb_accepts(seed: bytes, cut: int, junk: bytes) -> None:
     """A body cut short or with junk spliced in: the extension raises ValueError or returns,
@@ -196,7 +196,7 @@ def _metrics_state(metrics: SpanMetrics) -> tuple[Any, Any]:
     return series, usage
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies=st.lists(requests(), min_size=1, max_size=4))
 def test_span_metrics_agree_with_the_reference_fallback(bodies: list[bytes]) -> None:
     def make() -> SpanMetrics:
@@ -221,7 +221,7 @@ def test_span_metrics_agree_with_the_reference_fallback(bodies: list[bytes]) -> 
 # --- the write-ahead log's and Kafka's batch
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=requests(), received=st.sampled_from([0, 1, 2**64 - 1]), error=st.booleans())
 def test_packed_batches_agree(body: bytes, received: int, error: bool) -> None:
     fragments = wire.split_by_trace(ExportTraceServiceRequest.FromString(body), received or 1).fragments
@@ -244,7 +244,7 @@ def test_the_sampling_coin_is_blake2b(trace_id: bytes) -> None:
 # --- the sampler's rules: evaluated in the compiled buffer, or in Python
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies=st.lists(requests(), min_size=1, max_size=5), wait=st.sampled_from([0, 10**9]),
        rules=st.sampled_from([None, [{"name": "slow", "when": [{"duration": "> 1ms"}, {"status": "error"}], "keep": "50%"},
                                      {"name": "short", "when": [{"duration": "<= 3ms"}], "keep": 0.3},
