@@ -4,6 +4,11 @@
 //! that only read the error flag and the duration are evaluated here; any other rule is
 //! handed to Python (`evaluate`), trace by trace. Python sees each decided trace once, as
 //! the `Decision` it builds (`processors/sampling/sampler.py` is the component around it).
+//!
+//! Threads: the event loop's only (the sampler and the query API's `decision_for` run
+//! there). Nothing here is shared with the storage thread; were it ever used from two
+//! threads at once, PyO3's borrow flag would refuse the second caller rather than race.
+//! The `evaluate` callback must not call back into the buffer (it reads rules and counts).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -12,30 +17,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+use crate::rules::{coin, Rule};
+
 type TraceId = [u8; 16];
 const NO_START: u64 = 1 << 63;
-
-#[derive(Clone, Copy)]
-enum Op {
-    Eq,
-    Ne,
-    Gt,
-    Ge,
-    Lt,
-    Le,
-}
-
-#[derive(Clone, Copy)]
-enum Cond {
-    Error,
-    Duration(Op, f64),
-}
-
-struct Rule {
-    /// None: some condition (or a rate limit) only Python evaluates.
-    conds: Option<Vec<Cond>>,
-    keep: f64,
-}
 
 struct Entry {
     serial: u64,
@@ -93,35 +78,6 @@ pub struct TraceBuffer {
     evaluate: Py<PyAny>,
 }
 
-fn op(text: &str) -> PyResult<Op> {
-    Ok(match text {
-        "=" => Op::Eq,
-        "!=" => Op::Ne,
-        ">" => Op::Gt,
-        ">=" => Op::Ge,
-        "<" => Op::Lt,
-        "<=" => Op::Le,
-        _ => return Err(PyValueError::new_err(format!("unknown operator {text}"))),
-    })
-}
-
-fn holds(cond: Cond, e: &Entry) -> bool {
-    match cond {
-        Cond::Error => e.error,
-        Cond::Duration(o, bound) => {
-            let d = duration(e) as f64;
-            match o {
-                Op::Eq => d == bound,
-                Op::Ne => d != bound,
-                Op::Gt => d > bound,
-                Op::Ge => d >= bound,
-                Op::Lt => d < bound,
-                Op::Le => d <= bound,
-            }
-        }
-    }
-}
-
 fn duration(e: &Entry) -> u64 {
     let begin = e.root.as_ref().map_or(e.start, |r| r.1);
     e.end.saturating_sub(begin)
@@ -130,21 +86,6 @@ fn duration(e: &Entry) -> u64 {
 fn trace_id(value: &Bound<'_, PyAny>) -> PyResult<TraceId> {
     let bytes: &[u8] = value.extract()?;
     bytes.try_into().map_err(|_| PyValueError::new_err("a trace id is 16 bytes"))
-}
-
-/// The sampling coin: BLAKE2b of the trace id, 8-byte digest, big-endian, against p * 2^64.
-pub fn coin(id: &[u8], probability: f64) -> bool {
-    if probability >= 1.0 {
-        return true;
-    }
-    if probability <= 0.0 {
-        return false;
-    }
-    // Exactly as Python compares an int with a float: h < t, t = p * 2^64 (exact, < 2^64).
-    let t = probability * 18446744073709551616.0;
-    let floor = t.floor() as u128;
-    let h = u128::from(crate::hash64(id));
-    if t == t.floor() { h < floor } else { h <= floor }
 }
 
 #[pymethods]
@@ -159,22 +100,7 @@ impl TraceBuffer {
         let mut compiled = Vec::new();
         let mut names = Vec::new();
         for (conds, keep, name) in rules {
-            let conds = match (conds, keep) {
-                (Some(list), Some(_)) => {
-                    let mut out = Vec::new();
-                    for c in list {
-                        let kind: String = c.get_item(0)?.extract()?;
-                        out.push(match kind.as_str() {
-                            "error" => Cond::Error,
-                            "duration" => Cond::Duration(op(&c.get_item(1)?.extract::<String>()?)?, c.get_item(2)?.extract()?),
-                            _ => return Err(PyValueError::new_err(format!("unknown native condition {kind}"))),
-                        });
-                    }
-                    Some(out)
-                }
-                _ => None,
-            };
-            compiled.push(Rule { conds, keep: keep.unwrap_or(0.0) });
+            compiled.push(Rule::from_py(conds, keep)?);
             names.push(name);
         }
         Ok(TraceBuffer {
@@ -457,7 +383,7 @@ impl TraceBuffer {
     fn native(&self, id: &TraceId, e: &Entry) -> Option<(bool, i64, f64)> {
         for (i, rule) in self.rules.iter().enumerate() {
             let conds = rule.conds.as_ref()?;
-            if conds.iter().all(|c| holds(*c, e)) {
+            if conds.iter().all(|c| c.holds(e.error, duration(e))) {
                 let rate = if rule.keep > 0.0 { 1.0 / rule.keep } else { 0.0 };
                 return Some((coin(id, rule.keep), i as i64, rate));
             }

@@ -6,6 +6,7 @@ mod buffer;
 mod envelope;
 mod metrics;
 mod otlp;
+mod rules;
 mod split;
 mod wire;
 

@@ -73,17 +73,16 @@ pub fn groups(body: &[u8], services: &[u32], keys: &[Vec<u8>], summable: &[bool]
         }
         span_values.iter_mut().for_each(|v| *v = None);
         wanted_values(span.raw, 9, keys, &mut span_values)?;
-        let values: Vec<Option<&[u8]>> = span_values.iter().zip(&resource_values)
-            .map(|(s, r)| s.as_ref().map(|m| m.bytes()).or(r.as_deref())).collect();
+        let value = |k: usize| span_values[k].as_ref().map(|m| m.bytes()).or(resource_values[k].as_deref());
         let service = *services.get(resource.index).unwrap_or(&u32::MAX);
         key.clear();
         key.extend_from_slice(&service.to_le_bytes());
         key.extend_from_slice(&span.code.to_le_bytes());
         key.extend_from_slice(&(span.name.len() as u64).to_le_bytes());
         key.extend_from_slice(span.name);
-        for (k, value) in values.iter().enumerate() {
+        for k in 0..keys.len() {
             ints[k] = None;
-            match value {
+            match value(k) {
                 None => key.push(0),
                 Some(v) => match as_int(v).filter(|_| summable[k]) {
                     Some(n) => {
@@ -101,7 +100,7 @@ pub fn groups(body: &[u8], services: &[u32], keys: &[Vec<u8>], summable: &[bool]
         let at = match index.get(key.as_slice()) {
             Some(&at) => at,
             None => {
-                let parts = values.iter().enumerate().map(|(k, v)| match (v, ints[k]) {
+                let parts = (0..keys.len()).map(|k| match (value(k), ints[k]) {
                     (None, _) => Part::Absent,
                     (Some(_), Some(_)) => Part::Int(0),
                     (Some(v), None) => Part::Raw(v.to_vec()),

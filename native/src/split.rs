@@ -59,6 +59,7 @@ pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split> {
     let mut index: HashMap<[u8; 16], usize> = HashMap::new();
     let mut framing: HashMap<(usize, usize), [Vec<u8>; 4]> = HashMap::new();
     let (mut rejected, mut expired, mut reason) = (0u64, 0u64, None);
+    let mut last_key: Option<(usize, usize)> = None;
     walk(body, |resource, scope, span| {
         if let Some(why) = invalid(span) {
             rejected += 1;
@@ -71,10 +72,13 @@ pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split> {
             return Ok(());
         }
         let key = (resource.index, scope.index);
-        framing.entry(key).or_insert_with(|| {
+        if last_key != Some(key) {
+            last_key = Some(key);
+            framing.entry(key).or_insert_with(|| {
             [resource.message.bytes().to_vec(), resource.schema_url.to_vec(), scope.message.bytes().to_vec(),
              scope.schema_url.to_vec()]
-        });
+            });
+        }
         let trace_id: [u8; 16] = span.trace_id.try_into().unwrap();
         let at = *index.entry(trace_id).or_insert_with(|| {
             groups.push(Group {

@@ -29,7 +29,14 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64> {
+        if let Some(&byte) = self.buf.get(self.pos) {
+            if byte < 0x80 {
+                self.pos += 1; // most tags and lengths fit in one byte
+                return Ok(u64::from(byte));
+            }
+        }
         let mut out: u64 = 0;
         for shift in (0..70).step_by(7) {
             let byte = *self.buf.get(self.pos).ok_or(WireError("truncated varint"))?;
