@@ -56,7 +56,12 @@ fn envelope(f: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
 
 /// `tailsift.v1.Batch` of the fragments, serialized.
 pub fn pack(fragments: &Bound<'_, PyList>) -> PyResult<Vec<u8>> {
-    let mut out = Vec::new();
+    let py = fragments.py();
+    let mut size = 0;
+    for f in fragments.iter() {
+        size += f.getattr(intern!(py, "payload"))?.len()? + 160; // ids, times, root, framing
+    }
+    let mut out = Vec::with_capacity(size); // one allocation, not growth by doubling
     let mut one = Vec::new();
     for f in fragments.iter() {
         one.clear();

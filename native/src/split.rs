@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::otlp::{walk, Span};
-use crate::wire::{put_field, Result};
+use crate::wire::{field_len, put_field, put_header, Result};
 
 pub const BAD_TRACE: &str = "trace_id must be 16 bytes and not all zero";
 pub const BAD_SPAN: &str = "span_id must be 8 bytes and not all zero";
@@ -104,29 +104,41 @@ pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split> {
         }
         Ok(())
     })?;
+    // Each payload is written once, into a buffer of its exact size: no scratch copies of
+    // the spans, no growth by doubling (a request of large spans would otherwise hold
+    // several copies of each at once).
     let mut fragments = Vec::with_capacity(groups.len());
-    let mut scope_spans = Vec::new();
-    let mut resource_spans = Vec::new();
     for mut group in groups {
-        let payload = &mut group.fragment.payload;
+        let mut parts = Vec::with_capacity(group.chunks.len());
+        let mut total = 0;
         for (key, spans) in &group.chunks {
             let [resource, rs_schema, scope, ss_schema] = &framing[key];
-            scope_spans.clear();
-            put_field(&mut scope_spans, 1, scope);
+            let ss_len = field_len(scope.len()) + spans.iter().map(|s| field_len(s.len())).sum::<usize>()
+                + if ss_schema.is_empty() { 0 } else { field_len(ss_schema.len()) };
+            let rs_len = field_len(resource.len()) + field_len(ss_len)
+                + if rs_schema.is_empty() { 0 } else { field_len(rs_schema.len()) };
+            total += field_len(rs_len);
+            parts.push((ss_len, rs_len));
+        }
+        let payload = &mut group.fragment.payload;
+        payload.reserve_exact(total);
+        for ((key, spans), (ss_len, rs_len)) in group.chunks.iter().zip(parts) {
+            let [resource, rs_schema, scope, ss_schema] = &framing[key];
+            put_header(payload, 1, rs_len);
+            put_field(payload, 1, resource);
+            put_header(payload, 2, ss_len);
+            put_field(payload, 1, scope);
             for s in spans {
-                put_field(&mut scope_spans, 2, s);
+                put_field(payload, 2, s);
             }
             if !ss_schema.is_empty() {
-                put_field(&mut scope_spans, 3, ss_schema);
+                put_field(payload, 3, ss_schema);
             }
-            resource_spans.clear();
-            put_field(&mut resource_spans, 1, resource);
-            put_field(&mut resource_spans, 2, &scope_spans);
             if !rs_schema.is_empty() {
-                put_field(&mut resource_spans, 3, rs_schema);
+                put_field(payload, 3, rs_schema);
             }
-            put_field(payload, 1, &resource_spans);
         }
+        debug_assert_eq!(payload.len(), total);
         fragments.push(group.fragment);
     }
     Ok(Split { fragments, rejected, expired, reason })

@@ -141,9 +141,28 @@ pub fn put_varint(out: &mut Vec<u8>, mut n: u64) {
 
 /// A length-delimited field (wire type 2).
 pub fn put_field(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
-    put_varint(out, u64::from(number) << 3 | 2);
-    put_varint(out, payload.len() as u64);
+    put_header(out, number, payload.len());
     out.extend_from_slice(payload);
+}
+
+/// The tag and length of a length-delimited field whose `len` bytes follow.
+pub fn put_header(out: &mut Vec<u8>, number: u32, len: usize) {
+    put_varint(out, u64::from(number) << 3 | 2);
+    put_varint(out, len as u64);
+}
+
+fn varint_len(mut n: u64) -> usize {
+    let mut len = 1;
+    while n > 0x7f {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// Bytes a length-delimited field with a payload of `len` bytes takes (field numbers < 16).
+pub fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
 }
 
 /// An embedded message: occurrences of the same field merge, which concatenating their
