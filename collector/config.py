@@ -112,10 +112,11 @@ class ClickHouseSettings(_Strict):
     ttl_days: int = Field(default=7, ge=0, le=1825)
     """Days spans are kept (at most 5 years); 0 keeps them forever."""
     batch_rows: int = Field(default=20_000, ge=1)
-    flush_interval: int | None = None
-    """How often pending rows are inserted. Default 1s for a server, 250ms for chdb://: the
-    embedded engine keeps the interpreter while an insert runs, so smaller, more frequent
-    inserts keep ack latency low (p99 at half the maximum rate: ~16 ms instead of ~20)."""
+    flush_interval: int = 1_000_000_000
+    """How often pending rows are inserted (1s). Each insert costs ClickHouse a new part and
+    later merges: on chDB ~25 ms of CPU per insert into the spans table whatever its size, so
+    four inserts a second instead of one cost the embedded collector about a third of its
+    throughput (benchmarks/README.md, step 3). chDB runs an insert without the GIL."""
     max_pending_rows: int = Field(default=200_000, ge=1)
     """Rows waiting for insert before the sampler is made to wait (which fills the queue)."""
     batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
@@ -135,18 +136,11 @@ class ClickHouseSettings(_Strict):
     _bytes = _sizes("batch_bytes", "max_pending_bytes")
 
     _flush = field_validator("flush_interval", mode="before")(
-        classmethod(lambda cls, v: None if v is None else parse_duration_ns(v)))
-
-    @model_validator(mode="after")
-    def _default_flush(self) -> ClickHouseSettings:
-        if self.flush_interval is None:
-            embedded = self.dsn.get_secret_value().startswith("chdb://")
-            self.flush_interval = 250_000_000 if embedded else 1_000_000_000
-        return self
+        classmethod(lambda cls, v: parse_duration_ns(v)))
 
     @property
     def flush_seconds(self) -> float:
-        return (self.flush_interval or 1_000_000_000) / 1e9
+        return self.flush_interval / 1e9
 
     @field_validator("dsn")
     @classmethod

@@ -138,7 +138,7 @@ class Pipeline:
         assert self.sampler is not None and self.writer is not None
         try:
             decisions = self.sampler.add(batch) if batch else []
-            due = self.sampler.due(DECIDE_BATCH)
+            due, decided = self.sampler.due_kept(DECIDE_BATCH)
             decisions += due
         except Exception as exc:  # a bug here must not stop sampling for everyone, nor lose the batch
             log.exception("tail sampler failed on a batch of %d fragments; they go to tailsift_rejected", len(batch))
@@ -152,7 +152,7 @@ class Pipeline:
             if d.fragments:
                 self.decision_latency.observe(max(0, now - min(f.received_ns for f in d.fragments)) / 1e9)
         await self.writer.write(decisions)
-        return len(due) >= DECIDE_BATCH
+        return decided >= DECIDE_BATCH
 
     def _stored(self, decisions: list[Decision]) -> None:
         """Storage finished these kept traces: their records may be committed."""
@@ -227,10 +227,11 @@ class Pipeline:
             self._sampling_task = None
         if self.sampler is not None and self.writer is not None:
             async with self._step_lock:
-                decisions = self.sampler.flush()
+                buffered = self.sampler.buffered_traces
+                decisions = self.sampler.flush(dropped=False)
                 self._settle(self.sampler.take_settled())
                 await self.writer.write(decisions)
-            log.info("shutdown: decided %d buffered traces", len(decisions))
+            log.info("shutdown: decided %d buffered traces (%d kept)", buffered, len(decisions))
             await self.writer.shutdown(max(0.1, deadline - reserve - loop.time()))
         await self.queue.shutdown()
         if self.memory is not None:

@@ -143,3 +143,37 @@ def test_rate_limit_rule_caps_kept_traces() -> None:
     s.add([fragment(i, 1) for i in range(1, 101)])
     kept = [d for d in s.flush() if d.keep]
     assert 5 <= len(kept) <= 6
+
+
+@pytest.mark.parametrize("rules", [
+    [{"name": "e", "when": [{"status": "error"}], "keep": 1.0}, {"name": "rest", "keep": 0.3}],  # decided natively
+    [{"name": "svc", "when": [{"service": "api"}], "keep": 0.5}, {"name": "rest", "keep": 0.0}],  # in Python
+])  # fmt: skip
+def test_kept_only_decisions_are_the_kept_part_of_all_decisions(rules: list[dict[str, Any]]) -> None:
+    """The pipeline asks for kept decisions only (``due_kept``, ``flush(dropped=False)``):
+    the same traces kept, with the same summaries, and the same counts, cache and settling
+    as a sampler that builds every decision."""
+    every, clock_a = sampler(rules)
+    kept_only, clock_b = sampler(rules)
+    frags = [fragment(t, 1, parent=None if t % 3 else 9, error=t % 7 == 0, service="api" if t % 2 else "web")
+             for t in range(1, 301)]  # fmt: skip
+    for f in frags:
+        f.source = (0, f.trace_id[-1])
+    for s in (every, kept_only):
+        s.add(frags)
+    clock_a.now = clock_b.now = 2 * S  # the rooted ones are due, the others wait
+    all_due = every.due(limit=120)
+    kept_due, decided = kept_only.due_kept(limit=120)
+    assert decided == len(all_due) == 120
+    clock_a.now = clock_b.now = 30 * S
+    all_due += every.due() + every.flush()
+    kept_due += kept_only.due_kept()[0] + kept_only.flush(dropped=False)
+
+    def seen(decisions: list[Any]) -> list[tuple[Any, ...]]:
+        return [(d.summary, d.rule, d.sample_rate, [f.trace_id for f in d.fragments]) for d in decisions]
+
+    assert seen(kept_due) == seen([d for d in all_due if d.keep]) and 0 < len(kept_due) < len(all_due)
+    assert every.stats == kept_only.stats and every.decisions == kept_only.decisions
+    assert [f.trace_id for f in every.take_settled()] == [f.trace_id for f in kept_only.take_settled()]
+    for f in frags:
+        assert every.decision_for(f.trace_id) == kept_only.decision_for(f.trace_id)

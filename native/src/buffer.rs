@@ -196,8 +196,7 @@ impl TraceBuffer {
             }
             if e.spans >= max_spans_per_trace {
                 self.counts.max_spans_per_trace += 1;
-                let d = self.decide(py, &id)?;
-                out.append(d)?;
+                self.decide_into(py, &id, &out, true)?;
             }
             while self.spans > max_spans && !self.traces.is_empty() {
                 self.counts.max_buffered_spans += 1;
@@ -213,33 +212,41 @@ impl TraceBuffer {
     }
 
     /// Decide the traces whose quiet period (root seen) or wait has passed, at most `limit`.
-    fn due<'py>(&mut self, py: Python<'py>, now: i64, wait: i64, quiet: i64, limit: usize) -> PyResult<Bound<'py, PyList>> {
+    /// Returns their decisions (`dropped`: all; else the kept ones only, the others being
+    /// counted and settled here without a Python object) and how many traces were decided.
+    #[pyo3(signature = (now, wait, quiet, limit, dropped = true))]
+    fn due<'py>(&mut self, py: Python<'py>, now: i64, wait: i64, quiet: i64, limit: usize, dropped: bool)
+                -> PyResult<(Bound<'py, PyList>, usize)> {
         let out = PyList::empty(py);
-        while out.len() < limit {
+        let mut decided = 0;
+        while decided < limit {
             let Some(id) = self.first_rooted() else { break };
             if self.traces[&id].last_seen.saturating_add(quiet) > now {
                 break;
             }
             self.counts.root_quiet += 1;
-            out.append(self.decide(py, &id)?)?;
+            self.decide_into(py, &id, &out, dropped)?;
+            decided += 1;
         }
-        while out.len() < limit {
+        while decided < limit {
             let Some(id) = self.first_arrival() else { break };
             if self.traces[&id].first_seen.saturating_add(wait) > now {
                 break;
             }
             self.counts.wait_elapsed += 1;
-            out.append(self.decide(py, &id)?)?;
+            self.decide_into(py, &id, &out, dropped)?;
+            decided += 1;
         }
-        Ok(out)
+        Ok((out, decided))
     }
 
-    /// Decide everything buffered, oldest first (shutdown).
-    fn flush<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    /// Decide everything buffered, oldest first (shutdown); `dropped` as in `due`.
+    #[pyo3(signature = (dropped = true))]
+    fn flush<'py>(&mut self, py: Python<'py>, dropped: bool) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         self.counts.on_shutdown += self.traces.len() as u64;
         while let Some(id) = self.first_arrival() {
-            out.append(self.decide(py, &id)?)?;
+            self.decide_into(py, &id, &out, dropped)?;
         }
         Ok(out)
     }
@@ -357,7 +364,14 @@ impl TraceBuffer {
 
     fn decide_oldest(&mut self, py: Python<'_>, out: &Bound<'_, PyList>) -> PyResult<()> {
         if let Some(id) = self.first_arrival() {
-            out.append(self.decide(py, &id)?)?;
+            self.decide_into(py, &id, out, true)?;
+        }
+        Ok(())
+    }
+
+    fn decide_into(&mut self, py: Python<'_>, id: &TraceId, out: &Bound<'_, PyList>, dropped: bool) -> PyResult<()> {
+        if let Some(d) = self.decide(py, id, dropped)? {
+            out.append(d)?;
         }
         Ok(())
     }
@@ -391,35 +405,46 @@ impl TraceBuffer {
         Some((false, -1, 1.0))
     }
 
-    /// Takes a trace out of the buffer and decides it; returns its `Decision`.
-    fn decide<'py>(&mut self, py: Python<'py>, id: &TraceId) -> PyResult<Bound<'py, PyAny>> {
+    /// Takes a trace out of the buffer and decides it; returns its `Decision`, or None for
+    /// a dropped trace when `dropped` is false (no summary is built for a trace the native
+    /// rules drop: the common case, ~95% of traffic).
+    fn decide<'py>(&mut self, py: Python<'py>, id: &TraceId, dropped: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
         let e = self.traces.remove(id).expect("decided traces are buffered");
         self.spans -= e.spans;
         self.bytes -= e.bytes;
         let root = e.root.as_ref().map_or_else(|| py.None(), |r| r.0.clone_ref(py));
-        let trace = PyBytes::new(py, id);
+        let summary_cls = self.classes.0.clone_ref(py);
         let make_summary = || {
-            self.classes.0.bind(py).call1((&trace, e.spans, e.start, e.end, e.error, root.clone_ref(py), e.partition, e.offset))
+            let trace = PyBytes::new(py, id);
+            summary_cls.bind(py).call1((trace, e.spans, e.start, e.end, e.error, root.clone_ref(py), e.partition, e.offset))
         };
-        let summary = make_summary()?;
-        let fragments = PyList::new(py, e.fragments.iter().map(|f| f.clone_ref(py)))?;
-        let (keep, rule, rate) = match self.native(id, &e) {
-            Some(decision) => decision,
-            None => self.evaluate.bind(py).call1((&summary, &fragments))?.extract()?,
+        let fragments = || PyList::new(py, e.fragments.iter().map(|f| f.clone_ref(py)));
+        let (keep, rule, rate, summary) = match self.native(id, &e) {
+            Some((keep, rule, rate)) => (keep, rule, rate, None),
+            None => {
+                let summary = make_summary()?;
+                let decided: (bool, i64, f64) = self.evaluate.bind(py).call1((&summary, fragments()?))?.extract()?;
+                (decided.0, decided.1, decided.2, Some(summary))
+            }
         };
         *self.decisions.entry((rule, keep)).or_insert(0) += 1;
         let cached = if keep { Some(make_summary()?.unbind()) } else { None };
         self.remember_id(*id, keep, rule, rate, cached);
-        let kept = if keep {
-            fragments
-        } else {
+        let kept = if keep { fragments()? } else { PyList::empty(py) };
+        if !keep {
             for f in e.fragments {
                 if !f.bind(py).getattr(intern!(py, "source"))?.is_none() {
                     self.settled.push(f);
                 }
             }
-            PyList::empty(py)
+            if !dropped {
+                return Ok(None);
+            }
+        }
+        let summary = match summary {
+            Some(s) => s,
+            None => make_summary()?,
         };
-        self.classes.1.bind(py).call1((summary, keep, self.rule_name(rule), rate, kept))
+        Ok(Some(self.classes.1.bind(py).call1((summary, keep, self.rule_name(rule), rate, kept))?))
     }
 }

@@ -215,14 +215,24 @@ class TailSampler:
     def due(self, limit: int | None = None) -> list[Decision]:
         """Decide the traces whose wait or quiet period has passed, at most ``limit`` of them
         (the caller comes back for the rest, so one call never holds the event loop long)."""
-        s = self.settings
-        out = self._buffer.due(self.clock(), s.decision_wait, s.quiet_period, 2**62 if limit is None else limit)
-        self._count()
-        return out
+        return self._due(limit, True)[0]
 
-    def flush(self) -> list[Decision]:
-        """Decide everything still buffered (shutdown)."""
-        out = self._buffer.flush()
+    def due_kept(self, limit: int | None = None) -> tuple[list[Decision], int]:
+        """:meth:`due`, returning only the decisions to keep, and how many traces were decided.
+        The pipeline's way: a dropped trace is counted, settled and cached without becoming
+        a Python object, and it is most of the traffic."""
+        return self._due(limit, False)
+
+    def _due(self, limit: int | None, dropped: bool) -> tuple[list[Decision], int]:
+        s = self.settings
+        out, decided = self._buffer.due(self.clock(), s.decision_wait, s.quiet_period,
+                                        2**62 if limit is None else limit, dropped)  # fmt: skip
+        self._count()
+        return out, decided
+
+    def flush(self, dropped: bool = True) -> list[Decision]:
+        """Decide everything still buffered (shutdown); ``dropped`` False: the kept only."""
+        out = self._buffer.flush(dropped)
         self._count()
         return out
 
