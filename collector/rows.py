@@ -27,7 +27,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Tr
 
 from collector.auth import TENANT_KEY
 from processors.genai import MAX_TOKENS, PriceTable, Usage, parse_count
-from processors.otlp_values import (KIND_NAMES, STATUS_NAMES, attribute_types, attributes_map, service_name,
+from processors.otlp_values import (KIND_NAMES, STATUS_NAMES, attributes_map, service_name, typed_attributes,
                                     value_as_string)
 from processors.sampling.sampler import Decision
 
@@ -77,8 +77,9 @@ _NO_LINKS: tuple[list[Any], ...] = ([], [], [], [])
 
 
 def _event_columns(events: Any) -> tuple[list[Any], ...]:
+    typed = [typed_attributes(e.attributes) for e in events]
     return ([_ts(e.time_unix_nano) for e in events], [e.name for e in events],
-            [attributes_map(e.attributes) for e in events], [attribute_types(e.attributes) for e in events])  # fmt: skip
+            [values for values, _ in typed], [types for _, types in typed])  # fmt: skip
 
 
 def _link_columns(links: Any) -> tuple[list[Any], ...]:
@@ -122,8 +123,7 @@ class RowBuilder:
         for fragment in d.fragments:
             for rs in TracesData.FromString(fragment.payload).resource_spans:
                 service = service_name(rs.resource.attributes)
-                resource = attributes_map(rs.resource.attributes)
-                resource_types = attribute_types(rs.resource.attributes)
+                resource, resource_types = typed_attributes(rs.resource.attributes)
                 resource_tenant = resource.get(TENANT_KEY, "")
                 if tenant is None:
                     tenant = resource_tenant
@@ -132,7 +132,7 @@ class RowBuilder:
                     for s in ss.spans:
                         if not s.parent_span_id:
                             tenant = resource_tenant
-                        attrs = attributes_map(s.attributes)
+                        attrs, attr_types = typed_attributes(s.attributes)
                         name, status = s.name, s.status
                         status_code = STATUS_NAMES.get(status.code, "Unset")
                         start, end = s.start_time_unix_nano, s.end_time_unix_nano
@@ -148,7 +148,7 @@ class RowBuilder:
                             scope_name, scope_version, attrs, duration, status_code, status.message,
                             *(_event_columns(events) if events else _NO_EVENTS),
                             *(_link_columns(links) if links else _NO_LINKS),
-                            d.sample_rate, d.rule, self.cost(attrs), attribute_types(s.attributes), resource_types,
+                            d.sample_rate, d.rule, self.cost(attrs), attr_types, resource_types,
                         ])  # fmt: skip
         summary, root = d.summary, d.summary.root
         trace = [

@@ -31,8 +31,15 @@ letters), so the queue (Kafka, or the in-process queue's write-ahead log) can fo
 records; ``flush`` waits for that (rebalances). ``shutdown`` stops at its deadline: what is
 not stored by then stays unsettled, and the durable queue replays it at the next start.
 
+Rows are built on the storage thread as kept traces arrive, in jobs of ``ROWS_CHUNK``
+traces, while less than a batch is pending: a second's rows built at once held the GIL in
+one piece of ~100 ms and showed in ack latency. Past a batch (the database is slow) they
+are built at insert time, so what waits stays bounded by its OTLP bytes.
+
 Thread safety: ``_pending`` and the counters are touched only on the event loop; the
-storage thread receives each batch as its own list and reports back by return value.
+storage thread receives each batch as its own list and reports back by return value (a row
+job's result through its ``Future``, read on the storage thread after the job ran: the
+executor has one thread and runs jobs in order).
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from clickhouse_connect.driver.exceptions import OperationalError
@@ -58,11 +66,24 @@ from processors.sampling.sampler import Decision
 
 log = logging.getLogger("tailsift.storage")
 T = TypeVar("T")
+ROWS_CHUNK = 32
+"""Kept traces per row-building job: a few milliseconds of Python for LLM traces."""
+Built = list[TraceRows | Exception]
 
 
 def _size(d: Decision) -> tuple[int, int]:
     """(span rows, payload bytes) a kept decision adds."""
     return sum(f.span_count for f in d.fragments), sum(len(f.payload) for f in d.fragments)
+
+
+@dataclass(slots=True)
+class _Kept:
+    """A kept decision waiting for its insert; ``rows[index]`` is its rows once the job
+    built them (None: built at insert time)."""
+
+    decision: Decision
+    rows: Future[Built] | None = None
+    index: int = 0
 
 
 class StorageWriter:
@@ -80,7 +101,7 @@ class StorageWriter:
         self._inserting = 0
         self._settled = asyncio.Condition()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
-        self._pending: deque[Decision] = deque()
+        self._pending: deque[_Kept] = deque()
         self._pending_rows = 0
         self._pending_bytes = 0
         self._wake = asyncio.Event()
@@ -153,10 +174,15 @@ class StorageWriter:
                 # Set here, on the event loop, where the queue's replay horizon changes; the
                 # storage thread only reads it, after the decision was handed over (never rewritten).
                 d.recheck = any(f.source is not None and maybe_stored(f.source) for f in d.fragments)
-            rows, size = _size(d)
-            self._pending.append(d)
-            self._pending_rows += rows
-            self._pending_bytes += size
+        for start in range(0, len(kept), ROWS_CHUNK):
+            chunk = kept[start : start + ROWS_CHUNK]
+            ahead = self._pending_rows < self.settings.batch_rows and not self._closing
+            built = self._executor.submit(self._build, chunk) if ahead else None
+            for index, d in enumerate(chunk):
+                rows, size = _size(d)
+                self._pending.append(_Kept(d, built, index))
+                self._pending_rows += rows
+                self._pending_bytes += size
         if self._pending_rows >= self.settings.batch_rows or self._pending_bytes >= self.settings.batch_bytes:
             self._wake.set()
 
@@ -180,14 +206,14 @@ class StorageWriter:
             if self._closing and not self._pending:
                 return
 
-    def _take_batch(self) -> tuple[list[Decision], int, int]:
-        batch: list[Decision] = []
+    def _take_batch(self) -> tuple[list[_Kept], int, int]:
+        batch: list[_Kept] = []
         rows = size = 0
         limit_rows, limit_bytes = self.settings.batch_rows, self.settings.batch_bytes
         while self._pending and (not batch or (rows < limit_rows and size < limit_bytes)):
-            d = self._pending.popleft()
-            r, b = _size(d)
-            batch.append(d)
+            k = self._pending.popleft()
+            r, b = _size(k.decision)
+            batch.append(k)
             rows, size = rows + r, size + b
         self._pending_rows -= rows
         self._pending_bytes -= size
@@ -215,25 +241,39 @@ class StorageWriter:
         self.rows_written += rows - rejected - already
         self.rows_rejected += rejected
         self.rows_already_stored += already
-        await self._settle(batch)
+        await self._settle([k.decision for k in batch])
         return True
 
     # --- on the storage thread
-    def _store(self, batch: list[Decision]) -> tuple[int, int]:
-        """Build and insert a batch, isolating what ClickHouse refuses; returns the number of
-        span rows that went to the dead-letter table and of those found already stored.
-        Raises only if the database is away."""
-        items: list[TraceRows] = []
-        rejected: list[Rejected] = []
+    def _build(self, decisions: list[Decision]) -> Built:
+        """Each decision's rows, or what building them raised."""
         decided_ns = time.time_ns()
-        for d in batch:
+        out: Built = []
+        for d in decisions:
             try:
-                items.append(self.rows(d, decided_ns))
+                out.append(self.rows(d, decided_ns))
             except Exception as exc:  # noqa: BLE001 - a bug on one trace's data must not cost the batch
                 log.exception("cannot build rows for trace %s", d.summary.trace_id.hex())
-                rows, _ = _size(d)
-                payload = b"".join(f.payload for f in d.fragments)
-                rejected.append(Rejected(d.summary.trace_id.hex(), "", f"cannot build rows: {exc!r}", payload, rows))
+                out.append(exc)
+        return out
+
+    def _store(self, batch: list[_Kept]) -> tuple[int, int]:
+        """Build (what was not built yet) and insert a batch, isolating what ClickHouse
+        refuses; returns the number of span rows that went to the dead-letter table and of
+        those found already stored. Raises only if the database is away."""
+        items: list[TraceRows] = []
+        rejected: list[Rejected] = []
+        later = [k.decision for k in batch if k.rows is None]
+        built_now = iter(self._build(later))
+        for k in batch:
+            d = k.decision
+            got = k.rows.result()[k.index] if k.rows is not None else next(built_now)
+            if isinstance(got, TraceRows):
+                items.append(got)
+                continue
+            rows, _ = _size(d)
+            payload = b"".join(f.payload for f in d.fragments)
+            rejected.append(Rejected(d.summary.trace_id.hex(), "", f"cannot build rows: {got!r}", payload, rows))
         already = self._drop_stored([i for i in items if i.decision.recheck])
         self._insert_isolated(items, rejected)
         if rejected:

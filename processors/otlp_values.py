@@ -53,19 +53,27 @@ _TYPE_NAMES = {"int_value": "int", "double_value": "double", "bool_value": "bool
                "kvlist_value": "kvlist", "bytes_value": "bytes"}
 
 
-def attribute_types(attributes: Iterable[Any]) -> dict[str, str]:
-    """``{key: type}`` for the attributes that are not strings (most are, so this is small):
-    stored next to the string-valued Map so that readers get 502, not "502", back."""
-    out = {}
+def typed_attributes(attributes: Iterable[Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """``KeyValue`` list → (``{key: string}``, ``{key: type}``) in one pass: the values as
+    :func:`attributes_map` gives them, and the types of those that are not strings (most
+    are, so the second is small), stored beside the first so that readers get 502, not
+    "502", back. A repeated key: the last value wins, and the last non-string type."""
+    values: dict[str, str] = {}
+    types: dict[str, str] = {}
     for kv in attributes:
-        kind = kv.value.WhichOneof("value")
-        if kind != "string_value" and kind is not None:
-            out[kv.key] = _TYPE_NAMES[kind]
-    return out
+        value = kv.value
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            values[kv.key] = value.string_value
+            continue
+        values[kv.key] = value_as_string(value)
+        if kind is not None:
+            types[kv.key] = _TYPE_NAMES[kind]
+    return values, types
 
 
 def typed(value: str, kind: str | None) -> Any:
-    """A stored attribute string back as its type (see :func:`attribute_types`)."""
+    """A stored attribute string back as its type (see :func:`typed_attributes`)."""
     try:
         if kind == "int":
             return int(value)

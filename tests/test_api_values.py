@@ -41,3 +41,25 @@ def test_values_come_back_typed_with_scope_and_links(tmp_path: Path) -> None:
     assert (link["trace_id"], link["span_id"], link["attributes"]) == (format(0xABC, "032x"), format(0xDEF, "016x"),
                                                                        {"why": "retry"})  # fmt: skip
     assert "trace_state" in link
+
+
+def test_typed_attributes_read_once_keep_the_last_value_and_the_last_non_string_type() -> None:
+    """Rows read each attribute list once for its values and types; a repeated key keeps the
+    last value (as a dict would) and the last type that is not a string."""
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+    from processors.otlp_values import attributes_map, typed_attributes
+
+    kvs = [KeyValue(key="code"), KeyValue(key="code"), KeyValue(key="ratio"), KeyValue(key="ok"), KeyValue(key="tags"),
+           KeyValue(key="raw"), KeyValue(key="empty"), KeyValue(key="text")]  # fmt: skip
+    kvs[0].value.int_value = 502
+    kvs[1].value.string_value = "bad gateway"
+    kvs[2].value.double_value = 1e16
+    kvs[3].value.bool_value = False
+    kvs[4].value.array_value.values.add().string_value = "a"
+    kvs[5].value.bytes_value = b"\x01\xff"
+    kvs[7].value.string_value = "x"
+    values, types = typed_attributes(kvs)
+    assert values == attributes_map(kvs) == {"code": "bad gateway", "ratio": "1e+16", "ok": "false", "tags": '["a"]',
+                                             "raw": '"01ff"', "empty": "", "text": "x"}  # fmt: skip
+    assert types == {"code": "int", "ratio": "double", "ok": "bool", "tags": "array", "raw": "bytes"}

@@ -175,3 +175,40 @@ def test_a_batch_the_sampler_fails_on_is_dead_lettered_not_lost(tmp_path: Path) 
     [(trace_id, reason, payload)] = query(tmp_path, "SELECT TraceId, Reason, Payload FROM tailsift_rejected")
     assert int(str(trace_id), 16) == 666 and "a bug in the sampler" in str(reason)
     assert len(TracesData.FromString(base64.b64decode(str(payload))).resource_spans[0].scope_spans[0].spans) == 3
+
+
+@pytest.mark.parametrize("batch_rows", [20_000, 1])  # rows built as decisions arrive / built at insert time
+def test_a_trace_whose_rows_cannot_be_built_is_a_dead_letter_whenever_they_are_built(
+        tmp_path: Path, batch_rows: int) -> None:  # fmt: skip
+    """Rows are built on the storage thread ahead of the insert while less than a batch is
+    pending, else at insert time. Either way a trace whose rows raise goes to the dead-letter
+    table whole, the others of its row-building job and batch are stored, and all settle."""
+    import asyncio
+
+    from collector.config import ClickHouseSettings
+    from collector.writer import StorageWriter
+
+    def hook(trace_hex: str, *_: Any) -> None:
+        if int(trace_hex, 16) == 666:
+            raise RuntimeError("a bug while building rows")
+
+    decisions = [kept(request(t)) for t in GOOD[:40]] + [kept(request(666, spans=3))] + [kept(request(t)) for t in GOOD[40:]]
+    settled: list[list[Any]] = []
+    settings = ClickHouseSettings(dsn=f"chdb://{tmp_path / 'db'}", ttl_days=0, batch_rows=batch_rows)  # type: ignore[arg-type]
+    writer = StorageWriter(settings, on_settled=settled.append, on_kept_span=hook)
+
+    async def go() -> None:
+        await writer.start()
+        for start in range(0, len(decisions), 7):  # several writes, as sampling steps make them
+            await writer.write(decisions[start : start + 7])
+        await writer.flush()
+        await writer.shutdown()
+
+    asyncio.run(go())
+    stored = {int(t, 16) for (t,) in query(tmp_path, "SELECT DISTINCT TraceId FROM otel_traces")}
+    assert stored == set(GOOD)
+    [(trace_id, reason, payload)] = query(tmp_path, "SELECT TraceId, Reason, Payload FROM tailsift_rejected")
+    assert int(str(trace_id), 16) == 666 and "a bug while building rows" in str(reason)
+    assert len(TracesData.FromString(base64.b64decode(str(payload))).resource_spans[0].scope_spans[0].spans) == 3
+    assert writer.rows_rejected == 3 and writer.rows_written == 60 * 2
+    assert sum(len(b) for b in settled) == len(decisions)
