@@ -32,7 +32,10 @@ def any_value(value: Any) -> Any:
 
 def value_as_string(value: Any) -> str:
     """Render an ``AnyValue`` the way the OTel ClickHouse exporter does (JSON for composites)."""
-    kind = value.WhichOneof("value")
+    return _as_string(value, value.WhichOneof("value"))
+
+
+def _as_string(value: Any, kind: str | None) -> str:
     if kind == "string_value":
         return str(value.string_value)
     if kind == "bool_value":
@@ -66,7 +69,7 @@ def typed_attributes(attributes: Iterable[Any]) -> tuple[dict[str, str], dict[st
         if kind == "string_value":
             values[kv.key] = value.string_value
             continue
-        values[kv.key] = value_as_string(value)
+        values[kv.key] = _as_string(value, kind)
         if kind is not None:
             types[kv.key] = _TYPE_NAMES[kind]
     return values, types

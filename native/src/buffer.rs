@@ -17,9 +17,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+use crate::cache::{Decided, DecisionCache, TraceId};
 use crate::rules::{coin, Rule};
 
-type TraceId = [u8; 16];
 const NO_START: u64 = 1 << 63;
 
 struct Entry {
@@ -36,13 +36,6 @@ struct Entry {
     offset: i64,
     bytes: u64,
     fragments: Vec<Py<PyAny>>,
-}
-
-struct Decided {
-    keep: bool,
-    rule: i64,
-    rate: f64,
-    summary: Option<Py<PyAny>>,
 }
 
 #[derive(Default)]
@@ -66,8 +59,7 @@ pub struct TraceBuffer {
     serial: u64,
     spans: u64,
     bytes: u64,
-    decided: HashMap<TraceId, Decided>,
-    decided_order: VecDeque<TraceId>,
+    decided: DecisionCache,
     rules: Vec<Rule>,
     rule_names: Vec<String>,
     settled: Vec<Py<PyAny>>,
@@ -105,7 +97,7 @@ impl TraceBuffer {
         }
         Ok(TraceBuffer {
             traces: HashMap::new(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
-            decided: HashMap::new(), decided_order: VecDeque::new(), rules: compiled, rule_names: names,
+            decided: DecisionCache::new(limits.4), rules: compiled, rule_names: names,
             settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
             classes: (summary_cls, decision_cls), evaluate,
         })
@@ -136,8 +128,7 @@ impl TraceBuffer {
             + self.traces.values().map(|e| e.fragments.capacity() * size_of::<Py<PyAny>>()).sum::<usize>()
             + self.arrivals.capacity() * size_of::<(TraceId, u64)>()
             + self.rooted.capacity() * size_of::<(TraceId, u64, u64)>()
-            + table(self.decided.capacity(), size_of::<(TraceId, Decided)>())
-            + self.decided_order.capacity() * size_of::<TraceId>()
+            + self.decided.native_bytes()
             + self.settled.capacity() * size_of::<Py<PyAny>>()
     }
 
@@ -152,7 +143,7 @@ impl TraceBuffer {
             let id = trace_id(&f.getattr(intern!(py, "trace_id"))?)?;
             let spans: u64 = f.getattr(intern!(py, "span_count"))?.extract()?;
             self.counts.received += spans;
-            if self.decided.contains_key(&id) {
+            if self.decided.contains(&id) {
                 late.append(f)?;
                 continue;
             }
@@ -304,7 +295,7 @@ impl TraceBuffer {
     fn remember(&mut self, trace: &[u8], keep: bool, rule: String, rate: f64, summary: Option<Py<PyAny>>) -> PyResult<()> {
         let id = TraceId::try_from(trace).map_err(|_| PyValueError::new_err("a trace id is 16 bytes"))?;
         let rule = self.rule_names.iter().position(|n| *n == rule).map_or(-1, |i| i as i64);
-        self.remember_id(id, keep, rule, rate, summary);
+        self.decided.remember(id, Decided { keep, rule, rate, summary });
         Ok(())
     }
 
@@ -376,24 +367,6 @@ impl TraceBuffer {
         Ok(())
     }
 
-    fn remember_id(&mut self, id: TraceId, keep: bool, rule: i64, rate: f64, summary: Option<Py<PyAny>>) {
-        let cap = self.limits.4;
-        if cap == 0 {
-            return;
-        }
-        if self.decided.insert(id, Decided { keep, rule, rate, summary }).is_none() {
-            self.decided_order.push_back(id);
-        }
-        while self.decided.len() > cap {
-            match self.decided_order.pop_front() {
-                Some(old) => {
-                    self.decided.remove(&old);
-                }
-                None => break,
-            }
-        }
-    }
-
     fn native(&self, id: &TraceId, e: &Entry) -> Option<(bool, i64, f64)> {
         for (i, rule) in self.rules.iter().enumerate() {
             let conds = rule.conds.as_ref()?;
@@ -429,7 +402,7 @@ impl TraceBuffer {
         };
         *self.decisions.entry((rule, keep)).or_insert(0) += 1;
         let cached = if keep { Some(make_summary()?.unbind()) } else { None };
-        self.remember_id(*id, keep, rule, rate, cached);
+        self.decided.remember(*id, Decided { keep, rule, rate, summary: cached });
         let kept = if keep { fragments()? } else { PyList::empty(py) };
         if !keep {
             for f in e.fragments {

@@ -3,6 +3,7 @@
 //! `processors/reference.py` the pure-Python reference that tests hold it to.
 
 mod buffer;
+mod cache;
 mod envelope;
 mod metrics;
 mod otlp;

@@ -75,8 +75,8 @@ pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split> {
         if last_key != Some(key) {
             last_key = Some(key);
             framing.entry(key).or_insert_with(|| {
-            [resource.message.bytes().to_vec(), resource.schema_url.to_vec(), scope.message.bytes().to_vec(),
-             scope.schema_url.to_vec()]
+                [resource.message.bytes().to_vec(), resource.schema_url.to_vec(), scope.message.bytes().to_vec(),
+                 scope.schema_url.to_vec()]
             });
         }
         let trace_id: [u8; 16] = span.trace_id.try_into().unwrap();
@@ -118,12 +118,12 @@ pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split> {
             let rs_len = field_len(resource.len()) + field_len(ss_len)
                 + if rs_schema.is_empty() { 0 } else { field_len(rs_schema.len()) };
             total += field_len(rs_len);
-            parts.push((ss_len, rs_len));
+            parts.push((ss_len, rs_len, &framing[key]));
         }
         let payload = &mut group.fragment.payload;
         payload.reserve_exact(total);
-        for ((key, spans), (ss_len, rs_len)) in group.chunks.iter().zip(parts) {
-            let [resource, rs_schema, scope, ss_schema] = &framing[key];
+        for ((_, spans), (ss_len, rs_len, frame)) in group.chunks.iter().zip(parts) {
+            let [resource, rs_schema, scope, ss_schema] = frame;
             put_header(payload, 1, rs_len);
             put_field(payload, 1, resource);
             put_header(payload, 2, ss_len);
