@@ -82,7 +82,7 @@ class Pipeline:
         self.sampler = TailSampler(settings.sampling) if samples else None
         self.writer = StorageWriter(settings.storage.clickhouse, on_settled=self._stored, prices=self.prices,
                                     on_kept_span=self.metrics.observe_kept if self.metrics else None,
-                                    maybe_stored=self.queue.maybe_stored) if samples else None
+                                    maybe_stored=self.queue.maybe_stored, memory=self.memory) if samples else None
         otlp = settings.receivers.otlp
         self.grpc = self.http = None
         served = tuple(otlp.served_signals)

@@ -32,9 +32,10 @@ records; ``flush`` waits for that (rebalances). ``shutdown`` stops at its deadli
 not stored by then stays unsettled, and the durable queue replays it at the next start.
 
 Rows are built on the storage thread as kept traces arrive, in jobs of ``ROWS_CHUNK``
-traces, while less than a batch is pending: a second's rows built at once held the GIL in
-one piece of ~100 ms and showed in ack latency. Past a batch (the database is slow) they
-are built at insert time, so what waits stays bounded by its OTLP bytes.
+traces, while less than a batch (and a quarter of ``batch_bytes``) is pending: a second's
+rows built at once held the GIL in one piece of ~100 ms and showed in ack latency. Past that
+(huge spans, or the database is slow) they are built at insert time, so what waits stays
+bounded by its OTLP bytes.
 
 Thread safety: ``_pending`` and the counters are touched only on the event loop; the
 storage thread receives each batch as its own list and reports back by return value (a row
@@ -57,6 +58,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 
 from collector.config import ClickHouseSettings
 from collector.errors import Unavailable
+from collector.memory import MemoryLimiter
 from collector.rows import KeptSpanHook, Rejected, RowBuilder, TraceRows, raw_span
 from collector.storage import ClickHouseStore, Rows, safe_dsn
 from processors.genai import PriceTable
@@ -68,6 +70,15 @@ log = logging.getLogger("tailsift.storage")
 T = TypeVar("T")
 ROWS_CHUNK = 32
 """Kept traces per row-building job: a few milliseconds of Python for LLM traces."""
+INSERT_GROWTH = 3
+"""An insert briefly needs about this many times its batch's payload (Python rows, then the
+client's columns and the engine's block; measured with 512 KiB spans on chDB). It is held
+with the memory limiter while the insert runs, so new requests are refused rather than
+pushing the process past its limit."""
+AHEAD_SHARE = 4
+"""Rows are built ahead only while less than ``batch_bytes / AHEAD_SHARE`` of payload is
+pending: rows cost about their payload again, and with huge spans building every pending
+trace's rows ahead once held 128 MiB more than the memory limit allows for."""
 Built = list[TraceRows | Exception]
 
 
@@ -92,8 +103,10 @@ class StorageWriter:
     def __init__(self, settings: ClickHouseSettings, store: ClickHouseStore | None = None,
                  on_settled: Callable[[list[Decision]], None] | None = None, prices: PriceTable | None = None,
                  on_kept_span: KeptSpanHook | None = None,
-                 maybe_stored: Callable[[tuple[int, int]], bool] | None = None):  # fmt: skip
+                 maybe_stored: Callable[[tuple[int, int]], bool] | None = None,
+                 memory: MemoryLimiter | None = None):  # fmt: skip
         self.settings = settings
+        self.memory = memory
         self.maybe_stored = maybe_stored
         self.rows = RowBuilder(prices, on_kept_span)
         self.store = store or ClickHouseStore(settings)
@@ -176,7 +189,8 @@ class StorageWriter:
                 d.recheck = any(f.source is not None and maybe_stored(f.source) for f in d.fragments)
         for start in range(0, len(kept), ROWS_CHUNK):
             chunk = kept[start : start + ROWS_CHUNK]
-            ahead = self._pending_rows < self.settings.batch_rows and not self._closing
+            ahead = (self._pending_rows < self.settings.batch_rows and not self._closing
+                     and self._pending_bytes < self.settings.batch_bytes // AHEAD_SHARE)
             built = self._executor.submit(self._build, chunk) if ahead else None
             for index, d in enumerate(chunk):
                 rows, size = _size(d)
@@ -227,6 +241,9 @@ class StorageWriter:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self._inserting = rows
+        memory, growth = self.memory, INSERT_GROWTH * size
+        if memory is not None:
+            memory.hold(growth)
         try:
             rejected, already = await self.run(self._store, batch)
         except Exception as exc:  # noqa: BLE001 - the database is away: keep the batch, retry
@@ -237,6 +254,9 @@ class StorageWriter:
             self._pending_bytes += size
             self._inserting = 0
             return False
+        finally:
+            if memory is not None:
+                memory.release(growth)
         self.insert_latency.observe(loop.time() - started)
         self.rows_written += rows - rejected - already
         self.rows_rejected += rejected

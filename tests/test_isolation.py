@@ -212,3 +212,45 @@ def test_a_trace_whose_rows_cannot_be_built_is_a_dead_letter_whenever_they_are_b
     assert len(TracesData.FromString(base64.b64decode(str(payload))).resource_spans[0].scope_spans[0].spans) == 3
     assert writer.rows_rejected == 3 and writer.rows_written == 60 * 2
     assert sum(len(b) for b in settled) == len(decisions)
+
+
+def test_an_insert_holds_its_growth_with_the_memory_limiter_and_gives_it_back(tmp_path: Path) -> None:
+    """An insert briefly needs a multiple of its batch's payload (rows, then the engine's
+    block). The writer holds that with the memory limiter while it inserts, so requests
+    arriving meanwhile are refused instead of pushing RSS past the limit, and gives it back."""
+    import asyncio
+
+    from collector.config import ClickHouseSettings
+    from collector.errors import Backpressure
+    from collector.memory import MemoryLimiter
+    from collector.writer import INSERT_GROWTH, StorageWriter
+
+    decisions = [kept(request(t)) for t in GOOD[:10]]
+    sizes = {sum(len(f.payload) for f in d.fragments) for d in decisions}
+    memory = MemoryLimiter(limit=2**30, spike=0)
+    held: list[int] = []
+    refused: list[bool] = []
+
+    def hook(*_: Any) -> None:  # runs while the rows are built, inside the insert (batch_bytes=1)
+        held.append(memory.reserved)
+        try:  # a request that would fit were the insert's growth not held
+            memory.reserve(memory.soft_limit - memory.rss - memory.reserved + min(sizes))
+            refused.append(False)
+        except Backpressure:
+            refused.append(True)
+
+    # One trace per batch, and rows built at insert time (nothing is built ahead past batch_bytes / 4).
+    settings = ClickHouseSettings(dsn=f"chdb://{tmp_path / 'db'}", ttl_days=0, batch_bytes=1)  # type: ignore[arg-type]
+    writer = StorageWriter(settings, on_kept_span=hook, memory=memory)
+
+    async def go() -> None:
+        await writer.start()
+        await writer.write(decisions)
+        await writer.flush()
+        await writer.shutdown()
+
+    asyncio.run(go())
+    assert writer.rows_written == 10 * 2
+    assert held and set(held) <= {INSERT_GROWTH * s for s in sizes}, (held, sizes)
+    assert all(refused), "a request that fits only without the insert's growth is refused during it"
+    assert memory.reserved == 0
