@@ -197,6 +197,22 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Why a trace was kept or dropped (``GET /api/decisions/<id>``)."""
+    status, body = _get(args, f"/api/decisions/{args.trace_id}", {"tenant": args.tenant} if args.tenant else None)
+    if status != 200:
+        if body is not None:
+            print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"trace {body['trace_id']}: {body['state']}" + (f" by rule {body['rule']!r}, sample rate {body['sample_rate']:g}"
+                                                       if "rule" in body else "") + f" (from the {body['source']})")  # fmt: skip
+    print(body["why"])
+    return 0
+
+
 def cmd_traces(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.service:
@@ -286,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("trace_id")
     tr.add_argument("--api", default=api, help=f"query API address (default {api}, env TAILSIFT_API)")
     tr.set_defaults(func=cmd_trace)
+    ex = sub.add_parser("explain", help="say why a trace was kept or dropped: the rule, its rate and how it chose")
+    ex.add_argument("trace_id")
+    ex.add_argument("--tenant", help="as this tenant (answers from its stored traces only)")
+    ex.add_argument("--json", action="store_true", help="print the API's JSON")
+    ex.add_argument("--api", default=api, help=f"query API address (default {api}, env TAILSIFT_API)")
+    ex.set_defaults(func=cmd_explain)
     ts = sub.add_parser("traces", help="list recent kept traces")
     ts.add_argument("--service")
     ts.add_argument("--error", action="store_true", help="only traces with an error")
@@ -307,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--api", default=api, help=f"query API address (default {api}, env TAILSIFT_API)")
     st.set_defaults(func=cmd_stats)
     bench = sub.add_parser("bench", help="drive a collector (its own, by default) with OTLP load and report")
-    for client in (tr, ts, st):
+    for client in (tr, ex, ts, st):
         client.add_argument("--token", default=os.environ.get("TAILSIFT_TOKEN"),
                             help="bearer token for a query API with auth (env TAILSIFT_TOKEN)")
         client.add_argument("--ca-file", default=os.environ.get("TAILSIFT_CA_FILE"),

@@ -8,6 +8,10 @@
   count, error rate, p50/p95/p99, tokens and cost per group, each span weighted by its
   trace's sample rate (see :data:`collector.sql.STATS`).
 
+- ``GET /api/decisions/{trace_id}``: why a trace was kept or dropped: the rule that decided,
+  its conditions, the rate and, for a percentage, where the trace id fell against the
+  threshold (see :mod:`processors.sampling.explain`); 404 when nothing remembers it.
+
 ``tenant=`` limits a query to one tenant's spans (see :mod:`collector.auth`); a token
 bound to a tenant is always limited to its own (403 for another). With ``query.auth``
 every path but ``/healthz`` needs a bearer token (401 otherwise); ``/metrics`` takes the
@@ -197,6 +201,7 @@ class QueryApi:
         app.router.add_get("/api/traces/{trace_id}", self._trace)
         app.router.add_get("/api/traces", self._search)
         app.router.add_get("/api/stats", self._stats)
+        app.router.add_get("/api/decisions/{trace_id}", self._decision)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
         if self.tls is not None:
@@ -260,6 +265,24 @@ class QueryApi:
         if not spans:
             return _json({"error": f"trace {trace_id} not found{self._why_missing(trace_id, tenant)}"}, 404)
         return _json({"trace_id": trace_id, "spans": spans, "logs": logs})
+
+    async def _decision(self, request: web.Request) -> web.Response:
+        if (refusal := self._no_storage()) is not None:
+            return refusal
+        assert self.reader is not None
+        trace_id = request.match_info["trace_id"]
+        if not _TRACE_ID.match(trace_id) or int(trace_id, 16) == 0:
+            return _json({"error": "trace id must be 32 hex characters, not all zero"}, 400)
+        try:
+            tenant = self._tenant(request, request.query.get("tenant"))
+        except Forbidden as exc:
+            return _json({"error": exc.message}, 403)
+        answer = await self.reader.explain(trace_id.lower(), tenant)
+        if answer is None:
+            return _json({"error": f"no decision known for trace {trace_id.lower()}: not buffered, no longer in the "
+                                   "decision caches (sampling.decision_cache_size, sampling.dropped_cache_size) and "
+                                   "not stored"}, 404)  # fmt: skip
+        return _json(answer)
 
     def _why_missing(self, trace_id: str, tenant: str | None) -> str:
         """What the sampler remembers of a trace that is not stored (not for tenants' tokens:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from collector.storage import ClickHouseStore
 from collector.writer import StorageWriter
+from processors.sampling.explain import explain
 from processors.sampling.sampler import TailSampler
 
 Decision = tuple[str, str, float]
@@ -35,6 +36,11 @@ class TraceReader(Protocol):
 
     def decision_for(self, trace_id: bytes) -> Decision | None:
         """What the sampler remembers of a trace, if anything."""
+        ...
+
+    async def explain(self, trace_id: str, tenant: str | None) -> dict[str, Any] | None:
+        """Why a trace was kept or dropped (:func:`processors.sampling.explain.explain`), from
+        the decision caches (not for a tenant: they know no tenants) or else the stored rows."""
         ...
 
 
@@ -63,3 +69,14 @@ class StoredTraces:
 
     def decision_for(self, trace_id: bytes) -> Decision | None:
         return self.sampler.decision_for(trace_id) if self.sampler is not None else None
+
+    async def explain(self, trace_id: str, tenant: str | None) -> dict[str, Any] | None:
+        rules = self.sampler.settings.rules if self.sampler is not None else []
+        tid = bytes.fromhex(trace_id)
+        known = self.decision_for(tid) if tenant is None else None
+        if known is not None:
+            return explain(tid, *known, rules, "decision cache")
+        spans = await self._run(lambda store: store.get_trace(trace_id, tenant))
+        if not spans:
+            return None
+        return explain(tid, "kept", spans[0]["sampled_by"], spans[0]["sample_rate"], rules, "storage")

@@ -177,3 +177,29 @@ def test_kept_only_decisions_are_the_kept_part_of_all_decisions(rules: list[dict
     assert [f.trace_id for f in every.take_settled()] == [f.trace_id for f in kept_only.take_settled()]
     for f in frags:
         assert every.decision_for(f.trace_id) == kept_only.decision_for(f.trace_id)
+
+
+@pytest.mark.parametrize("rules", [
+    [{"name": "errors", "when": [{"status": "error"}], "keep": "100%"}, {"name": "health", "keep": "0%"}],
+    [{"name": "errors", "when": [{"attribute": "http.route", "op": "!=", "value": "/health"}], "keep": "100%"},
+     {"name": "health", "keep": "0%"}],  # decided by the Python rules
+])  # fmt: skip
+def test_dropped_decisions_never_push_kept_ones_out_of_the_cache(rules: list[dict[str, Any]]) -> None:
+    """Kept and dropped decisions are cached apart: a flood of dropped traces (most of the
+    traffic) leaves the kept ones remembered, so their late spans are still stored; and a
+    ``keep: 0%`` rule drops, counted under its name."""
+    s, clock = sampler(rules, decision_cache_size=5, dropped_cache_size=50)
+    kept_ids = list(range(1, 6))
+    s.add([fragment(t, 1, error=True, attrs={"http.route": "/chat"}) for t in kept_ids])
+    s.add([fragment(t, 1, attrs={"http.route": "/health"}) for t in range(100, 400)])
+    clock.now = 2 * S
+    decided = s.due()
+    assert sorted(int.from_bytes(d.summary.trace_id, "big") for d in decided if d.keep) == kept_ids
+    assert s.decisions[("errors", True)] == 5 and s.decisions[("health", False)] == 300
+    for t in kept_ids:
+        assert s.decision_for(t.to_bytes(16, "big")) == ("kept", "errors", 1.0)
+        (late,) = s.add([fragment(t, 7, parent=1)])
+        assert late.keep and late.late and late.rule == "errors"
+    assert s.decision_for((399).to_bytes(16, "big")) == ("dropped", "health", 0.0)  # the newest 50 dropped
+    assert s.decision_for((100).to_bytes(16, "big")) is None  # the oldest dropped are forgotten
+    assert s.add([fragment(399, 7, parent=1)]) == [] and s.stats["late_spans_dropped"] == 1

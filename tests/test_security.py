@@ -275,6 +275,14 @@ def test_tenants_are_stamped_and_separated(authed: Collector) -> None:
     assert requests.get(c.api + "/api/traces", params={"tenant": "team-b"}, headers=a_token, timeout=10).status_code == 403
     stats = requests.get(c.api + "/api/stats", headers=a_token, timeout=10).json()["groups"]
     assert {g["group"] for g in stats} == {"svc-team-a"}
+    # Decisions: a tenant hears of its own stored traces only, never from the sampler's
+    # caches (they know no tenants); the operator hears of any.
+    decision = requests.get(f"{c.api}/api/decisions/{sent['team-a']}", headers=a_token, timeout=10).json()
+    assert decision["state"] == "kept" and decision["source"] == "storage"
+    assert requests.get(f"{c.api}/api/decisions/{sent['team-b']}", headers=a_token, timeout=10).status_code == 404
+    assert requests.get(f"{c.api}/api/decisions/{sent['team-b']}", timeout=10).status_code == 401
+    assert requests.get(f"{c.api}/api/decisions/{sent['team-b']}", headers={"Authorization": f"Bearer {OPERATOR}"},
+                        timeout=10).json()["state"] == "kept"  # fmt: skip
 
     # Logs are stamped the same way: team-a's log, claiming team-b, is seen with team-a's token.
     logs = ExportLogsServiceRequest()

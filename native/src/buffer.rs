@@ -65,7 +65,7 @@ pub struct TraceBuffer {
     settled: Vec<Py<PyAny>>,
     counts: Counts,
     decisions: HashMap<(i64, bool), u64>,
-    limits: (u64, u64, u64, u64, usize), // max traces, spans per trace, buffered spans, buffered bytes, cache size
+    limits: (u64, u64, u64, u64, usize, usize), // traces, spans per trace, spans, bytes, kept and dropped cached
     classes: (Py<PyAny>, Py<PyAny>),     // TraceSummary, Decision
     evaluate: Py<PyAny>,
 }
@@ -84,10 +84,10 @@ fn trace_id(value: &Bound<'_, PyAny>) -> PyResult<TraceId> {
 impl TraceBuffer {
     /// rules: [(conditions or None, keep probability or None)], conditions being
     /// [("error",) | ("duration", op, bound_ns)]; limits: (max_traces, max_spans_per_trace,
-    /// max_buffered_spans, max_buffered_bytes, decision_cache_size); evaluate(trace_id,
+    /// max_buffered_spans, max_buffered_bytes, decision_cache_size, dropped_cache_size); evaluate(trace_id,
     /// summary, fragments) -> (keep, rule index or -1, rate) runs the Python rules.
     #[new]
-    fn new(rules: Vec<(Option<Vec<Bound<'_, PyTuple>>>, Option<f64>, String)>, limits: (u64, u64, u64, u64, usize),
+    fn new(rules: Vec<(Option<Vec<Bound<'_, PyTuple>>>, Option<f64>, String)>, limits: (u64, u64, u64, u64, usize, usize),
            summary_cls: Py<PyAny>, decision_cls: Py<PyAny>, evaluate: Py<PyAny>) -> PyResult<Self> {
         let mut compiled = Vec::new();
         let mut names = Vec::new();
@@ -97,7 +97,7 @@ impl TraceBuffer {
         }
         Ok(TraceBuffer {
             traces: HashMap::new(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
-            decided: DecisionCache::new(limits.4), rules: compiled, rule_names: names,
+            decided: DecisionCache::new(limits.4, limits.5), rules: compiled, rule_names: names,
             settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
             classes: (summary_cls, decision_cls), evaluate,
         })
@@ -138,7 +138,7 @@ impl TraceBuffer {
                 -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
         let out = PyList::empty(py);
         let late = PyList::empty(py);
-        let (max_traces, max_spans_per_trace, max_spans, max_bytes, _) = self.limits;
+        let (max_traces, max_spans_per_trace, max_spans, max_bytes, _, _) = self.limits;
         for f in fragments {
             let id = trace_id(&f.getattr(intern!(py, "trace_id"))?)?;
             let spans: u64 = f.getattr(intern!(py, "span_count"))?.extract()?;
@@ -283,8 +283,9 @@ impl TraceBuffer {
     /// (keep, rule name, sample rate, summary or None) of a decided trace, or None.
     fn decided<'py>(&self, py: Python<'py>, trace: &[u8]) -> PyResult<Option<(bool, String, f64, Py<PyAny>)>> {
         let Ok(id) = TraceId::try_from(trace) else { return Ok(None) };
-        Ok(self.decided.get(&id).map(|d| (d.keep, self.rule_name(d.rule), d.rate,
-                                            d.summary.as_ref().map_or_else(|| py.None(), |s| s.clone_ref(py)))))
+        Ok(self.decided.get(&id).map(|(keep, rule, rate, summary)| {
+            (keep, self.rule_name(rule), rate, summary.map_or_else(|| py.None(), |s| s.clone_ref(py)))
+        }))
     }
 
     fn is_buffered(&self, trace: &[u8]) -> bool {

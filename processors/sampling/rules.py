@@ -73,7 +73,7 @@ class Condition(_Strict):
         if len(given) != 1:
             raise ValueError(f"a condition needs exactly one of {', '.join(SUBJECTS)} (got {given or 'none'})")
         if self.duration is not None:
-            _parse_duration_expr(self.duration)  # raises on a malformed test
+            parse_duration_expr(self.duration)  # raises on a malformed test
             if self.op is not None:
                 raise ValueError("put the operator inside duration, e.g. duration: '>= 2s'")
         if self.op in ("exists", "not_exists") and self.value is not None:
@@ -98,7 +98,7 @@ class Condition(_Strict):
         return self.service if self.service is not None else self.span_name
 
 
-def _parse_duration_expr(text: str) -> tuple[str, int]:
+def parse_duration_expr(text: str) -> tuple[str, int]:
     m = _DURATION_EXPR.match(text)
     if not m:
         raise ValueError(f"{text!r} is not a duration test such as '>= 2s'")
@@ -201,7 +201,7 @@ def compile_condition(cond: Condition) -> Predicate:
     """Turn one condition into a function of a trace view."""
     scope = cond.scope
     if cond.duration is not None:
-        op, limit = _parse_duration_expr(cond.duration)
+        op, limit = parse_duration_expr(cond.duration)
         if scope != "root":
             compare, bound = _OPERATORS[op], float(limit)  # what _compare does with two numbers
             return lambda view: bool(compare(float(view.duration_ns), bound))
@@ -260,7 +260,7 @@ def native_conditions(rule: Rule) -> list[tuple[Any, ...]] | None:
         if cond.scope != "any":
             return None
         if cond.duration is not None:
-            op, limit = _parse_duration_expr(cond.duration)
+            op, limit = parse_duration_expr(cond.duration)
             out.append(("duration", op, float(limit)))
         elif cond.status == "error" and cond.op != "!=":
             out.append(("error",))

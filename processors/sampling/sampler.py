@@ -180,7 +180,7 @@ class TailSampler:
             for r in settings.rules
         ]
         limits = (settings.max_traces, settings.max_spans_per_trace, settings.max_buffered_spans,
-                  settings.max_buffered_bytes, settings.decision_cache_size)  # fmt: skip
+                  settings.max_buffered_bytes, settings.decision_cache_size, settings.dropped_cache_size)  # fmt: skip
         self._buffer = _wire.TraceBuffer([(native_conditions(r), r.keep, r.name) for r in settings.rules], limits,
                                          TraceSummary, Decision, self._evaluate)  # fmt: skip
         self.stats: Counter[str] = Counter()

@@ -28,6 +28,11 @@ class SamplingSettings(StrictModel):
     max_buffered_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     """Span bytes (OTLP) awaiting a decision; past it the oldest trace is decided early."""
     decision_cache_size: int = Field(default=200_000, ge=0)
+    """Kept decisions remembered (with their summary), so late spans join their stored trace."""
+    dropped_cache_size: int = Field(default=500_000, ge=0)
+    """Dropped decisions remembered (about 60 bytes each), so late spans stay dropped and
+    ``tailsift explain`` can say why. Apart from the kept ones: dropped traces are most of the
+    traffic and must not push kept ones out."""
     rules: list[Rule] = Field(default_factory=_default_rules)
 
     _waits = duration_fields("decision_wait", "quiet_period")

@@ -1,0 +1,86 @@
+"""Why a trace was kept or dropped, in words: what ``tailsift explain`` and
+``GET /api/decisions/<trace_id>`` answer.
+
+A decision is (state, rule, sample rate), from the sampler's decision caches or from the
+stored rows. The rules are evaluated in order and the first match decides, so the answer
+names the rules that did not match, the one that did with its conditions in words, and how
+its policy chose: for a percentage, where this trace id's hash falls against the threshold
+(the same deterministic coin every replica flips); for a rate limit, the share it was
+keeping when it decided.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from processors import _wire
+from processors.sampling.rules import Condition, Rule, parse_duration_expr
+
+_HASH_SPACE = float(2**64)
+
+
+def describe_condition(c: Condition) -> str:
+    """One condition as a phrase, e.g. ``any span's status is error``."""
+    where = "the root span's" if c.scope == "root" else "any span's"
+    if c.duration is not None:
+        op, bound = parse_duration_expr(c.duration)
+        return f"{'the root span' if c.scope == 'root' else 'the trace'} lasts {op} {bound / 1e9:g}s"
+    if c.status is not None:
+        return f"{where} status {'is not' if c.op == '!=' else 'is'} {c.status}"
+    if c.attribute is not None:
+        op = c.op or ("=" if c.value is not None else "exists")
+        if op in ("exists", "not_exists"):
+            return f"{where} attribute {c.attribute} {'exists' if op == 'exists' else 'does not exist'}"
+        return f"{where} attribute {c.attribute} {op} {c.value!r}"
+    subject = "service" if c.service is not None else "span name"
+    return f"{where} {subject} {c.op or '='} {c._operand()!r}"
+
+
+def describe_policy(rule: Rule) -> str:
+    """``keeps at most 10 traces/s``, ``keeps 5% of traces, chosen by trace id``."""
+    if rule.rate_limit is not None:
+        return f"keeps at most {rule.rate_limit:g} traces/s"
+    keep = rule.keep or 0.0
+    return f"keeps {100 * keep:g}% of traces" + (", chosen by trace id" if 0.0 < keep < 1.0 else "")
+
+
+def describe_rule(rule: Rule) -> str:
+    """``rule 'errors' (any span's status is error)``."""
+    return f"rule {rule.name!r} ({' and '.join(describe_condition(c) for c in rule.when) or 'every trace'})"
+
+
+def explain(trace_id: bytes, state: str, rule_name: str, rate: float, rules: list[Rule], source: str) -> dict[str, Any]:
+    """The answer for one trace. ``state`` is "kept", "dropped" or "buffered"; ``source`` says
+    where the decision was read ("decision cache" or "storage")."""
+    answer: dict[str, Any] = {"trace_id": trace_id.hex(), "state": state, "source": source}
+    if state == "buffered":
+        answer["why"] = ("it is buffered, waiting for its decision: after sampling.quiet_period without new spans "
+                         "once its root span is in, or after sampling.decision_wait")  # fmt: skip
+        return answer
+    answer.update(rule=rule_name, sample_rate=rate)
+    index = next((i for i, r in enumerate(rules) if r.name == rule_name), None)
+    if index is None:
+        answer["why"] = (f"{state} by rule {rule_name!r}, which is not in the current configuration "
+                         "(it was decided under an earlier one)")  # fmt: skip
+        return answer
+    rule = rules[index]
+    before = [r.name for r in rules[:index]]
+    answer["rules_not_matched"] = before
+    answer["matched"] = f"{describe_rule(rule)}: it {describe_policy(rule)}"
+    parts = [f"rules {', '.join(map(repr, before))} did not match" if before else "",
+             f"{describe_rule(rule)} matched first", f"it {describe_policy(rule)}"]  # fmt: skip
+    if rule.rate_limit is not None:
+        share = f"it was keeping 1 trace in {rate:g}" if rate else "it was over its limit"
+        parts.append(f"{share}, and this one was {'within' if state == 'kept' else 'over'} the limit")
+    else:
+        probability = rule.keep or 0.0
+        if 0.0 < probability < 1.0:
+            position = _wire.trace_hash(trace_id) / _HASH_SPACE
+            answer["trace_id_position"] = position
+            side = "under" if position < probability else "at or above"
+            parts.append(f"this trace id hashes to {position:.4f} of the range, {side} the threshold {probability:g}")
+    parts.append(f"so it was {state}" + (f" with sample rate {rate:g} (it stands for {rate:g} traces)"
+                                         if state == "kept" and rate > 1 else ""))  # fmt: skip
+    text = "; ".join(p for p in parts if p)
+    answer["why"] = text[0].upper() + text[1:] + "."
+    return answer
