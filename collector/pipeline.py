@@ -193,6 +193,9 @@ class Pipeline:
 
     async def _assigned(self, partitions: set[int]) -> None:
         async with self._step_lock:
+            total = getattr(self.queue, "partition_count", 0)
+            if self.sampler is not None and total:
+                self.sampler.set_share(len(partitions) / total)  # adaptive targets are per group
             await self._recall_decisions()
 
     async def shutdown(self, timeout: float | None = None) -> None:

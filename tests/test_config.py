@@ -65,7 +65,7 @@ def test_every_error_is_reported_with_its_key_path(tmp_path: Path) -> None:
     [
         ("sampling: {rules: [{name: a, when: [{status: error}], keep: 1}]}", "sampling.rules: the last rule ('a') must have no conditions"),
         ("sampling: {rules: [{name: a, keep: 1}, {name: a, keep: 1}]}", "sampling.rules: rule name 'a' is used twice"),
-        ("sampling: {rules: [{name: a, keep: 1, rate_limit: 5/s}]}", "sampling.rules[0]: a rule needs exactly one of keep or rate_limit"),
+        ("sampling: {rules: [{name: a, keep: 1, rate_limit: 5/s}]}", "sampling.rules[0]: a rule needs exactly one of keep, rate_limit or target"),
         ("sampling: {rules: [{name: a, when: [{service: x, status: ok}], keep: 1}, {name: b, keep: 1}]}", "sampling.rules[0].when[0]: a condition needs exactly one"),
         ("sampling: {rules: [{name: a, when: [{attribute: k, op: between}], keep: 1}, {name: b, keep: 1}]}", "sampling.rules[0].when[0].op: Input should be"),
         ("sampling: {rules: [{name: a, rate_limit: lots}]}", "sampling.rules[0].rate_limit: 'lots' is not a rate such as 100/s"),

@@ -130,6 +130,11 @@ class KafkaQueue:
         finally:
             await admin.close()
 
+    @property
+    def partition_count(self) -> int:
+        """The topic's partitions (a sampler's share of the group's traffic is its part of them)."""
+        return self._partition_count
+
     def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
         self._on_revoked, self._on_assigned = revoked, assigned
 

@@ -40,6 +40,8 @@ def describe_policy(rule: Rule) -> str:
     """``keeps at most 10 traces/s``, ``keeps 5% of traces, chosen by trace id``."""
     if rule.rate_limit is not None:
         return f"keeps at most {rule.rate_limit:g} traces/s"
+    if rule.target is not None:
+        return f"keeps about {rule.target:g} traces/s in all, spread over {' / '.join(rule.keys)}"
     keep = rule.keep or 0.0
     return f"keeps {100 * keep:g}% of traces" + (", chosen by trace id" if 0.0 < keep < 1.0 else "")
 
@@ -73,12 +75,14 @@ def explain(trace_id: bytes, state: str, rule_name: str, rate: float, rules: lis
         share = f"it was keeping 1 trace in {rate:g}" if rate else "it was over its limit"
         parts.append(f"{share}, and this one was {'within' if state == 'kept' else 'over'} the limit")
     else:
-        probability = rule.keep or 0.0
+        probability = rule.keep if rule.keep is not None else (1.0 / rate if rate else 0.0)
+        if rule.target is not None:
+            parts.append(f"its key was being kept with probability {probability:.4g}")
         if 0.0 < probability < 1.0:
             position = _wire.trace_hash(trace_id) / _HASH_SPACE
             answer["trace_id_position"] = position
             side = "under" if position < probability else "at or above"
-            parts.append(f"this trace id hashes to {position:.4f} of the range, {side} the threshold {probability:g}")
+            parts.append(f"this trace id hashes to {position:.4f} of the range, {side} the threshold {probability:.4g}")
     parts.append(f"so it was {state}" + (f" with sample rate {rate:g} (it stands for {rate:g} traces)"
                                          if state == "kept" and rate > 1 else ""))  # fmt: skip
     text = "; ".join(p for p in parts if p)

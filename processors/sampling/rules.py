@@ -106,28 +106,61 @@ def parse_duration_expr(text: str) -> tuple[str, int]:
 
 
 class Rule(_Strict):
-    """A named rule: all ``when`` conditions hold → keep with this probability or rate."""
+    """A named rule: all ``when`` conditions hold → keep with this probability, up to this
+    rate, or about ``target`` traces per second spread over ``key`` (adaptive)."""
 
     name: str = Field(min_length=1)
     when: list[Condition] = Field(default_factory=list)
     keep: float | None = None
     rate_limit: float | None = None
+    target: float | None = None
+    """Adaptive (:mod:`processors.sampling.adaptive`): traces per second kept in all."""
+    key: list[str] | None = None
+    """What an adaptive rule spreads its target over: ``service`` and ``span_name`` of the
+    root span, or attribute keys (the root span's, else its resource's). Default: both."""
+    window: int | None = None
+    """How far back an adaptive rule averages each key's traffic (default 30s)."""
+    max_keys: int | None = Field(default=None, ge=1)
+    """Keys an adaptive rule tracks; past it the new ones share one (default 1000)."""
 
     @field_validator("keep", mode="before")
     @classmethod
     def _keep(cls, value: object) -> float | None:
         return None if value is None else parse_ratio(value)
 
-    @field_validator("rate_limit", mode="before")
+    @field_validator("rate_limit", "target", mode="before")
     @classmethod
     def _rate(cls, value: object) -> float | None:
         return None if value is None else parse_rate(value)
 
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: object) -> int | None:
+        if value is None:
+            return None
+        ns = parse_duration_ns(value)
+        if ns < 1_000_000_000:
+            raise ValueError("must be at least 1s")
+        return ns
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or any(not k for k in value)):
+            raise ValueError("list the fields to spread the target over, e.g. [service, span_name]")
+        return value
+
     @model_validator(mode="after")
     def _one_policy(self) -> Rule:
-        if (self.keep is None) == (self.rate_limit is None):
-            raise ValueError("a rule needs exactly one of keep or rate_limit")
+        if sum(p is not None for p in (self.keep, self.rate_limit, self.target)) != 1:
+            raise ValueError("a rule needs exactly one of keep, rate_limit or target")
+        if self.target is None and (self.key, self.window, self.max_keys) != (None, None, None):
+            raise ValueError("key, window and max_keys go with target (an adaptive rule)")
         return self
+
+    @property
+    def keys(self) -> list[str]:
+        return self.key or ["service", "span_name"]
 
 
 def validate_rule_list(rules: list[Rule]) -> list[Rule]:
@@ -252,8 +285,8 @@ def compile_condition(cond: Condition) -> Predicate:
 def native_conditions(rule: Rule) -> list[tuple[Any, ...]] | None:
     """A rule's conditions in the form the compiled buffer evaluates itself (``("error",)``,
     ``("duration", op, bound_ns)``: what the fast paths of :func:`compile_condition` test),
-    or None when any of them, or a rate limit, needs Python."""
-    if rule.rate_limit is not None:
+    or None when any of them, or the policy (a rate limit, a target), needs Python."""
+    if rule.keep is None:
         return None
     out: list[tuple[Any, ...]] = []
     for cond in rule.when:

@@ -41,7 +41,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from processors import _wire
 from processors.fragment import Fragment, RootInfo
 from processors.sampling.settings import SamplingSettings
-from processors.otlp_values import service_name
+from processors.otlp_values import find_attribute, service_name
+from processors.sampling.adaptive import Adaptive
 from processors.sampling.rules import Rule, SpanLike, compile_rule, native_conditions
 
 _HASH_SPACE = float(2**64)
@@ -138,6 +139,25 @@ class _View:
         return next((entry for entry in self.spans() if not entry[2].parent_span_id), None)  # type: ignore[attr-defined]
 
 
+def _key(rule: Rule, view: _View) -> str:
+    """An adaptive rule's key for a trace, from its root span (``service``, ``span_name`` or
+    an attribute of the span, else of its resource); empty parts while no root is known."""
+    root = view.summary.root
+    parts = []
+    for field in rule.keys:
+        if field == "service":
+            parts.append(root.service if root else "")
+        elif field == "span_name":
+            parts.append(root.name if root else "")
+        else:
+            entry = view.root()
+            found, value = (False, None) if entry is None else find_attribute(entry[2].attributes, field)
+            if not found and entry is not None:
+                found, value = find_attribute(entry[1], field)
+            parts.append(str(value) if found else "")
+    return " / ".join(parts)
+
+
 class _RateLimit:
     """Token bucket for ``rate_limit`` rules; also estimates the sample rate it applies."""
 
@@ -175,10 +195,11 @@ class TailSampler:
     def __init__(self, settings: SamplingSettings, clock: Callable[[], int] = time.monotonic_ns):
         self.settings = settings
         self.clock = clock
-        self._rules: list[tuple[Rule, Callable[[Any], bool], _RateLimit | None]] = [
-            (r, compile_rule(r), _RateLimit(r.rate_limit) if r.rate_limit is not None else None)
+        self._rules: list[tuple[Rule, Callable[[Any], bool], _RateLimit | None, Adaptive | None]] = [
+            (r, compile_rule(r), _RateLimit(r.rate_limit) if r.rate_limit is not None else None,
+             Adaptive(r.target, r.window or 30 * 10**9, r.max_keys or 1000, clock) if r.target is not None else None)
             for r in settings.rules
-        ]
+        ]  # fmt: skip
         limits = (settings.max_traces, settings.max_spans_per_trace, settings.max_buffered_spans,
                   settings.max_buffered_bytes, settings.decision_cache_size, settings.dropped_cache_size)  # fmt: skip
         self._buffer = _wire.TraceBuffer([(native_conditions(r), r.keep, r.name) for r in settings.rules], limits,
@@ -281,7 +302,7 @@ class TailSampler:
     def _evaluate(self, summary: TraceSummary, fragments: list[Fragment]) -> tuple[bool, int, float]:
         """The rules in order, first match wins: (keep, rule index or -1, sample rate)."""
         view = _View(summary, fragments)
-        for index, (rule, matches, limiter) in enumerate(self._rules):
+        for index, (rule, matches, limiter, adaptive) in enumerate(self._rules):
             try:
                 matched = matches(view)
             except Exception:  # noqa: BLE001 - odd span data must not stop decisions
@@ -292,9 +313,16 @@ class TailSampler:
             if limiter is not None:
                 keep, rate = limiter.take()
                 return keep, index, rate
-            probability = rule.keep or 0.0
+            probability = adaptive.probability(_key(rule, view)) if adaptive is not None else rule.keep or 0.0
             return keep_by_trace_id(summary.trace_id, probability), index, 1.0 / probability if probability > 0 else 0.0
         return False, -1, 1.0
+
+    def set_share(self, share: float) -> None:
+        """This sampler's part of its consumer group's traffic (assigned partitions over all):
+        adaptive rules keep their target times it, so the group keeps about the target."""
+        for *_, adaptive in self._rules:
+            if adaptive is not None:
+                adaptive.share = share
 
     def _settle(self, fragments: list[Fragment]) -> None:
         self._settled.extend(f for f in fragments if f.source is not None)
