@@ -38,8 +38,9 @@ def _load(path: str | None) -> Settings | None:
         return None
 
 
-async def _run(settings: Settings, role: Role) -> int:
+async def _run(settings: Settings, role: Role, path: str | None = None, watch: bool = False) -> int:
     from collector.pipeline import Pipeline
+    from collector.reload import ConfigReloader
     from collector.storage import safe_dsn
 
     try:
@@ -87,7 +88,14 @@ async def _run(settings: Settings, role: Role) -> int:
         if server is not None and server.auth is None and not (host == "localhost" or host.startswith("127.") or host == "::1"):
             log.warning("%s listens on %s without auth: anyone who reaches it can %s (see README, 'Exposing it')",
                         name, server.endpoint, "read every stored span" if name == "query API" else "send spans")
+    reloader = ConfigReloader(path, pipeline.reload, pipeline.config_reloads, watch) if path else None
+    if reloader is not None:
+        await reloader.start()
+        log.info("SIGHUP%s reloads sampling rules, redaction rules and prices from %s",
+                 " or a change to the file" if watch else "", path)  # fmt: skip
     await stop.wait()
+    if reloader is not None:
+        await reloader.shutdown()
     log.info("tailsift stopping: deciding buffered traces and flushing storage")
     started = time.monotonic()
     try:
@@ -115,9 +123,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        code = uvloop.run(_run(settings, args.role))
+        code = uvloop.run(_run(settings, args.role, args.config, args.watch))
     except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
-        code = asyncio.run(_run(settings, args.role))
+        code = asyncio.run(_run(settings, args.role, args.config, args.watch))
     _leave(code, durable=settings.queue.kind == "kafka" or settings.queue.wal.enabled)
 
 
@@ -288,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML configuration (defaults apply without one)")
     run.add_argument("--role", choices=ROLES, default="all",
                      help="all (default); with queue.kind: kafka, receiver or sampler to scale them apart")  # fmt: skip
+    run.add_argument("--watch", action="store_true",
+                     help="reload sampling, redaction and prices when the config file changes (SIGHUP always does)")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a configuration file and print every error")
     val.add_argument("--config", required=True)

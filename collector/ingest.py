@@ -150,6 +150,12 @@ class Ingest:
         self.stats: Counter[str] = Counter()
         self.processed: dict[str, Counter[str]] = {p.name: Counter() for p in (redactor, cardinality, metrics) if p}
 
+    def set_redactor(self, redactor: Redactor | None) -> None:
+        """New redaction rules (a configuration reload); requests from now on use them."""
+        self.redactor = redactor
+        if redactor is not None:
+            self.processed.setdefault(redactor.name, Counter())
+
     @property
     def redactions(self) -> Counter[str]:
         """Values redacted, by rule."""

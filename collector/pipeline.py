@@ -21,6 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel
 
 from collector.config import Role, Settings
 from collector.ingest import Ingest
@@ -50,6 +54,18 @@ free for the receivers between them (ack latency), and the loop comes straight b
 TICK_SECONDS = 0.1
 RECALL_SECONDS = 3600
 """How far back kept decisions are read from storage to seed the decision cache."""
+
+RELOADABLE = ("sampling", "redaction", "genai")
+"""Configuration sections a reload applies; any other change needs a restart."""
+
+
+def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Key paths whose values differ between two settings models (nested models walked)."""
+    if isinstance(old, BaseModel) and type(old) is type(new):
+        return [key for name in type(old).model_fields
+                for key in _changed(getattr(old, name), getattr(new, name), f"{prefix}{name}.")]  # fmt: skip
+    return [] if old == new else [prefix.rstrip(".")]
+
 
 def make_queue(settings: Settings, role: Role = "all") -> Queue:
     """The queue named by ``queue.kind``, with the halves ``role`` needs."""
@@ -98,6 +114,7 @@ class Pipeline:
         self.runtime = RuntimeMonitor()
         self._step_lock = asyncio.Lock()
         self._rebalances = 0
+        self.config_reloads: Counter[str] = Counter()  # by outcome (collector.reload)
         self._draining = False
         self._sampling_task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -178,6 +195,25 @@ class Pipeline:
             log.warning("could not read recent decisions from storage: %s", exc)
             return
         self.sampler.remember_kept(kept)
+
+    def reload(self, settings: Settings) -> list[str]:
+        """Take new sampling rules, redaction rules and prices (SIGHUP, ``--watch``) without a
+        restart and without losing a buffered trace. Returns the changed keys that need a
+        restart; they keep their running values."""
+        restart = [key for name in type(settings).model_fields if name not in RELOADABLE
+                   for key in _changed(getattr(self.settings, name), getattr(settings, name), f"{name}.")]  # fmt: skip
+        if self.sampler is not None:
+            restart += self.sampler.reload(settings.sampling)
+        if self.ingest is not None:
+            self.ingest.set_redactor(Redactor(settings.redaction) if settings.redaction.enabled else None)
+        self.prices = PriceTable(settings.genai.prices)
+        if self.metrics is not None:
+            self.metrics.prices = self.prices
+        if self.writer is not None:
+            # Read on the storage thread: a reference swap to a table nobody modifies.
+            self.writer.rows.prices = self.prices
+        self.settings = self.settings.model_copy(update={name: getattr(settings, name) for name in RELOADABLE})
+        return restart
 
     async def _revoked(self, partitions: set[int]) -> None:
         async with self._step_lock:

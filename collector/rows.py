@@ -109,10 +109,11 @@ class RowBuilder:
 
     def cost(self, attributes: dict[str, str]) -> float:
         """What a stored span cost, from the price table (0 when not an LLM call or unpriced)."""
-        if self.prices is None or not self.prices.priced:
+        prices = self.prices  # read once: a reload may swap the table (never changes one)
+        if prices is None or not prices.priced:
             return 0.0
         usage = Usage.from_attributes(attributes, self._count)
-        cost = (self.prices.cost(usage) or 0.0) if usage is not None else 0.0
+        cost = (prices.cost(usage) or 0.0) if usage is not None else 0.0
         return cost if math.isfinite(cost) else 0.0
 
     def __call__(self, d: Decision, decided_ns: int | None = None) -> TraceRows:

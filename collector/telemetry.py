@@ -58,6 +58,11 @@ class PipelineCollector(Collector):
                                     value=p.memory.soft_limit)  # fmt: skip
             yield CounterMetricFamily("tailsift_memory_refused_requests", "Requests refused (429) by the memory limit",
                                       value=p.memory.refused)  # fmt: skip
+        reloads = CounterMetricFamily("tailsift_config_reloads", "Configuration reloads (SIGHUP, --watch)",
+                                      labels=["outcome"])  # fmt: skip
+        for outcome in ("applied", "refused"):
+            reloads.add_metric([outcome], p.config_reloads[outcome])
+        yield reloads
         yield _histogram("tailsift_decision_latency_seconds", "From a trace's first span to its decision",
                          p.decision_latency)  # fmt: skip
         yield _histogram("tailsift_event_loop_lag_seconds", "How late a 50 ms timer fires on the event loop",

@@ -64,6 +64,8 @@ class OwnCollector:
         self.proc: subprocess.Popen[bytes] | None = None
         self.nofile: int | None = None
         """Open-files limit (soft and hard) for the process, to test descriptor exhaustion."""
+        self.args: list[str] = []
+        """More ``tailsift run`` arguments (``--watch``)."""
         self.cpus: set[int] | None = None
         """CPUs the process (all its threads) may run on, for per-core benchmarks."""
 
@@ -82,7 +84,8 @@ class OwnCollector:
     def start(self, timeout: float = 60.0) -> OwnCollector:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "run", "--config", str(self.config_path), "--role", self.role],
+            [sys.executable, "-m", "collector.cli", "run", "--config", str(self.config_path), "--role", self.role,
+             *self.args],
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
             preexec_fn=self._limits if self.nofile or self.cpus else None,
         )  # fmt: skip

@@ -61,7 +61,8 @@ pub struct TraceBuffer {
     bytes: u64,
     decided: DecisionCache,
     rules: Vec<Rule>,
-    rule_names: Vec<String>,
+    rule_names: Vec<String>, // every rule name ever configured (reloads add to it): a decision's rule is an index here
+    rule_ids: Vec<i64>,      // the current rules' indexes into rule_names
     settled: Vec<Py<PyAny>>,
     counts: Counts,
     decisions: HashMap<(i64, bool), u64>,
@@ -89,18 +90,28 @@ impl TraceBuffer {
     #[new]
     fn new(rules: Vec<(Option<Vec<Bound<'_, PyTuple>>>, Option<f64>, String)>, limits: (u64, u64, u64, u64, usize, usize),
            summary_cls: Py<PyAny>, decision_cls: Py<PyAny>, evaluate: Py<PyAny>) -> PyResult<Self> {
+        let mut buffer = TraceBuffer {
+            traces: HashMap::new(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
+            decided: DecisionCache::new(limits.4, limits.5), rules: Vec::new(), rule_names: Vec::new(),
+            rule_ids: Vec::new(), settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
+            classes: (summary_cls, decision_cls), evaluate,
+        };
+        buffer.set_rules(rules)?;
+        Ok(buffer)
+    }
+
+    /// Replace the rules (a configuration reload): buffered traces are decided by the new
+    /// ones; decisions already made keep the names of the rules that made them.
+    fn set_rules(&mut self, rules: Vec<(Option<Vec<Bound<'_, PyTuple>>>, Option<f64>, String)>) -> PyResult<()> {
         let mut compiled = Vec::new();
-        let mut names = Vec::new();
+        let mut ids = Vec::new();
         for (conds, keep, name) in rules {
             compiled.push(Rule::from_py(conds, keep)?);
-            names.push(name);
+            ids.push(self.intern(name));
         }
-        Ok(TraceBuffer {
-            traces: HashMap::new(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
-            decided: DecisionCache::new(limits.4, limits.5), rules: compiled, rule_names: names,
-            settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
-            classes: (summary_cls, decision_cls), evaluate,
-        })
+        self.rules = compiled;
+        self.rule_ids = ids;
+        Ok(())
     }
 
     #[getter]
@@ -295,7 +306,7 @@ impl TraceBuffer {
     /// Remember a decision (kept traces: with their summary, which late spans update).
     fn remember(&mut self, trace: &[u8], keep: bool, rule: String, rate: f64, summary: Option<Py<PyAny>>) -> PyResult<()> {
         let id = TraceId::try_from(trace).map_err(|_| PyValueError::new_err("a trace id is 16 bytes"))?;
-        let rule = self.rule_names.iter().position(|n| *n == rule).map_or(-1, |i| i as i64);
+        let rule = self.intern(rule);
         self.decided.remember(id, Decided { keep, rule, rate, summary });
         Ok(())
     }
@@ -316,6 +327,19 @@ impl TraceBuffer {
 }
 
 impl TraceBuffer {
+    fn intern(&mut self, name: String) -> i64 {
+        let index = self.rule_names.iter().position(|n| *n == name).unwrap_or_else(|| {
+            self.rule_names.push(name);
+            self.rule_names.len() - 1
+        });
+        index as i64
+    }
+
+    /// The rule name index of the current rule at `position` (-1: none matched).
+    fn rule_id(&self, position: i64) -> i64 {
+        usize::try_from(position).ok().and_then(|i| self.rule_ids.get(i)).copied().unwrap_or(-1)
+    }
+
     fn rule_name(&self, rule: i64) -> String {
         usize::try_from(rule).ok().and_then(|i| self.rule_names.get(i)).cloned().unwrap_or_default()
     }
@@ -373,7 +397,7 @@ impl TraceBuffer {
             let conds = rule.conds.as_ref()?;
             if conds.iter().all(|c| c.holds(e.error, duration(e))) {
                 let rate = if rule.keep > 0.0 { 1.0 / rule.keep } else { 0.0 };
-                return Some((coin(id, rule.keep), i as i64, rate));
+                return Some((coin(id, rule.keep), self.rule_ids[i], rate));
             }
         }
         Some((false, -1, 1.0))
@@ -398,7 +422,7 @@ impl TraceBuffer {
             None => {
                 let summary = make_summary()?;
                 let decided: (bool, i64, f64) = self.evaluate.bind(py).call1((&summary, fragments()?))?.extract()?;
-                (decided.0, decided.1, decided.2, Some(summary))
+                (decided.0, self.rule_id(decided.1), decided.2, Some(summary))
             }
         };
         *self.decisions.entry((rule, keep)).or_insert(0) += 1;

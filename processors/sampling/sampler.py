@@ -195,18 +195,37 @@ class TailSampler:
     def __init__(self, settings: SamplingSettings, clock: Callable[[], int] = time.monotonic_ns):
         self.settings = settings
         self.clock = clock
-        self._rules: list[tuple[Rule, Callable[[Any], bool], _RateLimit | None, Adaptive | None]] = [
-            (r, compile_rule(r), _RateLimit(r.rate_limit) if r.rate_limit is not None else None,
-             Adaptive(r.target, r.window or 30 * 10**9, r.max_keys or 1000, clock) if r.target is not None else None)
-            for r in settings.rules
-        ]  # fmt: skip
+        self._rules = self._compile(settings.rules)
         limits = (settings.max_traces, settings.max_spans_per_trace, settings.max_buffered_spans,
                   settings.max_buffered_bytes, settings.decision_cache_size, settings.dropped_cache_size)  # fmt: skip
-        self._buffer = _wire.TraceBuffer([(native_conditions(r), r.keep, r.name) for r in settings.rules], limits,
-                                         TraceSummary, Decision, self._evaluate)  # fmt: skip
+        self._buffer = _wire.TraceBuffer(self._native(settings.rules), limits, TraceSummary, Decision, self._evaluate)
         self.stats: Counter[str] = Counter()
         self.decisions: Counter[tuple[str, bool]] = Counter()
         self._settled: list[Fragment] = []
+
+    def _compile(self, rules: list[Rule]) -> list[tuple[Rule, Callable[[Any], bool], _RateLimit | None, Adaptive | None]]:
+        return [(r, compile_rule(r), _RateLimit(r.rate_limit) if r.rate_limit is not None else None,
+                 Adaptive(r.target, r.window or 30 * 10**9, r.max_keys or 1000, self.clock) if r.target is not None else None)
+                for r in rules]  # fmt: skip
+
+    @staticmethod
+    def _native(rules: list[Rule]) -> list[tuple[list[tuple[Any, ...]] | None, float | None, str]]:
+        return [(native_conditions(r), r.keep, r.name) for r in rules]
+
+    def reload(self, settings: SamplingSettings) -> list[str]:
+        """Take new rules and waits (a configuration reload) without losing a buffered trace:
+        they decide what is buffered from now on. Returns the keys that need a restart to
+        change (the buffer's bounds and cache sizes), which keep their old values."""
+        fixed = ("max_traces", "max_spans_per_trace", "max_buffered_spans", "max_buffered_bytes",
+                 "decision_cache_size", "dropped_cache_size")  # fmt: skip
+        ignored = [f"sampling.{k}" for k in fixed if getattr(settings, k) != getattr(self.settings, k)]
+        share = next((a.share for *_, a in self._rules if a is not None), 1.0)
+        rules = self._compile(settings.rules)
+        self._buffer.set_rules(self._native(settings.rules))
+        self._rules = rules
+        self.set_share(share)
+        self.settings = settings.model_copy(update={k: getattr(self.settings, k) for k in fixed})
+        return ignored
 
     @property
     def buffered_traces(self) -> int:

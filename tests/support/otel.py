@@ -38,13 +38,15 @@ def exporter(kind: str, collector: Any) -> Any:
 class Sender:
     """A tracer provider exporting over ``kind`` ("grpc"/"http"), recording every span it ends."""
 
-    def __init__(self, kind: str, collector: Any, service: str = "chat-api", seed: int | None = None, **resource: Any):
+    def __init__(self, kind: str, collector: Any, service: str = "chat-api", seed: int | None = None,
+                 delay_ms: int = 5000, **resource: Any):  # fmt: skip
         ids = SeededIds(seed) if seed is not None else None
         self.provider = TracerProvider(resource=Resource.create({"service.name": service, **resource}), id_generator=ids)
         self.sent = InMemorySpanExporter()
         self.provider.add_span_processor(SimpleSpanProcessor(self.sent))
         self.provider.add_span_processor(
-            BatchSpanProcessor(exporter(kind, collector), max_queue_size=200_000, max_export_batch_size=512)
+            BatchSpanProcessor(exporter(kind, collector), max_queue_size=200_000, max_export_batch_size=512,
+                               schedule_delay_millis=delay_ms)  # fmt: skip
         )
         self.tracer: Tracer = self.provider.get_tracer("tailsift-tests")
 
