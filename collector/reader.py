@@ -74,8 +74,9 @@ class StoredTraces:
         rules = self.sampler.settings.rules if self.sampler is not None else []
         tid = bytes.fromhex(trace_id)
         known = self.decision_for(tid) if tenant is None else None
+        dry_run = self.sampler is not None and self.sampler.settings.dry_run
         if known is not None:
-            return explain(tid, *known, rules, "decision cache")
+            return explain(tid, *known, rules, "decision cache", dry_run)
         spans = await self._run(lambda store: store.get_trace(trace_id, tenant))
         if not spans:
             return None

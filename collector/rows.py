@@ -158,6 +158,7 @@ class RowBuilder:
             _ts(root.start_ns) if root else 0, _ts(root.end_ns) if root else 0,
             summary.span_count, int(summary.has_error), d.sample_rate, d.rule, tenant or "",
             summary.source_partition, summary.source_offset, decided_ns or time.time_ns(), summary.span_count,
+            int(d.would_keep),
         ]  # fmt: skip
         return TraceRows(d, spans, [trace])
 

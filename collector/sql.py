@@ -110,6 +110,7 @@ CREATE TABLE IF NOT EXISTS {TRACES_TABLE} (
     SourceOffset Int64,
     Decided DateTime64(9),
     Version UInt64,
+    WouldKeep UInt8 DEFAULT 1,
     INDEX idx_decided Decided TYPE minmax GRANULARITY 1
 ) ENGINE = ReplacingMergeTree(Version)
 ORDER BY TraceId
@@ -253,7 +254,7 @@ SPAN_COLUMNS = [
 TRACE_COLUMNS = [
     "TraceId", "Start", "End", "DurationNs", "RootService", "RootName", "RootStart", "RootEnd",
     "SpanCount", "HasError", "SampleRate", "SampledBy", "Tenant", "SourcePartition", "SourceOffset",
-    "Decided", "Version",
+    "Decided", "Version", "WouldKeep",
 ]  # fmt: skip
 
 REJECTED_COLUMNS = ["Received", "TraceId", "SpanId", "Reason", "Payload"]
@@ -346,6 +347,7 @@ MIGRATIONS = [
     f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS ResourceAttributeTypes Map(LowCardinality(String), LowCardinality(String)) CODEC(ZSTD(1))",
     f"ALTER TABLE {SPANS_TABLE} ADD COLUMN IF NOT EXISTS `Events.AttributeTypes` Array(Map(LowCardinality(String), LowCardinality(String)))",
     f"ALTER TABLE {TRACES_TABLE} ADD COLUMN IF NOT EXISTS Tenant LowCardinality(String)",
+    f"ALTER TABLE {TRACES_TABLE} ADD COLUMN IF NOT EXISTS WouldKeep UInt8 DEFAULT 1",
 ]
 
 def tokens(key: str) -> str:

@@ -63,6 +63,7 @@ pub struct TraceBuffer {
     rules: Vec<Rule>,
     rule_names: Vec<String>, // every rule name ever configured (reloads add to it): a decision's rule is an index here
     rule_ids: Vec<i64>,      // the current rules' indexes into rule_names
+    dry_run: bool,           // dropped traces keep their fragments (unsettled): the sampler stores them anyway
     settled: Vec<Py<PyAny>>,
     counts: Counts,
     decisions: HashMap<(i64, bool), u64>,
@@ -93,11 +94,17 @@ impl TraceBuffer {
         let mut buffer = TraceBuffer {
             traces: HashMap::new(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
             decided: DecisionCache::new(limits.4, limits.5), rules: Vec::new(), rule_names: Vec::new(),
-            rule_ids: Vec::new(), settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
+            rule_ids: Vec::new(), dry_run: false, settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
             classes: (summary_cls, decision_cls), evaluate,
         };
         buffer.set_rules(rules)?;
         Ok(buffer)
+    }
+
+    /// `sampling.dry_run`: decide and count as usual, but hand every trace over with its
+    /// fragments, dropped ones too, for the sampler to store.
+    fn set_dry_run(&mut self, on: bool) {
+        self.dry_run = on;
     }
 
     /// Replace the rules (a configuration reload): buffered traces are decided by the new
@@ -428,8 +435,9 @@ impl TraceBuffer {
         *self.decisions.entry((rule, keep)).or_insert(0) += 1;
         let cached = if keep { Some(make_summary()?.unbind()) } else { None };
         self.decided.remember(*id, Decided { keep, rule, rate, summary: cached });
-        let kept = if keep { fragments()? } else { PyList::empty(py) };
-        if !keep {
+        let store = keep || self.dry_run;
+        let kept = if store { fragments()? } else { PyList::empty(py) };
+        if !store {
             for f in e.fragments {
                 if !f.bind(py).getattr(intern!(py, "source"))?.is_none() {
                     self.settled.push(f);

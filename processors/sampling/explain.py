@@ -51,10 +51,14 @@ def describe_rule(rule: Rule) -> str:
     return f"rule {rule.name!r} ({' and '.join(describe_condition(c) for c in rule.when) or 'every trace'})"
 
 
-def explain(trace_id: bytes, state: str, rule_name: str, rate: float, rules: list[Rule], source: str) -> dict[str, Any]:
+def explain(trace_id: bytes, state: str, rule_name: str, rate: float, rules: list[Rule], source: str,
+            dry_run: bool = False) -> dict[str, Any]:  # fmt: skip
     """The answer for one trace. ``state`` is "kept", "dropped" or "buffered"; ``source`` says
-    where the decision was read ("decision cache" or "storage")."""
+    where the decision was read ("decision cache" or "storage"); ``dry_run``: everything is
+    stored whatever the rules say."""
     answer: dict[str, Any] = {"trace_id": trace_id.hex(), "state": state, "source": source}
+    if dry_run:
+        answer["dry_run"] = True
     if state == "buffered":
         answer["why"] = ("it is buffered, waiting for its decision: after sampling.quiet_period without new spans "
                          "once its root span is in, or after sampling.decision_wait")  # fmt: skip
@@ -85,6 +89,8 @@ def explain(trace_id: bytes, state: str, rule_name: str, rate: float, rules: lis
             parts.append(f"this trace id hashes to {position:.4f} of the range, {side} the threshold {probability:.4g}")
     parts.append(f"so it was {state}" + (f" with sample rate {rate:g} (it stands for {rate:g} traces)"
                                          if state == "kept" and rate > 1 else ""))  # fmt: skip
+    if dry_run and state == "dropped":
+        parts.append("sampling.dry_run is on, so it was stored anyway (at sample rate 1)")
     text = "; ".join(p for p in parts if p)
     answer["why"] = text[0].upper() + text[1:] + "."
     return answer

@@ -100,6 +100,9 @@ class Decision:
     sample_rate: float
     fragments: list[Fragment]
     late: bool = False
+    would_keep: bool = True
+    """What the rules said, stored with the trace: False only under ``sampling.dry_run``,
+    where a trace the rules drop is stored anyway (``keep`` True, sample rate 1)."""
     recheck: bool = False
     """Set by storage for a replayed record that an earlier process may have stored before it
     crashed: its spans are checked against the database before they are inserted."""
@@ -199,6 +202,7 @@ class TailSampler:
         limits = (settings.max_traces, settings.max_spans_per_trace, settings.max_buffered_spans,
                   settings.max_buffered_bytes, settings.decision_cache_size, settings.dropped_cache_size)  # fmt: skip
         self._buffer = _wire.TraceBuffer(self._native(settings.rules), limits, TraceSummary, Decision, self._evaluate)
+        self._buffer.set_dry_run(settings.dry_run)
         self.stats: Counter[str] = Counter()
         self.decisions: Counter[tuple[str, bool]] = Counter()
         self._settled: list[Fragment] = []
@@ -222,6 +226,7 @@ class TailSampler:
         share = next((a.share for *_, a in self._rules if a is not None), 1.0)
         rules = self._compile(settings.rules)
         self._buffer.set_rules(self._native(settings.rules))
+        self._buffer.set_dry_run(settings.dry_run)
         self._rules = rules
         self.set_share(share)
         self.settings = settings.model_copy(update={k: getattr(self.settings, k) for k in fixed})
@@ -247,6 +252,7 @@ class TailSampler:
     def add(self, fragments: list[Fragment]) -> list[Decision]:
         """Buffer fragments; returns decisions forced by bounds or late spans."""
         out, late = self._buffer.add(fragments, self.clock())
+        out = self._dry(out)
         for fragment in late:
             out.extend(self._late(fragment))
         self._count()
@@ -268,13 +274,21 @@ class TailSampler:
         out, decided = self._buffer.due(self.clock(), s.decision_wait, s.quiet_period,
                                         2**62 if limit is None else limit, dropped)  # fmt: skip
         self._count()
-        return out, decided
+        return self._dry(out), decided
 
     def flush(self, dropped: bool = True) -> list[Decision]:
         """Decide everything still buffered (shutdown); ``dropped`` False: the kept only."""
         out = self._buffer.flush(dropped)
         self._count()
-        return out
+        return self._dry(out)
+
+    def _dry(self, out: list[Decision]) -> list[Decision]:
+        """Under ``dry_run`` every trace is stored: at sample rate 1 (it stands for itself),
+        with what the rules said in ``would_keep``. The buffer counted and cached the real
+        decision, and handed dropped traces over with their fragments."""
+        if not self.settings.dry_run:
+            return out
+        return [replace(d, keep=True, sample_rate=1.0, would_keep=d.keep) for d in out]
 
     def take_settled(self) -> list[Fragment]:
         """Fragments (from a durable queue) finished without needing storage since the last call."""
@@ -352,6 +366,11 @@ class TailSampler:
             out, _ = self._buffer.add([fragment], self.clock())
             return list(out)
         keep, rule, rate, summary = decided
+        if not keep and self.settings.dry_run:  # stored anyway; the compact cache kept no summary
+            self.stats["late_spans_kept"] += fragment.span_count
+            alone = TraceSummary(fragment.trace_id)
+            alone.absorb(fragment)
+            return [Decision(alone, True, rule, 1.0, [fragment], late=True, would_keep=False)]
         if not keep:
             self.stats["late_spans_dropped"] += fragment.span_count
             self._settle([fragment])
@@ -363,4 +382,4 @@ class TailSampler:
             return []
         self.stats["late_spans_kept"] += fragment.span_count
         summary.absorb(fragment)
-        return [Decision(replace(summary), True, rule, rate, [fragment], late=True)]
+        return [Decision(replace(summary), True, rule, 1.0 if self.settings.dry_run else rate, [fragment], late=True)]

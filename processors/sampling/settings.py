@@ -34,6 +34,9 @@ class SamplingSettings(StrictModel):
     ``tailsift explain`` can say why. Apart from the kept ones: dropped traces are most of the
     traffic and must not push kept ones out."""
     rules: list[Rule] = Field(default_factory=_default_rules)
+    dry_run: bool = False
+    """Decide and record each decision (rule, and ``WouldKeep`` in ``tailsift_traces``) but
+    store every trace, at sample rate 1: try rules on real traffic before they drop anything."""
 
     _waits = duration_fields("decision_wait", "quiet_period")
     _bytes = size_fields("max_buffered_bytes")

@@ -6,27 +6,32 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import clickhouse_connect
 
 ROWS_PER_TRACE = "SELECT TraceId, count(), uniqExact(SpanId) FROM otel_traces GROUP BY TraceId"
-_SCRIPT = f"""
+_SCRIPT = """
 import json, sys, clickhouse_connect
 client = clickhouse_connect.get_client(dsn=sys.argv[1])
-print(json.dumps([list(r) for r in client.query({ROWS_PER_TRACE!r}).result_rows]))
+print(json.dumps([list(r) for r in client.query(sys.argv[2]).result_rows]))
 """
 
 
-def span_rows(dsn: str) -> dict[str, tuple[int, int]]:
-    """trace id → (rows stored, distinct span ids). chDB paths are read in a subprocess,
-    since a process can open only one chDB path and the collector must be stopped first."""
+def query_rows(dsn: str, query: str) -> list[list[Any]]:
+    """A query's rows. chDB paths are read in a subprocess, since a process can open only
+    one chDB path and the collector must be stopped first."""
     if dsn.startswith("chdb://"):
-        out = subprocess.run([sys.executable, "-c", _SCRIPT, dsn], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([sys.executable, "-c", _SCRIPT, dsn, query], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
-        rows = json.loads(out.stdout)
-    else:
-        rows = clickhouse_connect.get_client(dsn=dsn).query(ROWS_PER_TRACE).result_rows
-    return {trace: (int(count), int(distinct)) for trace, count, distinct in rows}
+        rows: list[list[Any]] = json.loads(out.stdout)
+        return rows
+    return [list(r) for r in clickhouse_connect.get_client(dsn=dsn).query(query).result_rows]
+
+
+def span_rows(dsn: str) -> dict[str, tuple[int, int]]:
+    """trace id → (rows stored, distinct span ids)."""
+    return {trace: (int(count), int(distinct)) for trace, count, distinct in query_rows(dsn, ROWS_PER_TRACE)}
 
 
 _DUMP = """
