@@ -18,7 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::cache::{Decided, DecisionCache, TraceId};
-use crate::rules::{coin, Rule};
+use crate::rules::RuleSet;
 
 const NO_START: u64 = 1 << 63;
 
@@ -60,9 +60,7 @@ pub struct TraceBuffer {
     spans: u64,
     bytes: u64,
     decided: DecisionCache,
-    rules: Vec<Rule>,
-    rule_names: Vec<String>, // every rule name ever configured (reloads add to it): a decision's rule is an index here
-    rule_ids: Vec<i64>,      // the current rules' indexes into rule_names
+    rules: RuleSet,
     dry_run: bool,           // dropped traces keep their fragments (unsettled): the sampler stores them anyway
     settled: Vec<Py<PyAny>>,
     counts: Counts,
@@ -93,8 +91,8 @@ impl TraceBuffer {
            summary_cls: Py<PyAny>, decision_cls: Py<PyAny>, evaluate: Py<PyAny>) -> PyResult<Self> {
         let mut buffer = TraceBuffer {
             traces: HashMap::new(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
-            decided: DecisionCache::new(limits.4, limits.5), rules: Vec::new(), rule_names: Vec::new(),
-            rule_ids: Vec::new(), dry_run: false, settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
+            decided: DecisionCache::new(limits.4, limits.5), rules: RuleSet::default(),
+            dry_run: false, settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
             classes: (summary_cls, decision_cls), evaluate,
         };
         buffer.set_rules(rules)?;
@@ -110,15 +108,7 @@ impl TraceBuffer {
     /// Replace the rules (a configuration reload): buffered traces are decided by the new
     /// ones; decisions already made keep the names of the rules that made them.
     fn set_rules(&mut self, rules: Vec<(Option<Vec<Bound<'_, PyTuple>>>, Option<f64>, String)>) -> PyResult<()> {
-        let mut compiled = Vec::new();
-        let mut ids = Vec::new();
-        for (conds, keep, name) in rules {
-            compiled.push(Rule::from_py(conds, keep)?);
-            ids.push(self.intern(name));
-        }
-        self.rules = compiled;
-        self.rule_ids = ids;
-        Ok(())
+        self.rules.set(rules)
     }
 
     #[getter]
@@ -302,7 +292,7 @@ impl TraceBuffer {
     fn decided<'py>(&self, py: Python<'py>, trace: &[u8]) -> PyResult<Option<(bool, String, f64, Py<PyAny>)>> {
         let Ok(id) = TraceId::try_from(trace) else { return Ok(None) };
         Ok(self.decided.get(&id).map(|(keep, rule, rate, summary)| {
-            (keep, self.rule_name(rule), rate, summary.map_or_else(|| py.None(), |s| s.clone_ref(py)))
+            (keep, self.rules.name(rule), rate, summary.map_or_else(|| py.None(), |s| s.clone_ref(py)))
         }))
     }
 
@@ -313,7 +303,7 @@ impl TraceBuffer {
     /// Remember a decision (kept traces: with their summary, which late spans update).
     fn remember(&mut self, trace: &[u8], keep: bool, rule: String, rate: f64, summary: Option<Py<PyAny>>) -> PyResult<()> {
         let id = TraceId::try_from(trace).map_err(|_| PyValueError::new_err("a trace id is 16 bytes"))?;
-        let rule = self.intern(rule);
+        let rule = self.rules.intern(rule);
         self.decided.remember(id, Decided { keep, rule, rate, summary });
         Ok(())
     }
@@ -328,29 +318,12 @@ impl TraceBuffer {
                       ("decided_early_max_buffered_bytes", c.max_buffered_bytes), ("decided_on_shutdown", c.on_shutdown),
                       ("forgotten_on_rebalance", c.forgotten)];
         let counted = std::mem::take(&mut self.decisions);
-        let decisions = counted.into_iter().map(|((rule, keep), n)| (self.rule_name(rule), keep, n)).collect();
+        let decisions = counted.into_iter().map(|((rule, keep), n)| (self.rules.name(rule), keep, n)).collect();
         (events.into_iter().filter(|(_, n)| *n > 0).collect(), decisions)
     }
 }
 
 impl TraceBuffer {
-    fn intern(&mut self, name: String) -> i64 {
-        let index = self.rule_names.iter().position(|n| *n == name).unwrap_or_else(|| {
-            self.rule_names.push(name);
-            self.rule_names.len() - 1
-        });
-        index as i64
-    }
-
-    /// The rule name index of the current rule at `position` (-1: none matched).
-    fn rule_id(&self, position: i64) -> i64 {
-        usize::try_from(position).ok().and_then(|i| self.rule_ids.get(i)).copied().unwrap_or(-1)
-    }
-
-    fn rule_name(&self, rule: i64) -> String {
-        usize::try_from(rule).ok().and_then(|i| self.rule_names.get(i)).cloned().unwrap_or_default()
-    }
-
     fn first_arrival(&mut self) -> Option<TraceId> {
         while let Some(&(id, serial)) = self.arrivals.front() {
             if self.traces.get(&id).is_some_and(|e| e.serial == serial) {
@@ -399,17 +372,6 @@ impl TraceBuffer {
         Ok(())
     }
 
-    fn native(&self, id: &TraceId, e: &Entry) -> Option<(bool, i64, f64)> {
-        for (i, rule) in self.rules.iter().enumerate() {
-            let conds = rule.conds.as_ref()?;
-            if conds.iter().all(|c| c.holds(e.error, duration(e))) {
-                let rate = if rule.keep > 0.0 { 1.0 / rule.keep } else { 0.0 };
-                return Some((coin(id, rule.keep), self.rule_ids[i], rate));
-            }
-        }
-        Some((false, -1, 1.0))
-    }
-
     /// Takes a trace out of the buffer and decides it; returns its `Decision`, or None for
     /// a dropped trace when `dropped` is false (no summary is built for a trace the native
     /// rules drop: the common case, ~95% of traffic).
@@ -424,12 +386,12 @@ impl TraceBuffer {
             summary_cls.bind(py).call1((trace, e.spans, e.start, e.end, e.error, root.clone_ref(py), e.partition, e.offset))
         };
         let fragments = || PyList::new(py, e.fragments.iter().map(|f| f.clone_ref(py)));
-        let (keep, rule, rate, summary) = match self.native(id, &e) {
+        let (keep, rule, rate, summary) = match self.rules.decide(id, e.error, duration(&e)) {
             Some((keep, rule, rate)) => (keep, rule, rate, None),
             None => {
                 let summary = make_summary()?;
                 let decided: (bool, i64, f64) = self.evaluate.bind(py).call1((&summary, fragments()?))?.extract()?;
-                (decided.0, self.rule_id(decided.1), decided.2, Some(summary))
+                (decided.0, self.rules.id(decided.1), decided.2, Some(summary))
             }
         };
         *self.decisions.entry((rule, keep)).or_insert(0) += 1;
@@ -451,6 +413,6 @@ impl TraceBuffer {
             Some(s) => s,
             None => make_summary()?,
         };
-        Ok(Some(self.classes.1.bind(py).call1((summary, keep, self.rule_name(rule), rate, kept))?))
+        Ok(Some(self.classes.1.bind(py).call1((summary, keep, self.rules.name(rule), rate, kept))?))
     }
 }

@@ -1,7 +1,8 @@
 //! The sampling rules the compiled buffer decides itself: conditions on a trace's error
 //! flag and duration, and the keep probability with its deterministic coin. Python compiles
 //! them from the YAML rules (`processors.sampling.rules.native_conditions`); every other
-//! rule stays in Python.
+//! rule stays in Python. `RuleSet` holds the current ones and every name ever configured,
+//! so a reload never renames a decision already made.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -81,6 +82,60 @@ impl Rule {
             _ => None,
         };
         Ok(Rule { conds, keep: keep.unwrap_or(0.0) })
+    }
+}
+
+/// The current rules, and every rule name ever configured (a reload adds to them): a
+/// decision's rule is an index into `names`, so decisions made before a reload keep theirs.
+#[derive(Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    names: Vec<String>,
+    ids: Vec<i64>, // the current rules' indexes into `names`
+}
+
+impl RuleSet {
+    /// Replace the rules with `[(conditions or None, keep probability or None, name)]`.
+    pub fn set(&mut self, rules: Vec<(Option<Vec<Bound<'_, PyTuple>>>, Option<f64>, String)>) -> PyResult<()> {
+        let mut compiled = Vec::new();
+        let mut ids = Vec::new();
+        for (conds, keep, name) in rules {
+            compiled.push(Rule::from_py(conds, keep)?);
+            ids.push(self.intern(name));
+        }
+        self.rules = compiled;
+        self.ids = ids;
+        Ok(())
+    }
+
+    pub fn intern(&mut self, name: String) -> i64 {
+        let index = self.names.iter().position(|n| *n == name).unwrap_or_else(|| {
+            self.names.push(name);
+            self.names.len() - 1
+        });
+        index as i64
+    }
+
+    /// The name index of the current rule at `position` (-1: none matched).
+    pub fn id(&self, position: i64) -> i64 {
+        usize::try_from(position).ok().and_then(|i| self.ids.get(i)).copied().unwrap_or(-1)
+    }
+
+    pub fn name(&self, rule: i64) -> String {
+        usize::try_from(rule).ok().and_then(|i| self.names.get(i)).cloned().unwrap_or_default()
+    }
+
+    /// (keep, rule name index, sample rate) by the first matching rule, or None when a rule
+    /// before the match needs Python.
+    pub fn decide(&self, id: &[u8], error: bool, duration_ns: u64) -> Option<(bool, i64, f64)> {
+        for (i, rule) in self.rules.iter().enumerate() {
+            let conds = rule.conds.as_ref()?;
+            if conds.iter().all(|c| c.holds(error, duration_ns)) {
+                let rate = if rule.keep > 0.0 { 1.0 / rule.keep } else { 0.0 };
+                return Some((coin(id, rule.keep), self.ids[i], rate));
+            }
+        }
+        Some((false, -1, 1.0))
     }
 }
 
