@@ -99,6 +99,8 @@ class Pipeline:
         self.writer = StorageWriter(settings.storage.clickhouse, on_settled=self._stored, prices=self.prices,
                                     on_kept_span=self.metrics.observe_kept if self.metrics else None,
                                     maybe_stored=self.queue.maybe_stored, memory=self.memory) if samples else None
+        if self.writer is not None and self.sampler is not None:
+            self.writer.rows.inconsistent = self.sampler.inconsistent_rules
         otlp = settings.receivers.otlp
         self.grpc = self.http = None
         served = tuple(otlp.served_signals)
@@ -210,8 +212,10 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.prices = self.prices
         if self.writer is not None:
-            # Read on the storage thread: a reference swap to a table nobody modifies.
+            # Read on the storage thread: reference swaps to objects nobody modifies.
             self.writer.rows.prices = self.prices
+            if self.sampler is not None:
+                self.writer.rows.inconsistent = self.sampler.inconsistent_rules
         self.settings = self.settings.model_copy(update={name: getattr(settings, name) for name in RELOADABLE})
         return restart
 

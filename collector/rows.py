@@ -29,6 +29,7 @@ from collector.auth import TENANT_KEY
 from processors.genai import MAX_TOKENS, PriceTable, Usage, parse_count
 from processors.otlp_values import (KIND_NAMES, STATUS_NAMES, attributes_map, service_name, typed_attributes,
                                     value_as_string)
+from processors.sampling import otep235
 from processors.sampling.sampler import Decision
 
 # OTLP allows any uint64 timestamp. The TTL goes through DateTime, which ends in 2106: past
@@ -93,6 +94,8 @@ class RowBuilder:
     def __init__(self, prices: PriceTable | None = None, on_span: KeptSpanHook | None = None):
         self.prices = prices
         self.on_span = on_span
+        self.inconsistent: frozenset[str] = frozenset()
+        """Rules (rate limits) whose kept spans get no OTEP 235 ``th``; swapped whole on reload."""
         self.clamped: Counter[str] = Counter()
 
     def _count(self, value: Any) -> int:
@@ -121,6 +124,10 @@ class RowBuilder:
         trace_hex = d.summary.trace_id.hex()
         on_span = self.on_span
         tenant: str | None = None  # the first span's, replaced by the root span's
+        # OTEP 235: each span's TraceState says at what probability it was kept (th), unless
+        # a rate limit kept it (no consistent threshold: th is removed).
+        th = otep235.threshold(1.0 / d.sample_rate) if d.sample_rate >= 1.0 and d.rule not in self.inconsistent else None
+        states: dict[str, str] = {}
         for fragment in d.fragments:
             for rs in TracesData.FromString(fragment.payload).resource_spans:
                 service = service_name(rs.resource.attributes)
@@ -143,9 +150,12 @@ class RowBuilder:
                         if on_span is not None:
                             on_span(trace_hex, service, name, status_code, attrs, duration)
                         events, links = s.events, s.links
+                        state = states.get(s.trace_state)
+                        if state is None:  # the spans of a trace mostly share one TraceState
+                            state = states[s.trace_state] = otep235.with_threshold(s.trace_state, th)
                         spans.append([
                             _ts(start), trace_hex, s.span_id.hex(), s.parent_span_id.hex(),
-                            s.trace_state, name, KIND_NAMES.get(s.kind, "Unspecified"), service, resource,
+                            state, name, KIND_NAMES.get(s.kind, "Unspecified"), service, resource,
                             scope_name, scope_version, attrs, duration, status_code, status.message,
                             *(_event_columns(events) if events else _NO_EVENTS),
                             *(_link_columns(links) if links else _NO_LINKS),

@@ -13,7 +13,7 @@ from processors.sampling.settings import SamplingSettings
 from tests.support.collector import Collector
 from tests.support.otel import Sender
 from tests.support.storage import query_rows
-from tests.test_sampler import Clock, fragment
+from tests.test_sampler import Clock, fragment, rid
 
 RULES = [
     {"name": "errors", "when": [{"status": "error"}], "keep": "100%"},
@@ -26,11 +26,11 @@ def decide(dry_run: bool) -> tuple[TailSampler, dict[int, Decision], list[Decisi
     clock = Clock()
     s = TailSampler(SamplingSettings.model_validate({"decision_wait": "10s", "quiet_period": "1s", "rules": RULES,
                                                      "dry_run": dry_run}), clock=clock)  # fmt: skip
-    s.add([fragment(t, 1, error=t % 7 == 0, attrs={"http.route": "/health" if t % 5 == 0 else "/chat"})
+    s.add([fragment(rid(t), 1, error=t % 7 == 0, attrs={"http.route": "/health" if t % 5 == 0 else "/chat"})
            for t in range(1, 301)])  # fmt: skip
     clock.now = 2 * 10**9
     decisions = s.due_kept()[0]  # the pipeline's call: under dry run it returns every trace
-    late = s.add([fragment(t, 2, parent=1) for t in range(1, 301)])
+    late = s.add([fragment(rid(t), 2, parent=1) for t in range(1, 301)])
     return s, {int.from_bytes(d.summary.trace_id, "big"): d for d in decisions}, late
 
 
@@ -44,7 +44,8 @@ def test_a_dry_run_stores_everything_and_decides_as_a_normal_run() -> None:
     assert len(dry_late) == 300 and all(d.keep and d.late for d in dry_late)  # late spans are stored too
     assert {int.from_bytes(d.summary.trace_id, "big") for d in normal_late} == set(kept)
     assert dry.take_settled() == []  # nothing is forgotten as dropped
-    assert dry.decision_for((5).to_bytes(16, "big")) == ("dropped", "health", 0.0)  # explain tells the truth
+    assert dry.decision_for(rid(5).to_bytes(16, "big")) == ("dropped", "health", 0.0)  # explain tells the truth
+    assert sum(d.keep and d.rule == "default" for d in kept.values()) > 0  # some kept by the coin, too
 
 
 @pytest.mark.e2e

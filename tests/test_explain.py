@@ -15,6 +15,7 @@ from processors.sampling.sampler import keep_by_trace_id
 from processors.sampling.settings import SamplingSettings
 from tests.support.collector import Collector
 from tests.support.otel import Sender
+from tests.test_sampler import rid
 
 RULES = [
     {"name": "errors", "when": [{"status": "error"}], "keep": "100%"},
@@ -29,15 +30,15 @@ def rules() -> SamplingSettings:
 
 
 def test_a_percentage_says_where_the_trace_id_fell_against_the_threshold() -> None:
-    ids = [i.to_bytes(16, "big") for i in range(1, 400)]
+    ids = [rid(i).to_bytes(16, "big") for i in range(1, 400)]
     dropped = next(t for t in ids if not keep_by_trace_id(t, 0.05))
     kept = next(t for t in ids if keep_by_trace_id(t, 0.05))
     out = explain(dropped, "dropped", "default", 20.0, rules().rules, "decision cache")
     assert out["rules_not_matched"] == ["errors", "health", "capped"]
-    assert out["trace_id_position"] >= 0.05 and "at or above the threshold 0.05" in out["why"]
+    assert out["trace_id_position"] < 0.95 and "under the rejection threshold 0.95 (OTEP 235)" in out["why"]
     assert "'default' (every trace) matched first; it keeps 5% of traces, chosen by trace id" in out["why"] and out["why"].endswith("so it was dropped.")
     out = explain(kept, "kept", "default", 20.0, rules().rules, "storage")
-    assert out["trace_id_position"] < 0.05 and "under the threshold 0.05" in out["why"]
+    assert out["trace_id_position"] >= 0.95 and "at or above the rejection threshold 0.95" in out["why"]
     assert "with sample rate 20 (it stands for 20 traces)" in out["why"] and out["source"] == "storage"
 
 
@@ -89,7 +90,7 @@ def test_explain_a_kept_and_a_dropped_trace_from_a_running_collector(tmp_path: P
         dropped = next(t for t in ids["other"] if not keep_by_trace_id(bytes.fromhex(t), 0.05))
         answer = c.get(f"/api/decisions/{dropped}").json()
         assert answer["state"] == "dropped" and answer["rule"] == "default" and answer["sample_rate"] == 20
-        assert answer["rules_not_matched"] == ["errors", "health", "capped"] and answer["trace_id_position"] >= 0.05
+        assert answer["rules_not_matched"] == ["errors", "health", "capped"] and answer["trace_id_position"] < 0.95
         assert c.get(f"/api/traces/{dropped}").status_code == 404  # explained, and indeed not stored
 
         unknown = cli(c, "ab" * 16)

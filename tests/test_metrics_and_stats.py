@@ -65,7 +65,9 @@ def test_stats_are_weighted_by_sample_rate(collector: Collector) -> None:
     rng = random.Random(20261124)
     sender = Sender("grpc", collector, seed=4)
     n = 10_000
-    errors = set(rng.sample(range(n), 200))  # exactly 2%
+    # Exactly 2%, and v2 (odd i) fails three times as often as v1: a difference well beyond
+    # the estimates' error, so comparing them does not depend on which traces were kept.
+    errors = set(rng.sample(range(1, n, 2), 150)) | set(rng.sample(range(0, n, 2), 50))
     truth: dict[str, Counter[str]] = defaultdict(Counter)
     prompt_errors: Counter[str] = Counter()
     for i in range(n):

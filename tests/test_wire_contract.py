@@ -11,7 +11,6 @@ end to end: a ``SpanMetrics`` fed through the extension and one fed through the 
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +29,7 @@ from collector.kafka.envelope_pb2 import Batch
 from processors import _wire, reference, wire
 from processors.cardinality import CardinalitySettings
 from processors.genai import Price, PriceTable
+from processors.sampling import otep235
 from processors.spanmetrics import BUCKETS, SpanMetrics
 
 KEYS = [b"gen_ai.request.model", b"gen_ai.response.model", b"gen_ai.usage.input_tokens", b"prompt_key"]
@@ -235,10 +235,39 @@ def test_packed_batches_agree(body: bytes, received: int, error: bool) -> None:
         (f.trace_id, f.payload, f.root) for f in fragments]
 
 
-@given(trace_id=st.binary(max_size=32))
-def test_the_sampling_coin_is_blake2b(trace_id: bytes) -> None:
-    """Every replica and version must toss the same coin for a trace id."""
-    assert _wire.trace_hash(trace_id) == int.from_bytes(hashlib.blake2b(trace_id, digest_size=8).digest(), "big")
+@given(p=st.one_of(st.floats(min_value=-1, max_value=2), st.sampled_from([0.0, 1e-18, 0.05, 0.1, 0.5, 1 - 1e-17, 1.0])))
+def test_the_sampling_threshold_is_the_same_in_both(p: float) -> None:
+    """Every replica and version must toss the same coin: OTEP 235's threshold for p."""
+    assert _wire.ot_threshold(p) == otep235.threshold(p)
+
+
+_OT_VALUE = st.one_of(
+    st.builds(lambda t: f"th:{t}", st.text("0123456789abcdefABCDEFxz+_ ١", max_size=16)),
+    st.builds(lambda t: f"rv:{t}", st.text("0123456789abcdefz", min_size=12, max_size=15)),
+    st.text("abc:;=", max_size=6),
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(trace_id=st.binary(min_size=16, max_size=16),
+       states=st.lists(st.tuples(st.booleans(), st.lists(_OT_VALUE, max_size=3), st.sampled_from(["", "vendor=x"])),
+                       max_size=3))  # fmt: skip
+def test_upstream_sampling_is_read_the_same_in_both(trace_id: bytes, states: list[tuple[bool, list[str], str]]) -> None:
+    """(p_up, R) from the spans' TraceState: the root span's ``ot`` first, else the first
+    span's that has one; R is ``rv`` when valid, else the trace id's last 56 bits."""
+    data = TracesData()
+    spans = data.resource_spans.add().scope_spans.add().spans
+    found: list[tuple[bool, tuple[int | None, int | None]]] = []
+    for i, (root, values, other) in enumerate(states):
+        state = ",".join(x for x in (other, f"ot={';'.join(values)}" if values else "") if x)
+        spans.add(trace_id=trace_id, span_id=(i + 1).to_bytes(8, "big"), trace_state=state,
+                  parent_span_id=b"" if root else b"\x01" * 8)  # fmt: skip
+        parsed = otep235.parse(state)
+        if state and parsed != (None, None) and (not found or (root and not found[0][0])):
+            found[:] = [(root, parsed)]
+    th, rv = found[0][1] if found else (None, None)
+    expected = (otep235.probability(th) if th is not None else 1.0, rv if rv is not None else otep235.randomness(trace_id))
+    assert _wire.ot_upstream(trace_id, [data.SerializeToString()]) == expected
 
 
 # --- the sampler's rules: evaluated in the compiled buffer, or in Python

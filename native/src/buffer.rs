@@ -386,11 +386,19 @@ impl TraceBuffer {
             summary_cls.bind(py).call1((trace, e.spans, e.start, e.end, e.error, root.clone_ref(py), e.partition, e.offset))
         };
         let fragments = || PyList::new(py, e.fragments.iter().map(|f| f.clone_ref(py)));
-        let (keep, rule, rate, summary) = match self.rules.decide(id, e.error, duration(&e)) {
+        let upstream = {
+            let payloads: Vec<Bound<'py, PyBytes>> = e.fragments.iter()
+                .map(|f| Ok(f.bind(py).getattr(intern!(py, "payload"))?.cast_into::<PyBytes>()?))
+                .collect::<PyResult<_>>()?;
+            let views: Vec<&[u8]> = payloads.iter().map(|p| p.as_bytes()).collect();
+            crate::ot::upstream(id, &views).map_err(|err| PyValueError::new_err(err.0))?
+        };
+        let (keep, rule, rate, summary) = match self.rules.decide(upstream, e.error, duration(&e)) {
             Some((keep, rule, rate)) => (keep, rule, rate, None),
             None => {
                 let summary = make_summary()?;
-                let decided: (bool, i64, f64) = self.evaluate.bind(py).call1((&summary, fragments()?))?.extract()?;
+                let args = (&summary, fragments()?, upstream.0, upstream.1);
+                let decided: (bool, i64, f64) = self.evaluate.bind(py).call1(args)?.extract()?;
                 (decided.0, self.rules.id(decided.1), decided.2, Some(summary))
             }
         };

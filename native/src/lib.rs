@@ -6,6 +6,7 @@ mod buffer;
 mod cache;
 mod envelope;
 mod metrics;
+mod ot;
 mod otlp;
 mod rules;
 mod split;
@@ -72,20 +73,21 @@ fn pack<'py>(py: Python<'py>, fragments: &Bound<'py, PyList>) -> PyResult<Bound<
     Ok(PyBytes::new(py, &envelope::pack(fragments)?))
 }
 
-/// trace_hash(trace_id) -> the 8-byte BLAKE2b digest of the id as a big-endian integer
-/// (`hashlib.blake2b(trace_id, digest_size=8)`): the sampler's deterministic coin.
+/// ot_upstream(trace_id, payloads) -> (p_up, randomness): what upstream kept of a trace and
+/// its 56-bit randomness, from its spans' TraceState (see `ot.rs`).
 #[pyfunction]
-fn trace_hash(trace_id: &[u8]) -> u64 {
-    hash64(trace_id)
+fn ot_upstream(trace_id: &[u8], payloads: Vec<Vec<u8>>) -> PyResult<(f64, u64)> {
+    if trace_id.len() != 16 {
+        return Err(pyo3::exceptions::PyValueError::new_err("a trace id is 16 bytes"));
+    }
+    let views: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    ot::upstream(trace_id, &views).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.0))
 }
 
-pub(crate) fn hash64(data: &[u8]) -> u64 {
-    use blake2::digest::{Update, VariableOutput};
-    let mut hasher = blake2::Blake2bVar::new(8).expect("8 is a valid BLAKE2b output size");
-    hasher.update(data);
-    let mut out = [0u8; 8];
-    hasher.finalize_variable(&mut out).expect("the buffer is the output size");
-    u64::from_be_bytes(out)
+/// ot_threshold(p) -> the OTEP 235 rejection threshold for keeping p of traces.
+#[pyfunction]
+fn ot_threshold(p: f64) -> u64 {
+    ot::threshold(p)
 }
 
 #[pymodule]
@@ -94,7 +96,8 @@ fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(span_names, m)?)?;
     m.add_function(wrap_pyfunction!(metric_groups, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
-    m.add_function(wrap_pyfunction!(trace_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(ot_upstream, m)?)?;
+    m.add_function(wrap_pyfunction!(ot_threshold, m)?)?;
     m.add_class::<buffer::TraceBuffer>()?;
     Ok(())
 }

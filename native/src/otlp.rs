@@ -21,15 +21,17 @@ pub struct Span<'a> {
     pub start: u64,
     pub end: u64,
     pub code: i32,
+    pub trace_state: &'a [u8],
 }
 
 fn read_span(raw: &[u8]) -> Result<Span<'_>> {
-    let mut s = Span { raw, trace_id: &[], span_id: &[], parent: &[], name: &[], start: 0, end: 0, code: 0 };
+    let mut s = Span { raw, trace_id: &[], span_id: &[], parent: &[], name: &[], start: 0, end: 0, code: 0, trace_state: &[] };
     let mut status = Merged::default();
     each(raw, |field, value| {
         match (field, value) {
             (1, Value::Bytes(b)) => s.trace_id = b,
             (2, Value::Bytes(b)) => s.span_id = b,
+            (3, Value::Bytes(b)) => s.trace_state = b,
             (4, Value::Bytes(b)) => s.parent = b,
             (5, Value::Bytes(b)) => s.name = b,
             (7, Value::Fixed64(v)) => s.start = v,

@@ -1,5 +1,5 @@
 //! The sampling rules the compiled buffer decides itself: conditions on a trace's error
-//! flag and duration, and the keep probability with its deterministic coin. Python compiles
+//! flag and duration, and the keep probability with its deterministic coin (`ot.rs`). Python compiles
 //! them from the YAML rules (`processors.sampling.rules.native_conditions`); every other
 //! rule stays in Python. `RuleSet` holds the current ones and every name ever configured,
 //! so a reload never renames a decision already made.
@@ -126,30 +126,17 @@ impl RuleSet {
     }
 
     /// (keep, rule name index, sample rate) by the first matching rule, or None when a rule
-    /// before the match needs Python.
-    pub fn decide(&self, id: &[u8], error: bool, duration_ns: u64) -> Option<(bool, i64, f64)> {
+    /// before the match needs Python. `(p_up, r)`: what upstream kept and the trace's
+    /// randomness (`ot::upstream`); a rule keeping p keeps p_up x p overall, 100% always.
+    pub fn decide(&self, (p_up, r): (f64, u64), error: bool, duration_ns: u64) -> Option<(bool, i64, f64)> {
         for (i, rule) in self.rules.iter().enumerate() {
             let conds = rule.conds.as_ref()?;
             if conds.iter().all(|c| c.holds(error, duration_ns)) {
-                let rate = if rule.keep > 0.0 { 1.0 / rule.keep } else { 0.0 };
-                return Some((coin(id, rule.keep), self.ids[i], rate));
+                let rate = if rule.keep > 0.0 { (1.0 / p_up) * (1.0 / rule.keep) } else { 0.0 };
+                let keep = rule.keep >= 1.0 || crate::ot::keeps(r, p_up * rule.keep);
+                return Some((keep, self.ids[i], rate));
             }
         }
         Some((false, -1, 1.0))
     }
-}
-
-/// The sampling coin: BLAKE2b of the trace id (8-byte digest, big-endian) below p * 2^64,
-/// compared exactly as Python compares an int with a float.
-pub fn coin(id: &[u8], probability: f64) -> bool {
-    if probability >= 1.0 {
-        return true;
-    }
-    if probability <= 0.0 {
-        return false;
-    }
-    let t = probability * 18446744073709551616.0; // exact: a power of two, and t < 2^64
-    let floor = t.floor() as u128;
-    let h = u128::from(crate::hash64(id));
-    if t == t.floor() { h < floor } else { h <= floor }
 }

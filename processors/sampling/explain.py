@@ -4,8 +4,8 @@
 A decision is (state, rule, sample rate), from the sampler's decision caches or from the
 stored rows. The rules are evaluated in order and the first match decides, so the answer
 names the rules that did not match, the one that did with its conditions in words, and how
-its policy chose: for a percentage, where this trace id's hash falls against the threshold
-(the same deterministic coin every replica flips); for a rate limit, the share it was
+its policy chose: for a percentage, where this trace id's randomness falls against the
+threshold (the OTEP 235 coin every replica, and any consistent sampler, flips); for a rate limit, the share it was
 keeping when it decided.
 """
 
@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from processors import _wire
+from processors.sampling import otep235
 from processors.sampling.rules import Condition, Rule, parse_duration_expr
-
-_HASH_SPACE = float(2**64)
 
 
 def describe_condition(c: Condition) -> str:
@@ -79,14 +77,17 @@ def explain(trace_id: bytes, state: str, rule_name: str, rate: float, rules: lis
         share = f"it was keeping 1 trace in {rate:g}" if rate else "it was over its limit"
         parts.append(f"{share}, and this one was {'within' if state == 'kept' else 'over'} the limit")
     else:
-        probability = rule.keep if rule.keep is not None else (1.0 / rate if rate else 0.0)
+        # What it kept overall: the rule's share times upstream's (OTEP 235 th), 1 / the adjusted count.
+        probability = 1.0 / rate if rate else (rule.keep or 0.0)
         if rule.target is not None:
             parts.append(f"its key was being kept with probability {probability:.4g}")
         if 0.0 < probability < 1.0:
-            position = _wire.trace_hash(trace_id) / _HASH_SPACE
+            position = otep235.randomness(trace_id) / otep235.SPACE
+            threshold = otep235.threshold(probability) / otep235.SPACE
             answer["trace_id_position"] = position
-            side = "under" if position < probability else "at or above"
-            parts.append(f"this trace id hashes to {position:.4f} of the range, {side} the threshold {probability:.4g}")
+            side = "at or above" if position >= threshold else "under"
+            parts.append(f"this trace id's randomness (its last 56 bits) is {position:.4f} of the range, {side} "
+                         f"the rejection threshold {threshold:.4g} (OTEP 235)")  # fmt: skip
     parts.append(f"so it was {state}" + (f" with sample rate {rate:g} (it stands for {rate:g} traces)"
                                          if state == "kept" and rate > 1 else ""))  # fmt: skip
     if dry_run and state == "dropped":

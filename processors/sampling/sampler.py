@@ -42,19 +42,15 @@ from processors import _wire
 from processors.fragment import Fragment, RootInfo
 from processors.sampling.settings import SamplingSettings
 from processors.otlp_values import find_attribute, service_name
+from processors.sampling import otep235
 from processors.sampling.adaptive import Adaptive
 from processors.sampling.rules import Rule, SpanLike, compile_rule, native_conditions
 
-_HASH_SPACE = float(2**64)
-
-
 def keep_by_trace_id(trace_id: bytes, probability: float) -> bool:
-    """Deterministic coin: every replica and every replay decides a trace id the same way."""
-    if probability >= 1.0:
-        return True
-    if probability <= 0.0:
-        return False
-    return _wire.trace_hash(trace_id) < probability * _HASH_SPACE  # BLAKE2b, 8-byte digest, big-endian
+    """Deterministic coin: every replica and every replay decides a trace id the same way,
+    and so does any OTEP 235 sampler before or after us (the trace id's randomness against
+    the threshold, :mod:`processors.sampling.otep235`)."""
+    return otep235.keeps(otep235.randomness(trace_id), probability)
 
 
 @dataclass(slots=True)
@@ -233,6 +229,12 @@ class TailSampler:
         return ignored
 
     @property
+    def inconsistent_rules(self) -> frozenset[str]:
+        """Rules whose keeps are not an OTEP 235 coin (rate limits): their kept spans carry no
+        ``th``. A new set after each reload (never changed in place: storage reads it)."""
+        return frozenset(r.name for r in self.settings.rules if r.rate_limit is not None)
+
+    @property
     def buffered_traces(self) -> int:
         return int(self._buffer.traces)
 
@@ -332,8 +334,13 @@ class TailSampler:
         for rule, keep, count in decisions:
             self.decisions[(rule, keep)] += count
 
-    def _evaluate(self, summary: TraceSummary, fragments: list[Fragment]) -> tuple[bool, int, float]:
-        """The rules in order, first match wins: (keep, rule index or -1, sample rate)."""
+    def _evaluate(self, summary: TraceSummary, fragments: list[Fragment], p_up: float = 1.0,
+                  r: int | None = None) -> tuple[bool, int, float]:  # fmt: skip
+        """The rules in order, first match wins: (keep, rule index or -1, sample rate).
+        ``p_up`` is what upstream kept (OTEP 235 ``th``), ``r`` the trace's randomness: a
+        rule keeping p keeps p_up x p overall, and its sample rate is the adjusted count."""
+        if r is None:
+            r = otep235.randomness(summary.trace_id)
         view = _View(summary, fragments)
         for index, (rule, matches, limiter, adaptive) in enumerate(self._rules):
             try:
@@ -345,9 +352,10 @@ class TailSampler:
                 continue
             if limiter is not None:
                 keep, rate = limiter.take()
-                return keep, index, rate
+                return keep, index, rate / p_up
             probability = adaptive.probability(_key(rule, view)) if adaptive is not None else rule.keep or 0.0
-            return keep_by_trace_id(summary.trace_id, probability), index, 1.0 / probability if probability > 0 else 0.0
+            keep = probability >= 1.0 or otep235.keeps(r, p_up * probability)
+            return keep, index, (1.0 / p_up) * (1.0 / probability) if probability > 0 else 0.0
         return False, -1, 1.0
 
     def set_share(self, share: float) -> None:
