@@ -18,7 +18,7 @@ from processors.sampling.sampler import TailSampler, keep_by_trace_id
 from processors.sampling.settings import SamplingSettings
 from tests.support.collector import Collector
 from tests.support.otel import Sender
-from tests.support.storage import span_rows
+from tests.support.storage import query_rows, span_rows
 
 
 def rules(default: str) -> list[dict[str, Any]]:
@@ -48,7 +48,11 @@ def test_the_sampler_takes_new_rules_without_losing_a_buffered_trace() -> None:
 
 @pytest.mark.e2e
 def test_a_reload_under_load_applies_within_two_seconds_and_a_broken_one_is_refused(tmp_path: Path) -> None:
-    config: dict[str, Any] = {"sampling": {"quiet_period": "200ms", "decision_wait": "2s", "rules": rules("5%")}}
+    config: dict[str, Any] = {"sampling": {"quiet_period": "200ms", "decision_wait": "2s", "rules": rules("5%")},
+                              "redaction": {"builtin": {"email": "off"}}}  # fmt: skip
+    # The reload also turns email redaction on and prices the model error spans name.
+    reloaded_config = {"sampling": {**config["sampling"], "rules": rules("50%")},
+                       "genai": {"prices": [{"model": "m1", "input": 2.0, "output": 0.0}]}}  # fmt: skip
     c = Collector(tmp_path, config)
     c.args = ["--watch"]
     c.start()
@@ -63,6 +67,8 @@ def test_a_reload_under_load_applies_within_two_seconds_and_a_broken_one_is_refu
                 error = n % 50 == 0
                 if error:
                     span.set_status(Status(StatusCode.ERROR))
+                    span.set_attributes({"contact": f"user{n}@example.com", "gen_ai.request.model": "m1",
+                                         "gen_ai.usage.input_tokens": 1000})  # fmt: skip
                 sent.append((time.monotonic(), format(span.get_span_context().trace_id, "032x"), error))
             n += 1
             time.sleep(0.004)
@@ -75,12 +81,12 @@ def test_a_reload_under_load_applies_within_two_seconds_and_a_broken_one_is_refu
     try:
         thread.start()
         time.sleep(4)
-        write({**c.config, "sampling": {**config["sampling"], "rules": rules("50%")}})
+        write({**{k: v for k, v in c.config.items() if k != "redaction"}, **reloaded_config})
         assert c.proc is not None
         os.kill(c.proc.pid, signal.SIGHUP)
         reloaded = time.monotonic()
         time.sleep(4)
-        broken = {**c.config, "sampling": {**config["sampling"], "rules": [{"name": "default", "keep": "150%"}]}}
+        broken = {**c.config, **reloaded_config, "sampling": {**config["sampling"], "rules": [{"name": "default", "keep": "150%"}]}}
         write(broken)  # --watch sees it: refused, 50% runs on
         c.wait_for(lambda: c.metrics().get('tailsift_config_reloads_total{outcome="refused"}') == 1, 10, "refusal")
         time.sleep(2)
@@ -95,6 +101,8 @@ def test_a_reload_under_load_applies_within_two_seconds_and_a_broken_one_is_refu
     assert m['tailsift_config_reloads_total{outcome="applied"}'] == 1
     assert c.stop() == 0  # storage is flushed at shutdown; chDB's files are read after
     stored = set(span_rows(c.dsn))
+    errors = {tid: (contact, cost) for tid, contact, cost in query_rows(
+        c.dsn, "SELECT TraceId, SpanAttributes['contact'], CostUsd FROM otel_traces WHERE StatusCode = 'Error'")}
     log = c.log()
     assert "configuration reload refused" in log and "sampling.rules[0].keep" in log
 
@@ -109,3 +117,9 @@ def test_a_reload_under_load_applies_within_two_seconds_and_a_broken_one_is_refu
     print(f"\n{total} traces; kept {share:.0%} of those sent 2 s or more after SIGHUP (50% rule)")
     assert not wrong, wrong[:10]
     assert all(tid in stored for _, tid, error in sent if error)
+    for when, tid, error in sent:  # redaction and prices changed with the reload too
+        if error and (when >= reloaded + 2 or when < reloaded - 2):  # prices apply when rows are built
+            after = when >= reloaded + 2
+            contact, cost = errors[tid]
+            assert ("[REDACTED:email]" in contact) == after and ("@example.com" in contact) != after, contact
+            assert cost == (pytest.approx(0.002) if after else 0.0), (when - reloaded, cost)
