@@ -169,6 +169,16 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace, path: str, params: dict[str, Any] | None = None) -> Any:
+    """The API's answer to a GET, or None after printing why there is none."""
+    status, body = _get(args, path, params)
+    if status == 200:
+        return body
+    if body is not None:
+        print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
+    return None
+
+
 def _get(args: argparse.Namespace, path: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
     """GET from the query API at ``args.api``, with ``args.token`` and ``args.ca_file`` if set."""
     import ssl
@@ -196,10 +206,8 @@ def _get(args: argparse.Namespace, path: str, params: dict[str, Any] | None = No
 def cmd_trace(args: argparse.Namespace) -> int:
     from collector.waterfall import render
 
-    status, body = _get(args, f"/api/traces/{args.trace_id}")
-    if status != 200:
-        if body is not None:
-            print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
+    body = _fetch(args, f"/api/traces/{args.trace_id}")
+    if body is None:
         return 1
     print("\n".join(render(body)))
     return 0
@@ -207,10 +215,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Why a trace was kept or dropped (``GET /api/decisions/<id>``)."""
-    status, body = _get(args, f"/api/decisions/{args.trace_id}", {"tenant": args.tenant} if args.tenant else None)
-    if status != 200:
-        if body is not None:
-            print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
+    body = _fetch(args, f"/api/decisions/{args.trace_id}", {"tenant": args.tenant} if args.tenant else None)
+    if body is None:
         return 1
     if args.json:
         print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
@@ -233,10 +239,8 @@ def cmd_traces(args: argparse.Namespace) -> int:
         params["since"] = args.since
     if args.tenant:
         params["tenant"] = args.tenant
-    status, body = _get(args, "/api/traces", params)
-    if status != 200:
-        if body is not None:
-            print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
+    body = _fetch(args, "/api/traces", params)
+    if body is None:
         return 1
     print(f"{'trace id':<32}  {'start (UTC)':<19}  {'duration':>9}  {'spans':>5}  {'err':<3}  {'rate':>6}  "
           f"{'cost':>9}  root")  # fmt: skip
@@ -256,10 +260,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for key in ("since", "until", "service", "tenant"):
         if getattr(args, key):
             params[key] = getattr(args, key)
-    status, body = _get(args, "/api/stats", params)
-    if status != 200:
-        if body is not None:
-            print(f"tailsift: {body.get('error', body)}", file=sys.stderr)
+    body = _fetch(args, "/api/stats", params)
+    if body is None:
         return 1
     if args.json:
         print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())

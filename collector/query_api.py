@@ -249,37 +249,36 @@ class QueryApi:
             return _json({"error": f"this process has --role {self.role}; query a sampler"}, 404)
         return None
 
-    async def _trace(self, request: web.Request) -> web.Response:
+    def _one_trace(self, request: web.Request, asked: str | None) -> tuple[TraceReader, str, str | None] | web.Response:
+        """(reader, trace id, tenant) for a request about one trace, or the refusal (404 no
+        storage here, 400 malformed id, 403 another tenant)."""
         if (refusal := self._no_storage()) is not None:
             return refusal
         assert self.reader is not None
         trace_id = request.match_info["trace_id"]
         if not _TRACE_ID.match(trace_id) or int(trace_id, 16) == 0:
             return _json({"error": "trace id must be 32 hex characters, not all zero"}, 400)
-        trace_id = trace_id.lower()
         try:
-            tenant = self._tenant(request, None)
+            return self.reader, trace_id.lower(), self._tenant(request, asked)
         except Forbidden as exc:
             return _json({"error": exc.message}, 403)
-        spans, logs = await self.reader.trace(trace_id, tenant)
+
+    async def _trace(self, request: web.Request) -> web.Response:
+        if isinstance(found := self._one_trace(request, None), web.Response):
+            return found
+        reader, trace_id, tenant = found
+        spans, logs = await reader.trace(trace_id, tenant)
         if not spans:
             return _json({"error": f"trace {trace_id} not found{self._why_missing(trace_id, tenant)}"}, 404)
         return _json({"trace_id": trace_id, "spans": spans, "logs": logs})
 
     async def _decision(self, request: web.Request) -> web.Response:
-        if (refusal := self._no_storage()) is not None:
-            return refusal
-        assert self.reader is not None
-        trace_id = request.match_info["trace_id"]
-        if not _TRACE_ID.match(trace_id) or int(trace_id, 16) == 0:
-            return _json({"error": "trace id must be 32 hex characters, not all zero"}, 400)
-        try:
-            tenant = self._tenant(request, request.query.get("tenant"))
-        except Forbidden as exc:
-            return _json({"error": exc.message}, 403)
-        answer = await self.reader.explain(trace_id.lower(), tenant)
+        if isinstance(found := self._one_trace(request, request.query.get("tenant")), web.Response):
+            return found
+        reader, trace_id, tenant = found
+        answer = await reader.explain(trace_id, tenant)
         if answer is None:
-            return _json({"error": f"no decision known for trace {trace_id.lower()}: not buffered, no longer in the "
+            return _json({"error": f"no decision known for trace {trace_id}: not buffered, no longer in the "
                                    "decision caches (sampling.decision_cache_size, sampling.dropped_cache_size) and "
                                    "not stored"}, 404)  # fmt: skip
         return _json(answer)
