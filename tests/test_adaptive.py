@@ -109,6 +109,14 @@ def test_the_group_keeps_the_target_a_sampler_its_share() -> None:
     assert abs(kept - 12.5) <= 0.15 * 12.5, kept
 
 
+def test_a_reload_keeps_the_share_of_the_group() -> None:
+    s, clock = sampler([{"name": "all", "keep": "100%"}])
+    s.set_share(0.5)  # assigned half the partitions before the adaptive rule existed
+    s.reload(SamplingSettings.model_validate({"rules": ADAPTIVE}))
+    adaptive = s._rules[1][3]
+    assert adaptive is not None and adaptive.share == 0.5
+
+
 def test_allot_is_max_min_fair() -> None:
     assert allot({"a": 2000.0, "b": 20.0}, 50.0) == {"a": 30 / 2000, "b": 1.0}
     assert allot({"a": 10.0, "b": 10.0}, 50.0) == {"a": 1.0, "b": 1.0}

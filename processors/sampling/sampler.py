@@ -194,6 +194,7 @@ class TailSampler:
     def __init__(self, settings: SamplingSettings, clock: Callable[[], int] = time.monotonic_ns):
         self.settings = settings
         self.clock = clock
+        self._share = 1.0  # this sampler's part of its consumer group's traffic (set_share)
         self._rules = self._compile(settings.rules)
         limits = (settings.max_traces, settings.max_spans_per_trace, settings.max_buffered_spans,
                   settings.max_buffered_bytes, settings.decision_cache_size, settings.dropped_cache_size)  # fmt: skip
@@ -205,8 +206,14 @@ class TailSampler:
 
     def _compile(self, rules: list[Rule]) -> list[tuple[Rule, Callable[[Any], bool], _RateLimit | None, Adaptive | None]]:
         return [(r, compile_rule(r), _RateLimit(r.rate_limit) if r.rate_limit is not None else None,
-                 Adaptive(r.target, r.window or 30 * 10**9, r.max_keys or 1000, self.clock) if r.target is not None else None)
+                 self._adaptive(r) if r.target is not None else None)
                 for r in rules]  # fmt: skip
+
+    def _adaptive(self, rule: Rule) -> Adaptive:
+        assert rule.target is not None
+        adaptive = Adaptive(rule.target, rule.window or 30 * 10**9, rule.max_keys or 1000, self.clock)
+        adaptive.share = self._share
+        return adaptive
 
     @staticmethod
     def _native(rules: list[Rule]) -> list[tuple[list[tuple[Any, ...]] | None, float | None, str]]:
@@ -219,12 +226,10 @@ class TailSampler:
         fixed = ("max_traces", "max_spans_per_trace", "max_buffered_spans", "max_buffered_bytes",
                  "decision_cache_size", "dropped_cache_size")  # fmt: skip
         ignored = [f"sampling.{k}" for k in fixed if getattr(settings, k) != getattr(self.settings, k)]
-        share = next((a.share for *_, a in self._rules if a is not None), 1.0)
-        rules = self._compile(settings.rules)
+        rules = self._compile(settings.rules)  # adaptive ones start from this sampler's share
         self._buffer.set_rules(self._native(settings.rules))
         self._buffer.set_dry_run(settings.dry_run)
         self._rules = rules
-        self.set_share(share)
         self.settings = settings.model_copy(update={k: getattr(self.settings, k) for k in fixed})
         return ignored
 
@@ -361,6 +366,7 @@ class TailSampler:
     def set_share(self, share: float) -> None:
         """This sampler's part of its consumer group's traffic (assigned partitions over all):
         adaptive rules keep their target times it, so the group keeps about the target."""
+        self._share = share
         for *_, adaptive in self._rules:
             if adaptive is not None:
                 adaptive.share = share
