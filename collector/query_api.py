@@ -2,11 +2,15 @@
 
 - ``GET /api/traces/{trace_id}``: every stored span of a trace, and its log records from
   ``otel_logs`` (404 unknown, 400 malformed).
-- ``GET /api/traces?service=&name=&error=&min_duration_ms=&max_duration_ms=&since=&until=&limit=``:
-  recent kept traces, newest first, with their tokens and cost.
+- ``GET /api/traces?service=&name=&span_name=&attribute=&error=&min_duration_ms=&max_duration_ms=&since=&until=&limit=``:
+  recent kept traces, newest first, with their tokens, cost and the rule that kept them.
+  ``service`` and ``name`` match the root span; ``span_name`` any span; ``attribute=key=value``
+  (repeatable) a span or resource attribute of any span.
 - ``GET /api/stats?group_by=service|span_name|model|<attribute>&since=&until=&service=&scope=&limit=``:
   count, error rate, p50/p95/p99, tokens and cost per group, each span weighted by its
   trace's sample rate (see :data:`collector.sql.STATS`).
+
+- ``GET /``, ``/trace/{trace_id}``, ``/stats``: the web UI (see :mod:`collector.ui`).
 
 - ``GET /api/decisions/{trace_id}``: why a trace was kept or dropped: the rule that decided,
   its conditions, the rate and, for a percentage, where the trace id fell against the
@@ -39,6 +43,7 @@ from collector.auth import UNAUTHENTICATED, Authenticator, Identity
 from collector.errors import Forbidden
 from collector.http_server import IDENTITY, ConnectionGuard, auth_middleware, serve
 from collector.tls import ServerTls
+from collector.ui import WebUi, is_ui_path
 from processors.units import parse_duration_ns
 
 if TYPE_CHECKING:
@@ -107,12 +112,14 @@ def _milliseconds(key: str, value: str) -> int:
 
 
 def _search_params(query: Any) -> dict[str, Any]:
-    known = {"service", "name", "error", "min_duration_ms", "max_duration_ms", "since", "until", "limit", "tenant"}
+    known = {"service", "name", "span_name", "attribute", "error", "min_duration_ms", "max_duration_ms", "since",
+             "until", "limit", "tenant"}  # fmt: skip
     unknown = sorted(set(query) - known)
     if unknown:
         raise BadParameter(f"unknown parameter {unknown[0]!r}")
     out: dict[str, Any] = {"service": query.get("service") or None, "name": query.get("name") or None,
-                           "tenant": query.get("tenant") or None}  # fmt: skip
+                           "span_name": query.get("span_name") or None, "tenant": query.get("tenant") or None,
+                           "attributes": _attributes(query.getall("attribute", []))}  # fmt: skip
     err = query.get("error")
     if err:
         if err.lower() not in ("true", "false", "1", "0"):
@@ -124,6 +131,22 @@ def _search_params(query: Any) -> dict[str, Any]:
     _time_params(query, out)
     out["limit"] = _integer("limit", query.get("limit") or "20", 1, 1000)
     return out
+
+
+MAX_ATTRIBUTE_FILTERS = 10
+
+
+def _attributes(values: list[str]) -> list[tuple[str, str]]:
+    """``attribute=key=value`` filters (repeatable, all must match): the first ``=`` splits."""
+    if len(values) > MAX_ATTRIBUTE_FILTERS:
+        raise BadParameter(f"attribute: at most {MAX_ATTRIBUTE_FILTERS} filters")
+    pairs = []
+    for value in values:
+        key, sep, wanted = value.partition("=")
+        if not sep or not key.strip():
+            raise BadParameter(f"attribute: {value[:100]!r} must be key=value, such as gen_ai.request.model=gpt-4o")
+        pairs.append((key.strip(), wanted))
+    return pairs
 
 
 def _time_params(query: Any, out: dict[str, Any]) -> None:
@@ -204,13 +227,15 @@ class QueryApi:
         app.router.add_get("/api/decisions/{trace_id}", self._decision)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
+        WebUi().add_routes(app.router)
         if self.tls is not None:
             await self.tls.start()
         self._runner, self.port, self.guard = await serve(app, self.settings, self.tls.context if self.tls else None)
 
     def _authenticator(self, request: web.Request) -> Authenticator | None:
-        """/healthz is open (it says only "ok"); /metrics may have its own tokens."""
-        if request.path == "/healthz":
+        """/healthz is open (it says only "ok"), and so are the UI's pages and scripts (they hold
+        no data; the page sends the token with its API calls); /metrics may have its own tokens."""
+        if request.path == "/healthz" or is_ui_path(request.path):
             return None
         return self.metrics_auth if request.path == "/metrics" else self.auth
 

@@ -274,30 +274,41 @@ ORDER BY Timestamp, SpanId
 LIMIT 1 BY SpanId
 """
 
+# Traces with a span named ``span_name`` (any span, not only the root) and, for each
+# key=value pair, a span carrying it as a span or resource attribute (not necessarily the
+# same span). A span starts no earlier than its trace, so ``since`` prunes the scan.
+_SPAN_FILTER = """({since_ns:Nullable(Int64)} IS NULL OR Timestamp >= fromUnixTimestamp64Nano({since_ns:Nullable(Int64)}))
+    GROUP BY TraceId
+    HAVING ({span_name:Nullable(String)} IS NULL OR countIf(SpanName = {span_name:Nullable(String)}) > 0)
+       AND length(groupUniqArrayArray(arrayFilter(i -> SpanAttributes[{attr_keys:Array(String)}[i]] = {attr_values:Array(String)}[i]
+                                                     OR ResourceAttributes[{attr_keys:Array(String)}[i]] = {attr_values:Array(String)}[i],
+                                                  arrayEnumerate({attr_keys:Array(String)})))) = length({attr_keys:Array(String)})"""
+
 # Filters are fixed SQL with typed parameters; an unset filter is a NULL parameter that
 # turns its clause off, so there is one statement text whatever the user asks for.
-_SUMMARY_FILTERS = """
-WHERE ({service:Nullable(String)} IS NULL OR RootService = {service:Nullable(String)})
+_SUMMARY_FILTERS = """WHERE ({service:Nullable(String)} IS NULL OR RootService = {service:Nullable(String)})
   AND ({tenant:Nullable(String)} IS NULL OR Tenant = {tenant:Nullable(String)})
   AND ({name:Nullable(String)} IS NULL OR RootName = {name:Nullable(String)})
   AND ({error:Nullable(UInt8)} IS NULL OR HasError = {error:Nullable(UInt8)})
   AND ({min_duration_ns:Nullable(UInt64)} IS NULL OR DurationNs >= {min_duration_ns:Nullable(UInt64)})
   AND ({max_duration_ns:Nullable(UInt64)} IS NULL OR DurationNs <= {max_duration_ns:Nullable(UInt64)})
   AND ({since_ns:Nullable(Int64)} IS NULL OR StartNs >= {since_ns:Nullable(Int64)})
-  AND ({until_ns:Nullable(Int64)} IS NULL OR StartNs <= {until_ns:Nullable(Int64)})"""
+  AND ({until_ns:Nullable(Int64)} IS NULL OR StartNs <= {until_ns:Nullable(Int64)})
+  AND ({span_filter:UInt8} = 0 OR TraceId IN (SELECT TraceId FROM %s WHERE {span_filter:UInt8} = 1 AND %s))""" % (SPANS_TABLE, _SPAN_FILTER)
+
 
 # Kept traces from their summary rows, and traces that other writers (the OTel ClickHouse
 # exporter, on a table it created) stored without one: those are summarised from their
 # spans. tailsift's own spans always carry the rule that kept them (SampledBy), so the
 # second part reads only others' rows.
 SEARCH_TRACES = f"""
-SELECT TraceId, RootService, RootName, StartNs, DurationNs, SpanCount, HasError, SampleRate FROM (
+SELECT TraceId, RootService, RootName, StartNs, DurationNs, SpanCount, HasError, SampleRate, SampledBy FROM (
     SELECT TraceId, RootService, RootName, toUnixTimestamp64Nano(Start) AS StartNs, DurationNs, SpanCount,
-           HasError, SampleRate
+           HasError, SampleRate, SampledBy
     FROM {TRACES_TABLE} FINAL
     {_SUMMARY_FILTERS}
     UNION ALL
-    SELECT TraceId, RootService, RootName, StartNs, DurationNs, SpanCount, HasError, SampleRate FROM (
+    SELECT TraceId, RootService, RootName, StartNs, DurationNs, SpanCount, HasError, SampleRate, '' AS SampledBy FROM (
         SELECT TraceId, anyIf(ServiceName, ParentSpanId = '') AS RootService, anyIf(SpanName, ParentSpanId = '') AS RootName,
                min(toUnixTimestamp64Nano(Timestamp)) AS StartNs,
                toUInt64(greatest(0, max(toUnixTimestamp64Nano(Timestamp) + toInt64(Duration)) - StartNs)) AS DurationNs,

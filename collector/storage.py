@@ -206,13 +206,16 @@ class ClickHouseStore:
     def search_traces(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: filters.get(k) for k in
                   ("service", "name", "error", "min_duration_ns", "max_duration_ns", "since_ns", "until_ns", "tenant")}
-        params["limit"] = filters.get("limit") or 20
+        attributes: list[tuple[str, str]] = filters.get("attributes") or []
+        params.update(limit=filters.get("limit") or 20, span_name=filters.get("span_name"),
+                      attr_keys=[k for k, _ in attributes], attr_values=[v for _, v in attributes],
+                      span_filter=int(bool(attributes or filters.get("span_name"))))  # fmt: skip
         result = self._client.query(sql.SEARCH_TRACES, parameters=params)
         traces = [
             {"trace_id": tid, "root_service": svc, "root_name": name, "start_time_unix_nano": start,
              "duration_ns": dur, "span_count": count, "error": bool(err), "sample_rate": rate,
-             "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
-            for tid, svc, name, start, dur, count, err, rate in result.result_rows
+             "sampled_by": rule, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
+            for tid, svc, name, start, dur, count, err, rate, rule in result.result_rows
         ]  # fmt: skip
         if traces:
             by_id = {t["trace_id"]: t for t in traces}

@@ -223,6 +223,14 @@ def test_auth_refuses_missing_and_wrong_tokens(authed: Collector, monkeypatch: p
     metrics = requests.get(c.api + "/metrics", headers={"Authorization": f"Bearer {SCRAPER}"}, timeout=10)
     assert metrics.status_code == 200 and "tailsift_" in metrics.text
 
+    # The web UI's pages and scripts load without a token (they hold no data); every API
+    # call they make needs one, and a page on another Host name is refused like the API.
+    for path in ("/", f"/trace/{http_trace}", "/stats", "/ui/app.js"):
+        page = requests.get(c.api + path, timeout=10)
+        assert page.status_code == 200 and http_trace.encode() not in page.content
+    assert requests.get(c.api + f"/api/traces/{http_trace}", timeout=10).status_code == 401
+    assert requests.get(c.api + "/", headers={"Host": "attacker.example"}, timeout=10).status_code == 421
+
     # The CLI: --token or TAILSIFT_TOKEN.
     cli = [sys.executable, "-m", "collector.cli", "traces", "--api", c.api]
     refused = subprocess.run(cli, capture_output=True, text=True, timeout=60)
