@@ -149,6 +149,27 @@ def test_the_waterfall_works_from_the_keyboard(shop: Any, browser: Any) -> None:
     expect(focused).to_contain_text("payment.retry")
 
 
+def test_find_a_span_jump_to_errors_and_fold_everything(shop: Any, browser: Any) -> None:
+    c, sent = shop
+    page, _ = browser
+    open_page(page, c.api + f"/trace/{sent.checkout}")
+    details = page.get_by_role("complementary", name="Span details")
+    page.get_by_role("button", name="Fold all", exact=True).click()
+    expect(rows(page)).to_have_count(4)  # the root stays open; cart.load is folded
+    page.get_by_role("button", name="Next error").click()  # db.query, under the folded cart.load
+    expect(details.get_by_role("heading", name="db.query")).to_be_visible()
+    expect(rows(page)).to_have_count(5)
+    expect(page.get_by_role("toolbar", name="Find in this trace").get_by_role("status")).to_have_text("1 of 1")
+    page.get_by_label("Find span").fill("gpt")
+    page.get_by_label("Find span").press("Enter")
+    expect(details.get_by_role("heading", name="chat gpt-4o")).to_be_visible()
+    page.get_by_label("Find span").fill("no-such-span")
+    page.get_by_label("Find span").press("Enter")
+    expect(page.get_by_role("toolbar", name="Find in this trace").get_by_role("status")).to_have_text("no match")
+    page.get_by_role("button", name="Unfold all").click()
+    expect(rows(page)).to_have_count(5)
+
+
 def test_axe_core_finds_no_violation_on_the_three_pages(shop: Any, browser: Any) -> None:
     c, sent = shop
     page, _ = browser
@@ -247,6 +268,13 @@ def test_ten_thousand_spans_render_only_the_rows_in_view(shop: Any, browser: Any
     rows(page).first.focus()
     page.keyboard.press("End")
     expect(page.locator("[role=treeitem]:focus")).to_contain_text("last-step")
+    assert rows(page).count() < 100
+    page.get_by_label("Find span").fill("step-39")  # 249 matches (i % 40 == 39, less the renamed last one), across the whole tree
+    page.get_by_label("Find span").press("Enter")
+    expect(page.get_by_role("toolbar", name="Find in this trace").get_by_role("status")).to_have_text("1 of 249")
+    page.get_by_label("Find span").press("Shift+Enter")
+    expect(page.get_by_role("toolbar", name="Find in this trace").get_by_role("status")).to_have_text("249 of 249")
+    expect(page.get_by_role("complementary", name="Span details").get_by_role("heading", name="step-39")).to_be_visible()
     assert rows(page).count() < 100
 
 

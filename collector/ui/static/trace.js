@@ -4,6 +4,7 @@
 import {api, el, errorBox, fmtCost, fmtDuration, fmtTime, fmtTokens, TRACE_ID} from './common.js';
 import {buildTree, criticalPath, selfTimes, spanTokens, visibleRows} from './tree.js';
 import {renderDetails} from './details.js';
+import {findBar} from './find.js';
 
 const ROW_HEIGHT = 28;
 const OVERSCAN = 12;
@@ -57,6 +58,39 @@ class Waterfall {
     this.refresh();
   }
 
+  /** Every span in tree order, as if nothing were folded. */
+  treeOrder() {
+    return visibleRows(this.tree.roots, this.tree.children, new Set()).map((r) => r.span);
+  }
+
+  /** Unfold a span's ancestors, scroll to it and show it (the focus stays where it is). */
+  reveal(spanId) {
+    const seen = new Set();  // parent links may form a cycle
+    for (let span = this.tree.byId.get(spanId); span && !seen.has(span.span_id); span = this.tree.byId.get(span.parent_span_id)) {
+      seen.add(span.span_id);
+      this.collapsed.delete(span.parent_span_id);
+    }
+    this.refresh();
+    const index = this.rows.findIndex((r) => r.span.span_id === spanId);
+    if (index < 0) return;
+    this.focus = index;
+    this.body.scrollTop = Math.max(0, index * ROW_HEIGHT - this.body.clientHeight / 2);
+    this.selected = spanId;
+    this.render();
+    this.onSelect(this.rows[index].span);
+  }
+
+  highlight(spanIds) {
+    this.matches = spanIds;
+    this.render();
+  }
+
+  /** Fold every span with children (the roots stay open), or unfold them all. */
+  foldAll(fold) {
+    this.collapsed = new Set(fold ? [...this.tree.children.keys()].filter((id) => !this.tree.roots.some((r) => r.span_id === id)) : []);
+    this.refresh();
+  }
+
   refresh() {
     const focused = this.rows?.[this.focus]?.span.span_id;
     this.rows = visibleRows(this.tree.roots, this.tree.children, this.collapsed);
@@ -91,7 +125,7 @@ class Waterfall {
     const error = span.status_code === 'Error';
     const [tokensIn, tokensOut] = spanTokens(span);
     const expanded = hasChildren ? String(!this.collapsed.has(span.span_id)) : null;
-    return el('div', {class: `wf-row${error ? ' error' : ''}${this.critical.has(span.span_id) ? ' critical' : ''}`,
+    return el('div', {class: `wf-row${error ? ' error' : ''}${this.critical.has(span.span_id) ? ' critical' : ''}${this.matches?.has(span.span_id) ? ' match' : ''}`,
       role: 'treeitem', 'aria-level': depth + 1, 'aria-expanded': expanded, 'aria-selected': String(this.selected === span.span_id),
       tabindex: index === this.focus ? 0 : -1, 'data-index': index, 'data-span': span.span_id, style: {top: `${index * ROW_HEIGHT}px`}},
     el('div', {class: 'wf-name', style: {paddingLeft: `${depth * 14 + 4}px`}},
@@ -181,7 +215,8 @@ export async function renderTrace(main, traceId) {
   const details = el('aside', {class: 'details', 'aria-label': 'Span details', tabindex: 0},  // scrollable: reachable by keyboard
     el('p', {class: 'muted'}, 'Select a span (click, or Enter on a row) to see its attributes, events and links.'));
   const waterfall = new Waterfall(spans, tree, (span) => renderDetails(details, span, spans, tree, trace.logs || []));
-  main.append(summary(trace, spans, tree, decision), el('div', {class: 'trace-layout'}, waterfall.element, details));
+  main.append(summary(trace, spans, tree, decision), findBar(waterfall, spans),
+    el('div', {class: 'trace-layout'}, waterfall.element, details));
   waterfall.render();  // now that it has a size
   performance.mark('tailsift:waterfall');
 }
