@@ -300,3 +300,22 @@ def test_with_query_auth_the_page_asks_for_a_token_and_shows_nothing_without_one
             page.wait_for_selector("body[data-ready=true]")
             expect(page.get_by_role("link", name="POST /checkout")).to_be_visible()
             assert not log.errors, log.errors
+
+
+def test_parent_cycles_orphans_and_deep_chains_still_show_every_span(shop: Any, browser: Any) -> None:
+    c, _ = shop
+    page, _ = browser
+    trace_id = demo_traces.tangled_trace(c)
+    c.wait_for(lambda: len(c.get(f"/api/traces/{trace_id}").json().get("spans", [])) == 63, 60, "the tangled trace")
+    open_page(page, c.api + f"/trace/{trace_id}")
+    expect(page.locator("dl.facts")).to_contain_text("63")
+    for name in ("cycle-a", "cycle-b", "orphan", "chain-0"):
+        expect(page.get_by_role("treeitem", name=name, exact=False).first).to_be_visible()
+    page.get_by_label("Find span").fill("chain-59")
+    page.get_by_label("Find span").press("Enter")
+    deepest = page.get_by_role("treeitem", name="chain-59")
+    expect(deepest).to_have_attribute("aria-level", "60")
+    expect(deepest).to_be_in_viewport()
+    page.get_by_role("button", name="Fold all", exact=True).click()
+    page.get_by_role("button", name="Next error").click()  # chain-59, 60 levels down, unfolded again
+    expect(page.get_by_role("complementary", name="Span details").get_by_role("heading", name="chain-59")).to_be_visible()

@@ -98,13 +98,45 @@ def send(c: Any) -> DemoTraces:
     return DemoTraces(checkout=checkout, linked=linked, hostile=hostile, ordinary=ordinary)
 
 
+def post_spans(c: Any, spans: list[Any], service: str = "agent-runner") -> None:
+    """OTLP/HTTP protobuf, as any exporter would post it."""
+    import requests
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name", value=AnyValue(string_value=service))
+    rs.scope_spans.add().spans.extend(spans)
+    answer = requests.post(c.http_url, data=request.SerializeToString(),
+                           headers={"Content-Type": "application/x-protobuf"}, timeout=60)  # fmt: skip
+    answer.raise_for_status()
+
+
+def tangled_trace(c: Any) -> str:
+    """Spans whose parents form a cycle (a ↔ b), one whose parent never arrived, one deeper
+    than the indentation goes (a chain of 60), and an error so that it is kept."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    trace_id, now = bytes(range(1, 17)), time.time_ns()
+    sid = [bytes([0xEE, i, 0, 0, 0, 0, 0, 1]) for i in range(64)]
+    spans = [Span(trace_id=trace_id, span_id=sid[0], parent_span_id=sid[1], name="cycle-a"),
+             Span(trace_id=trace_id, span_id=sid[1], parent_span_id=sid[0], name="cycle-b"),
+             Span(trace_id=trace_id, span_id=sid[2], parent_span_id=b"\x99" * 8, name="orphan"),
+             *(Span(trace_id=trace_id, span_id=sid[3 + i], parent_span_id=sid[2 + i] if i else b"", name=f"chain-{i}")
+               for i in range(60))]  # fmt: skip
+    for i, span in enumerate(spans):
+        span.start_time_unix_nano, span.end_time_unix_nano = now + i * 1000, now + 10**6
+    spans[-1].status.code = Status.STATUS_CODE_ERROR
+    post_spans(c, spans)
+    return trace_id.hex()
+
+
 def big_trace(c: Any, spans: int, seed: int = 7) -> str:
     """One trace of ``spans`` spans (a root; 100 branches; chains and fans under them), posted
     as OTLP/HTTP protobuf in batches; returns its id. The shape of a long agent run."""
     import random
 
-    import requests
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
     from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -126,11 +158,5 @@ def big_trace(c: Any, spans: int, seed: int = 7) -> str:
             span.name = "last-step"
         out.append(span)
     for first in range(0, spans, 2000):
-        request = ExportTraceServiceRequest()
-        rs = request.resource_spans.add()
-        rs.resource.attributes.add(key="service.name", value=AnyValue(string_value="agent-runner"))
-        rs.scope_spans.add().spans.extend(out[first:first + 2000])
-        answer = requests.post(c.http_url, data=request.SerializeToString(),
-                               headers={"Content-Type": "application/x-protobuf"}, timeout=60)  # fmt: skip
-        answer.raise_for_status()
+        post_spans(c, out[first:first + 2000])
     return trace_id.hex()

@@ -94,9 +94,9 @@ function logList(logs, span) {
 }
 
 /** Shows one span in the panel; ``logs`` are the trace's log records (those of this span are listed). */
-export function renderDetails(panel, span, spans, tree, logs = []) {
+export function renderDetails(panel, span, tree, logs = []) {
   const self = selfTimes([span], tree.children).get(span.span_id);
-  const traceStart = Math.min(...spans.map((s) => s.start_time_unix_nano));
+  const traceStart = tree.bounds.start;
   const error = span.status_code === 'Error';
   const {input, output} = genaiMessages(span);
   const facts = [['Service', span.service], ['Kind', span.kind], ['Span id', span.span_id], ['Parent', span.parent_span_id || '(root)'],

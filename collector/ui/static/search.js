@@ -79,7 +79,7 @@ const BINS = 16;
 function histogram(traces, params) {
   const durations = traces.map((t) => Math.max(Number(t.duration_ns), 1000));
   if (!durations.length) return el('div');
-  const low = Math.log(Math.min(...durations)), high = Math.log(Math.max(...durations)) + 1e-9;
+  const low = Math.log(durations.reduce((a, b) => Math.min(a, b))), high = Math.log(durations.reduce((a, b) => Math.max(a, b))) + 1e-9;
   const width = (high - low) / BINS || 1;
   const bins = Array.from({length: BINS}, (_, i) => ({ok: 0, errors: 0, from: Math.exp(low + i * width), to: Math.exp(low + (i + 1) * width)}));
   traces.forEach((t, i) => {

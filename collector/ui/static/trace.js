@@ -2,7 +2,7 @@
 // of 10,000 spans keeps about 60 rows in the DOM), with collapsible subtrees, the critical
 // path, self time, events as ticks, and the details of the selected span beside it.
 import {api, el, errorBox, fmtCost, fmtDuration, fmtTime, fmtTokens, TRACE_ID} from './common.js';
-import {buildTree, criticalPath, selfTimes, spanTokens, visibleRows} from './tree.js';
+import {buildTree, criticalPath, selfTimes, spanTokens, timeBounds, visibleRows} from './tree.js';
 import {renderDetails} from './details.js';
 import {findBar} from './find.js';
 
@@ -10,9 +10,8 @@ const ROW_HEIGHT = 28;
 const OVERSCAN = 12;
 
 function summary(trace, spans, tree, decision) {
-  const start = Math.min(...spans.map((s) => s.start_time_unix_nano));
-  const end = Math.max(...spans.map((s) => s.end_time_unix_nano));
-  const root = tree.roots[0];
+  const {start, end} = tree.bounds;
+  const root = tree.root;
   const errors = spans.filter((s) => s.status_code === 'Error').length;
   const tokens = spans.map(spanTokens).reduce(([a, b], [c, d]) => [a + c, b + d], [0, 0]);
   const cost = spans.reduce((sum, s) => sum + (s.cost_usd || 0), 0);
@@ -37,8 +36,8 @@ class Waterfall {
   constructor(spans, tree, onSelect) {
     this.tree = tree;
     this.onSelect = onSelect;
-    this.start = Math.min(...spans.map((s) => s.start_time_unix_nano));
-    this.total = Math.max(1, Math.max(...spans.map((s) => s.end_time_unix_nano)) - this.start);
+    this.start = tree.bounds.start;
+    this.total = Math.max(1, tree.bounds.end - this.start);
     this.self = selfTimes(spans, tree.children);
     this.critical = criticalPath(tree.roots, tree.children);
     this.collapsed = new Set();
@@ -128,7 +127,7 @@ class Waterfall {
     return el('div', {class: `wf-row${error ? ' error' : ''}${this.critical.has(span.span_id) ? ' critical' : ''}${this.matches?.has(span.span_id) ? ' match' : ''}`,
       role: 'treeitem', 'aria-level': depth + 1, 'aria-expanded': expanded, 'aria-selected': String(this.selected === span.span_id),
       tabindex: index === this.focus ? 0 : -1, 'data-index': index, 'data-span': span.span_id, style: {top: `${index * ROW_HEIGHT}px`}},
-    el('div', {class: 'wf-name', style: {paddingLeft: `${depth * 14 + 4}px`}},
+    el('div', {class: 'wf-name', style: {paddingLeft: `${Math.min(depth, 30) * 14 + 4}px`}},  // deeper: aria-level says
       el('span', {class: 'toggle', 'aria-hidden': 'true'}, hasChildren ? (expanded === 'true' ? '▾' : '▸') : ''),
       el('span', {class: 'svc'}, span.service), ' ', el('span', {class: 'name'}, span.name),
       error ? el('span', {class: 'badge error'}, 'error') : null,
@@ -210,11 +209,11 @@ export async function renderTrace(main, traceId) {
     return;
   }
   const spans = trace.spans;
-  const tree = buildTree(spans);
-  document.title = `${tree.roots[0].name} · trace · tailsift`;
+  const tree = {...buildTree(spans), bounds: timeBounds(spans)};
+  document.title = `${tree.root.name} · trace · tailsift`;
   const details = el('aside', {class: 'details', 'aria-label': 'Span details', tabindex: 0},  // scrollable: reachable by keyboard
     el('p', {class: 'muted'}, 'Select a span (click, or Enter on a row) to see its attributes, events and links.'));
-  const waterfall = new Waterfall(spans, tree, (span) => renderDetails(details, span, spans, tree, trace.logs || []));
+  const waterfall = new Waterfall(spans, tree, (span) => renderDetails(details, span, tree, trace.logs || []));
   main.append(summary(trace, spans, tree, decision), findBar(waterfall, spans),
     el('div', {class: 'trace-layout'}, waterfall.element, details));
   waterfall.render();  // now that it has a size

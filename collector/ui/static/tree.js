@@ -1,7 +1,7 @@
 // A trace's spans as a tree, with each span's self time and whether it lies on the critical
 // path. Iterative walks only: a 10,000-deep chain must not overflow the call stack.
 
-/** {roots, children: Map(span_id → [spans by start]), byId}; orphans and cycles become roots. */
+/** {roots, children: Map(span_id → [spans by start]), byId, root}; orphans and cycles become roots. */
 export function buildTree(spans) {
   const byId = new Map(spans.map((s) => [s.span_id, s]));
   const children = new Map();
@@ -31,7 +31,10 @@ export function buildTree(spans) {
   for (const span of [...spans].sort(byStart)) {
     if (!seen.has(span.span_id)) { roots.push(span); mark(span); }
   }
-  return {roots, children, byId, seen};
+  roots.sort(byStart);
+  // The trace's root: the first span with no parent (others are orphans or on a cycle).
+  const root = roots.find((span) => !span.parent_span_id) || roots[0];
+  return {roots, children, byId, root};
 }
 
 /** Time a span spent not waiting on any child: its duration minus the union of its children. */
@@ -83,6 +86,16 @@ export function visibleRows(roots, children, collapsed) {
     if (!collapsed.has(span.span_id)) for (let i = kids.length - 1; i >= 0; i--) stack.push([kids[i], depth + 1]);
   }
   return rows;
+}
+
+/** The trace's first start and last end (a loop: spreading 100,000 values into Math.min overflows the stack). */
+export function timeBounds(spans) {
+  let start = Infinity, end = -Infinity;
+  for (const span of spans) {
+    if (span.start_time_unix_nano < start) start = span.start_time_unix_nano;
+    if (span.end_time_unix_nano > end) end = span.end_time_unix_nano;
+  }
+  return {start, end};
 }
 
 const USAGE = ['gen_ai.usage.input_tokens', 'gen_ai.usage.output_tokens'];
