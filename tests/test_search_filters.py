@@ -4,7 +4,6 @@ that kept each trace in the answer."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from collector.config import ClickHouseSettings
