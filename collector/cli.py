@@ -75,6 +75,10 @@ async def _run(settings: Settings, role: Role, path: str | None = None, watch: b
         + ("" if queue.kafka.security_protocol == "PLAINTEXT" else f" ({queue.kafka.security_protocol})"),
         safe_dsn(pipeline.writer.store.dsn) if pipeline.writer else "off",
     )
+    if pipeline.writer is not None:
+        scheme = "https" if settings.query.tls else "http"
+        host = settings.query.endpoint.rpartition(":")[0]
+        log.info("web UI: %s://%s:%d/", scheme, "localhost" if host in ("", "0.0.0.0", "::", "[::]") else host, pipeline.query.port)
     if pipeline.ingest is not None:
         stored = ["logs"] if pipeline.ingest.store_logs is not None else []
         dropped = [s for s in otlp.served_signals if s not in stored]
