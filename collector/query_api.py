@@ -2,10 +2,10 @@
 
 - ``GET /api/traces/{trace_id}``: every stored span of a trace, and its log records from
   ``otel_logs`` (404 unknown, 400 malformed).
-- ``GET /api/traces?service=&name=&span_name=&attribute=&error=&min_duration_ms=&max_duration_ms=&since=&until=&limit=``:
+- ``GET /api/traces?service=&name=&span_service=&span_name=&attribute=&error=&min_duration_ms=&max_duration_ms=&since=&until=&limit=``:
   recent kept traces, newest first, with their tokens, cost and the rule that kept them.
-  ``service`` and ``name`` match the root span; ``span_name`` any span; ``attribute=key=value``
-  (repeatable) a span or resource attribute of any span.
+  ``service`` and ``name`` match the root span; ``span_service`` and ``span_name`` any span;
+  ``attribute=key=value`` (repeatable) a span or resource attribute of any span.
 - ``GET /api/stats?group_by=service|span_name|model|<attribute>&since=&until=&service=&scope=&limit=``:
   count, error rate, p50/p95/p99, tokens and cost per group, each span weighted by its
   trace's sample rate (see :data:`collector.sql.STATS`).
@@ -112,13 +112,14 @@ def _milliseconds(key: str, value: str) -> int:
 
 
 def _search_params(query: Any) -> dict[str, Any]:
-    known = {"service", "name", "span_name", "attribute", "error", "min_duration_ms", "max_duration_ms", "since",
-             "until", "limit", "tenant"}  # fmt: skip
+    known = {"service", "name", "span_service", "span_name", "attribute", "error", "min_duration_ms", "max_duration_ms",
+             "since", "until", "limit", "tenant"}  # fmt: skip
     unknown = sorted(set(query) - known)
     if unknown:
         raise BadParameter(f"unknown parameter {unknown[0]!r}")
     out: dict[str, Any] = {"service": query.get("service") or None, "name": query.get("name") or None,
-                           "span_name": query.get("span_name") or None, "tenant": query.get("tenant") or None,
+                           "span_name": query.get("span_name") or None, "span_service": query.get("span_service") or None,
+                           "tenant": query.get("tenant") or None,
                            "attributes": _attributes(query.getall("attribute", []))}  # fmt: skip
     err = query.get("error")
     if err:

@@ -274,12 +274,14 @@ ORDER BY Timestamp, SpanId
 LIMIT 1 BY SpanId
 """
 
-# Traces with a span named ``span_name`` (any span, not only the root) and, for each
+# Traces with a span named ``span_name`` (any span, not only the root), a span of service
+# ``span_service``, and, for each
 # key=value pair, a span carrying it as a span or resource attribute (not necessarily the
 # same span). A span starts no earlier than its trace, so ``since`` prunes the scan.
 _SPAN_FILTER = """({since_ns:Nullable(Int64)} IS NULL OR Timestamp >= fromUnixTimestamp64Nano({since_ns:Nullable(Int64)}))
     GROUP BY TraceId
     HAVING ({span_name:Nullable(String)} IS NULL OR countIf(SpanName = {span_name:Nullable(String)}) > 0)
+       AND ({span_service:Nullable(String)} IS NULL OR countIf(ServiceName = {span_service:Nullable(String)}) > 0)
        AND length(groupUniqArrayArray(arrayFilter(i -> SpanAttributes[{attr_keys:Array(String)}[i]] = {attr_values:Array(String)}[i]
                                                      OR ResourceAttributes[{attr_keys:Array(String)}[i]] = {attr_values:Array(String)}[i],
                                                   arrayEnumerate({attr_keys:Array(String)})))) = length({attr_keys:Array(String)})"""

@@ -207,9 +207,10 @@ class ClickHouseStore:
         params = {k: filters.get(k) for k in
                   ("service", "name", "error", "min_duration_ns", "max_duration_ns", "since_ns", "until_ns", "tenant")}
         attributes: list[tuple[str, str]] = filters.get("attributes") or []
-        params.update(limit=filters.get("limit") or 20, span_name=filters.get("span_name"),
+        span_name, span_service = filters.get("span_name"), filters.get("span_service")
+        params.update(limit=filters.get("limit") or 20, span_name=span_name, span_service=span_service,
                       attr_keys=[k for k, _ in attributes], attr_values=[v for _, v in attributes],
-                      span_filter=int(bool(attributes or filters.get("span_name"))))  # fmt: skip
+                      span_filter=int(bool(attributes or span_name or span_service)))  # fmt: skip
         result = self._client.query(sql.SEARCH_TRACES, parameters=params)
         traces = [
             {"trace_id": tid, "root_service": svc, "root_name": name, "start_time_unix_nano": start,

@@ -17,6 +17,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ClickHouseStore:
     tmp = tmp_path_factory.mktemp("search")
     model = request(1, attrs={"gen_ai.request.model": "gpt-4o"})
     query = request(2, name="db.query", attrs={"tier": "gold"})
+    billing = query.resource_spans.add()  # a second service in trace 2, under its root
+    billing.resource.attributes.add(key="service.name").value.string_value = "billing"
+    charge = billing.scope_spans.add().spans.add()
+    charge.CopyFrom(query.resource_spans[0].scope_spans[0].spans[1])
+    charge.span_id, charge.name = (9).to_bytes(8, "big"), "charge"
     split = request(3, spans=2)  # "a" on its first span, "b" on its second
     first, second = split.resource_spans[0].scope_spans[0].spans
     first.attributes.add(key="a").value.string_value = "1"
@@ -35,6 +40,14 @@ def test_span_name_matches_any_span_and_name_only_the_root(store: ClickHouseStor
     assert ids(store, span_name="db.query") == {2}
     assert ids(store, span_name="nothing") == set()
     assert ids(store, name="op") == {1, 3}
+
+
+def test_span_service_matches_any_span_and_service_only_the_root(store: ClickHouseStore) -> None:
+    assert ids(store, span_service="isolation") == {1, 2, 3}
+    assert ids(store, span_service="billing") == {2}
+    assert ids(store, service="billing") == set()  # it is not the root's service
+    assert ids(store, span_service="billing", span_name="charge") == {2}
+    assert ids(store, span_service="shipping") == set()
 
 
 def test_attributes_match_span_or_resource_and_all_are_required(store: ClickHouseStore) -> None:

@@ -36,6 +36,7 @@ function searchForm(params) {
   const form = el('form', {class: 'filters', role: 'search', 'aria-label': 'Trace filters'},
     field('Service (root)', 'service', params.get('service'), {list: 'services'}),
     field('Root span name', 'name', params.get('name')),
+    field('Any span of service', 'span_service', params.get('span_service'), {list: 'services'}),
     field('Any span named', 'span_name', params.get('span_name')),
     attributes.map((value, index) => field(index ? 'And attribute' : 'Attribute key=value', 'attribute', value,
       {index, placeholder: 'gen_ai.request.model=gpt-4o'})),
@@ -67,9 +68,9 @@ function searchForm(params) {
   return form;
 }
 
-/** Suggestions for the service field: the root services seen in the last day. */
+/** Suggestions for the service fields: the services seen in the last day. */
 async function suggestServices(form) {
-  const stats = await api('/api/stats', 'group_by=service&scope=root&since=24h&limit=200').catch(() => ({groups: []}));
+  const stats = await api('/api/stats', 'group_by=service&since=24h&limit=200').catch(() => ({groups: []}));
   form.querySelector('#services').append(...stats.groups.map((g) => el('option', {value: g.group})));
 }
 
