@@ -275,9 +275,9 @@ LIMIT 1 BY SpanId
 """
 
 # Traces with a span named ``span_name`` (any span, not only the root), a span of service
-# ``span_service``, and, for each
-# key=value pair, a span carrying it as a span or resource attribute (not necessarily the
-# same span). A span starts no earlier than its trace, so ``since`` prunes the scan.
+# ``span_service``, and for each key=value pair a span carrying it as a span or resource
+# attribute (not necessarily the same span). A span starts no earlier than its trace, so
+# ``since`` prunes the scan. Unset, the subquery reads nothing (``span_filter`` = 0).
 _SPAN_FILTER = """({since_ns:Nullable(Int64)} IS NULL OR Timestamp >= fromUnixTimestamp64Nano({since_ns:Nullable(Int64)}))
     GROUP BY TraceId
     HAVING ({span_name:Nullable(String)} IS NULL OR countIf(SpanName = {span_name:Nullable(String)}) > 0)

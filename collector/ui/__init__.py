@@ -2,7 +2,7 @@
 the query API's own server, on its port, with no build step.
 
 The pages are one static shell and plain ES modules (``collector/ui/static``), read once at
-start and kept in memory (immutable after :func:`add_routes`, so the event loop reads them
+start and kept in memory (immutable after :meth:`WebUi.add_routes`, so the event loop reads them
 without a lock). The shell holds no data: every trace, span and figure on screen comes from
 ``/api/*`` with the same bearer token and tenant rules as any API client, so the shell and its
 scripts are served without a token and the page asks for one when the API answers 401.
