@@ -120,6 +120,13 @@ def test_stats_compare_two_prompt_versions_side_by_side(shop: Any, browser: Any)
     page.get_by_role("link", name="refusal-v2").click()  # a group opens its traces
     page.wait_for_selector("body[data-ready=true]")
     expect(page.get_by_role("status")).to_have_text("6 traces")
+    open_page(page, c.api + "/stats")
+    page.get_by_label("Group by").select_option("")  # any attribute
+    page.get_by_label("Attribute key").fill("gen_ai.request.model")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url(re.compile(r"group_by=gen_ai.request.model"))
+    page.wait_for_selector("body[data-ready=true]")
+    expect(page.get_by_role("row", name="gpt-4o")).to_contain_text("23.1%")  # 3 failed LLM calls of 13
 
 
 def test_the_waterfall_works_from_the_keyboard(shop: Any, browser: Any) -> None:

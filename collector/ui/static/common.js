@@ -66,6 +66,20 @@ export async function api(path, params) {
   }
 }
 
+/** A labelled input in a filter form (``attrs.index`` tells apart repeated names). */
+export function field(label, name, value, attrs = {}) {
+  const {index = 0, ...rest} = attrs;
+  const id = `f-${name}-${index}`;
+  return el('div', {class: 'field'}, el('label', {for: id}, label), el('input', {id, name, value: value ?? '', ...rest}));
+}
+
+/** A labelled select; ``options`` are [value, text] pairs. */
+export function select(label, name, value, options) {
+  const id = `f-${name}`;
+  return el('div', {class: 'field'}, el('label', {for: id}, label),
+    el('select', {id, name}, options.map(([v, text]) => el('option', {value: v, selected: v === value}, text))));
+}
+
 export function errorBox(error) {
   return el('p', {class: 'error-box', role: 'alert'}, error instanceof ApiError ? error.message : `Error: ${error}`);
 }

@@ -1,23 +1,10 @@
 // The search page: filters live in the URL (so a search can be shared), the API is asked
 // with the same parameters, and a duration histogram of the results filters when clicked.
-import {api, cleanParams, el, errorBox, fmtCost, fmtDuration, fmtTime, fmtTokens} from './common.js';
+import {api, cleanParams, el, errorBox, field, fmtCost, fmtDuration, fmtTime, fmtTokens, select} from './common.js';
 
 const PRESETS = [['15m', 'Last 15 minutes'], ['1h', 'Last hour'], ['6h', 'Last 6 hours'], ['24h', 'Last 24 hours'],
   ['7d', 'Last 7 days'], ['', 'Any time'], ['custom', 'Between…']];
 const DEFAULT_LIMIT = '50';
-
-function field(label, name, value, attrs = {}) {
-  const id = `f-${name}-${attrs.index ?? 0}`;
-  delete attrs.index;
-  return el('div', {class: 'field'}, el('label', {for: id}, label),
-    el('input', {id, name, value: value ?? '', ...attrs}));
-}
-
-function select(label, name, value, options) {
-  const id = `f-${name}`;
-  return el('div', {class: 'field'}, el('label', {for: id}, label),
-    el('select', {id, name}, options.map(([v, text]) => el('option', {value: v, selected: v === value}, text))));
-}
 
 const isAbsolute = (value) => /^\d{4}-\d\d-\d\d/.test(value || '');
 

@@ -1,7 +1,7 @@
 // The stats page: /api/stats (every span weighted by its trace's sample rate) grouped by
 // service, model, prompt key or any attribute, and two groups side by side with the
 // difference and whether it is more than noise (two standard errors).
-import {api, cleanParams, el, errorBox, fmtCost, fmtCount, fmtPercent} from './common.js';
+import {api, cleanParams, el, errorBox, field, fmtCost, fmtCount, fmtPercent, select} from './common.js';
 
 const GROUPS = [['service', 'Service'], ['span_name', 'Span name'], ['model', 'Model'], ['prompt_key', 'Prompt key'], ['route', 'HTTP route']];
 const RANGES = [['1h', 'Last hour'], ['24h', 'Last 24 hours'], ['7d', 'Last 7 days'], ['', 'Any time']];
@@ -9,22 +9,18 @@ const RANGES = [['1h', 'Last hour'], ['24h', 'Last 24 hours'], ['7d', 'Last 7 da
 function statsForm(params) {
   const group = params.get('group_by') || 'service';
   const known = GROUPS.some(([v]) => v === group);
+  const attribute = field('Attribute key', 'attribute_key', known ? '' : group, {placeholder: 'gen_ai.request.model'});
+  attribute.hidden = known;
   const form = el('form', {class: 'filters', 'aria-label': 'Statistics options'},
-    el('div', {class: 'field'}, el('label', {for: 's-group'}, 'Group by'),
-      el('select', {id: 's-group', name: 'group_by'}, GROUPS.map(([v, t]) => el('option', {value: v, selected: v === group}, t)),
-        el('option', {value: '', selected: !known}, 'Attribute…'))),
-    el('div', {class: 'field', hidden: known}, el('label', {for: 's-attr'}, 'Attribute key'),
-      el('input', {id: 's-attr', name: 'attribute_key', value: known ? '' : group, placeholder: 'gen_ai.request.model'})),
-    el('div', {class: 'field'}, el('label', {for: 's-since'}, 'Time range'),
-      el('select', {id: 's-since', name: 'since'}, RANGES.map(([v, t]) => el('option', {value: v, selected: v === (params.get('since') ?? '')}, t)))),
-    el('div', {class: 'field'}, el('label', {for: 's-service'}, 'Service'), el('input', {id: 's-service', name: 'service', value: params.get('service') ?? ''})),
-    el('div', {class: 'field'}, el('label', {for: 's-scope'}, 'Spans'),
-      el('select', {id: 's-scope', name: 'scope'}, [['all', 'All spans'], ['root', 'Root spans only']].map(([v, t]) =>
-        el('option', {value: v, selected: v === (params.get('scope') || 'all')}, t)))),
-    el('div', {class: 'field'}, el('label', {for: 's-tenant'}, 'Tenant'), el('input', {id: 's-tenant', name: 'tenant', value: params.get('tenant') ?? ''})),
+    select('Group by', 'group_by', known ? group : '', [...GROUPS, ['', 'Attribute…']]),
+    attribute,
+    select('Time range', 'since', params.get('since') ?? '', RANGES),
+    field('Service', 'service', params.get('service')),
+    select('Spans', 'scope', params.get('scope') || 'all', [['all', 'All spans'], ['root', 'Root spans only']]),
+    field('Tenant', 'tenant', params.get('tenant')),
     el('div', {class: 'actions'}, el('button', {type: 'submit'}, 'Show')));
-  const groupSelect = form.querySelector('#s-group');
-  groupSelect.addEventListener('change', () => { form.querySelector('#s-attr').parentElement.hidden = groupSelect.value !== ''; });
+  const groupSelect = form.querySelector('#f-group_by');
+  groupSelect.addEventListener('change', () => { attribute.hidden = groupSelect.value !== ''; });
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     const data = new FormData(form);
