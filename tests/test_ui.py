@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import requests
+from opentelemetry.trace import Status, StatusCode
 from playwright.sync_api import Page, expect
 
 from tests.support import demo_traces
 from tests.support.collector import Collector
+from tests.support.otel import Sender
 from tests.support.ui import browser_page, open_page, run_axe, screenshot
 
 pytestmark = pytest.mark.e2e
@@ -326,3 +328,20 @@ def test_parent_cycles_orphans_and_deep_chains_still_show_every_span(shop: Any, 
     page.get_by_role("button", name="Fold all", exact=True).click()
     page.get_by_role("button", name="Next error").click()  # chain-59, 60 levels down, unfolded again
     expect(page.get_by_role("complementary", name="Span details").get_by_role("heading", name="chain-59")).to_be_visible()
+
+
+def test_a_new_user_sees_how_to_send_traces_then_their_first_trace(tmp_path: Path) -> None:
+    with Collector(tmp_path / "collector").start() as c, browser_page() as (page, log):
+        open_page(page, c.api + "/")
+        expect(page.get_by_role("status")).to_have_text("No traces stored yet.")
+        steps = page.get_by_role("region", name="Getting started")
+        expect(steps).to_contain_text("OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318")
+        sender = Sender("http", c, service="first-app", delay_ms=100)
+        with sender.tracer.start_as_current_span("GET /hello") as span:
+            span.set_status(Status(StatusCode.ERROR, "first failure"))
+        sender.close()
+        c.wait_for(lambda: c.get("/api/traces").json()["traces"], 60, "the first trace")
+        open_page(page, c.api + "/")
+        expect(page.get_by_role("link", name="first-app GET /hello")).to_be_visible()
+        expect(page.get_by_role("region", name="Getting started")).to_have_count(0)
+        assert not log.errors, log.errors

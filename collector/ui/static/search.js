@@ -109,6 +109,21 @@ function resultsTable(traces) {
       el('td', {}, t.sampled_by || '—', t.sample_rate > 1 ? el('span', {class: 'muted'}, ` (1 in ${t.sample_rate.toPrecision(3).replace(/\.?0+$/, '')})`) : '')))));
 }
 
+/** What a new user needs when nothing is stored yet. */
+function firstSteps() {
+  const env = ['export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318', 'export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf',
+    'export OTEL_SERVICE_NAME=my-service'].join('\n');
+  return el('section', {class: 'first-steps', 'aria-label': 'Getting started'},
+    el('h2', {}, 'Send traces here'),
+    el('p', {}, 'Point any OpenTelemetry SDK at this collector: OTLP over gRPC on port 4317 or HTTP on port 4318 ',
+      '(the defaults; tailsift run logs the addresses). No code change is needed:'),
+    el('pre', {}, env),
+    el('p', {}, 'A trace shows up here once it is decided: about 2 s after its root span ends (sampling.quiet_period), ',
+      'or 10 s after its first span at the latest. Only kept traces are stored: by default every trace with an error, ',
+      'every trace over 2 s and 5% of the rest, so most healthy traces are dropped on purpose. ',
+      'tailsift explain <trace id> says why a trace was kept or dropped.'));
+}
+
 export async function renderSearch(main, params) {
   document.title = 'Search traces · tailsift';
   const form = searchForm(params);
@@ -122,8 +137,10 @@ export async function renderSearch(main, params) {
   try {
     const {traces} = await api('/api/traces', query);
     const capped = traces.length >= Number(limit) ? ` (the newest ${limit}: narrow the search or raise the limit for more)` : '';
-    summary.textContent = traces.length ? `${traces.length} trace${traces.length === 1 ? '' : 's'}${capped}` : 'No kept trace matches these filters.';
-    results.append(histogram(traces, query), resultsTable(traces));
+    const filtered = [...query.keys()].some((key) => key !== 'limit');
+    summary.textContent = traces.length ? `${traces.length} trace${traces.length === 1 ? '' : 's'}${capped}`
+      : filtered ? 'No kept trace matches these filters.' : 'No traces stored yet.';
+    results.append(...(traces.length || filtered ? [histogram(traces, query), resultsTable(traces)] : [firstSteps()]));
   } catch (error) {
     summary.textContent = '';
     results.append(errorBox(error));
