@@ -1,5 +1,5 @@
 // The trace page: a summary, then a waterfall that renders only the rows in view (a trace
-// of 10,000 spans keeps about 60 rows in the DOM), with collapsible subtrees, the critical
+// of 10,000 spans keeps a few dozen rows in the DOM), with collapsible subtrees, the critical
 // path, self time, events as ticks, and the details of the selected span beside it.
 import {api, el, errorBox, fmtCost, fmtDuration, fmtTime, fmtTokens, TRACE_ID} from './common.js';
 import {buildTree, criticalPath, selfTimes, spanTokens, timeBounds, visibleRows} from './tree.js';
