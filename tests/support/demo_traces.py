@@ -5,11 +5,16 @@ links to an earlier trace, and ordinary traces under two prompt versions."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import requests
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
@@ -100,10 +105,6 @@ def send(c: Any) -> DemoTraces:
 
 def post_spans(c: Any, spans: list[Any], service: str = "agent-runner") -> None:
     """OTLP/HTTP protobuf, as any exporter would post it."""
-    import requests
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-
     request = ExportTraceServiceRequest()
     rs = request.resource_spans.add()
     rs.resource.attributes.add(key="service.name", value=AnyValue(string_value=service))
@@ -116,18 +117,16 @@ def post_spans(c: Any, spans: list[Any], service: str = "agent-runner") -> None:
 def tangled_trace(c: Any) -> str:
     """Spans whose parents form a cycle (a ↔ b), one whose parent never arrived, one deeper
     than the indentation goes (a chain of 60), and an error so that it is kept."""
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-
     trace_id, now = bytes(range(1, 17)), time.time_ns()
     sid = [bytes([0xEE, i, 0, 0, 0, 0, 0, 1]) for i in range(64)]
-    spans = [Span(trace_id=trace_id, span_id=sid[0], parent_span_id=sid[1], name="cycle-a"),
-             Span(trace_id=trace_id, span_id=sid[1], parent_span_id=sid[0], name="cycle-b"),
-             Span(trace_id=trace_id, span_id=sid[2], parent_span_id=b"\x99" * 8, name="orphan"),
-             *(Span(trace_id=trace_id, span_id=sid[3 + i], parent_span_id=sid[2 + i] if i else b"", name=f"chain-{i}")
+    spans = [trace_pb2.Span(trace_id=trace_id, span_id=sid[0], parent_span_id=sid[1], name="cycle-a"),
+             trace_pb2.Span(trace_id=trace_id, span_id=sid[1], parent_span_id=sid[0], name="cycle-b"),
+             trace_pb2.Span(trace_id=trace_id, span_id=sid[2], parent_span_id=b"\x99" * 8, name="orphan"),
+             *(trace_pb2.Span(trace_id=trace_id, span_id=sid[3 + i], parent_span_id=sid[2 + i] if i else b"", name=f"chain-{i}")
                for i in range(60))]  # fmt: skip
     for i, span in enumerate(spans):
         span.start_time_unix_nano, span.end_time_unix_nano = now + i * 1000, now + 10**6
-    spans[-1].status.code = Status.STATUS_CODE_ERROR
+    spans[-1].status.code = trace_pb2.Status.STATUS_CODE_ERROR
     post_spans(c, spans)
     return trace_id.hex()
 
@@ -135,11 +134,6 @@ def tangled_trace(c: Any) -> str:
 def big_trace(c: Any, spans: int, seed: int = 7) -> str:
     """One trace of ``spans`` spans (a root; 100 branches; chains and fans under them), posted
     as OTLP/HTTP protobuf in batches; returns its id. The shape of a long agent run."""
-    import random
-
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-
     rng = random.Random(seed)
     trace_id = rng.randbytes(16)
     start = time.time_ns() - 120 * 10**9
@@ -150,11 +144,11 @@ def big_trace(c: Any, spans: int, seed: int = 7) -> str:
     for i in range(spans):
         begin = start + (i * 7_000_000 if i else 0)
         end = start + spans * 7_000_000 + 1_000_000 if i == 0 else begin + rng.randrange(1, 50) * 1_000_000
-        span = Span(trace_id=trace_id, span_id=ids[i], parent_span_id=ids[parents[i]] if i else b"", name=f"step-{i % 40}",
+        span = trace_pb2.Span(trace_id=trace_id, span_id=ids[i], parent_span_id=ids[parents[i]] if i else b"", name=f"step-{i % 40}",
                     start_time_unix_nano=begin, end_time_unix_nano=end,
                     attributes=[KeyValue(key="step.index", value=AnyValue(int_value=i))])  # fmt: skip
         if i == spans - 1:
-            span.status.code = Status.STATUS_CODE_ERROR  # an error trace: kept by the default rules
+            span.status.code = trace_pb2.Status.STATUS_CODE_ERROR  # an error trace: kept by the default rules
             span.name = "last-step"
         out.append(span)
     for first in range(0, spans, 2000):

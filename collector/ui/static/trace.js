@@ -28,8 +28,8 @@ function summary(trace, spans, tree, decision) {
 
 /** A bar's label goes after the bar, else before it, else inside its end (white on the bar). */
 function labelPlace(left, end) {
-  if (end <= 70) return {left: `${end}%`};
-  return left >= 20 ? {right: `${100 - left}%`} : {right: `${100 - end}%`};
+  if (end <= 70) return {inside: false, style: {left: `${end}%`}};
+  return left >= 20 ? {inside: false, style: {right: `${100 - left}%`}} : {inside: true, style: {right: `${100 - end}%`}};
 }
 
 class Waterfall {
@@ -71,12 +71,7 @@ class Waterfall {
     }
     this.refresh();
     const index = this.rows.findIndex((r) => r.span.span_id === spanId);
-    if (index < 0) return;
-    this.focus = index;
-    this.body.scrollTop = Math.max(0, index * ROW_HEIGHT - this.body.clientHeight / 2);
-    this.selected = spanId;
-    this.render();
-    this.onSelect(this.rows[index].span);
+    if (index >= 0) this.select(index, false);
   }
 
   highlight(spanIds) {
@@ -86,16 +81,18 @@ class Waterfall {
 
   /** Fold every span with children (the roots stay open), or unfold them all. */
   foldAll(fold) {
-    this.collapsed = new Set(fold ? [...this.tree.children.keys()].filter((id) => !this.tree.roots.some((r) => r.span_id === id)) : []);
+    const roots = new Set(this.tree.roots.map((r) => r.span_id));
+    this.collapsed = new Set(fold ? [...this.tree.children.keys()].filter((id) => !roots.has(id)) : []);
     this.refresh();
+    this.render();
   }
 
+  /** The rows after a fold or unfold, keeping the focus on the same span (the caller renders). */
   refresh() {
     const focused = this.rows?.[this.focus]?.span.span_id;
     this.rows = visibleRows(this.tree.roots, this.tree.children, this.collapsed);
     if (focused) this.focus = Math.max(0, this.rows.findIndex((r) => r.span.span_id === focused));
     this.sizer.style.height = `${this.rows.length * ROW_HEIGHT}px`;
-    this.render();
   }
 
   schedule() {
@@ -114,7 +111,7 @@ class Waterfall {
     const hadFocus = this.body.contains(document.activeElement) && document.activeElement !== this.body;
     this.body.replaceChildren(this.sizer, ...wanted.filter((i) => i < this.rows.length).map((i) => this.row(i)));
     if (hadFocus) this.body.querySelector('[tabindex="0"]')?.focus({preventScroll: true});
-    performance.measure('tailsift:render', {start: began});  // what benchmarks/ui.py reads
+    if (window.tailsiftMeasure) performance.measure('tailsift:render', {start: began});  // set by benchmarks/ui.py
   }
 
   row(index) {
@@ -124,6 +121,7 @@ class Waterfall {
     const error = span.status_code === 'Error';
     const [tokensIn, tokensOut] = spanTokens(span);
     const expanded = hasChildren ? String(!this.collapsed.has(span.span_id)) : null;
+    const label = labelPlace(left, left + width);
     return el('div', {class: `wf-row${error ? ' error' : ''}${this.critical.has(span.span_id) ? ' critical' : ''}${this.matches?.has(span.span_id) ? ' match' : ''}`,
       role: 'treeitem', 'aria-level': depth + 1, 'aria-expanded': expanded, 'aria-selected': String(this.selected === span.span_id),
       tabindex: index === this.focus ? 0 : -1, 'data-index': index, 'data-span': span.span_id, style: {top: `${index * ROW_HEIGHT}px`}},
@@ -137,17 +135,19 @@ class Waterfall {
       el('div', {class: 'wf-bar', style: {left: `${left}%`, width: `${width}%`}},
         (span.events || []).map((ev) => el('span', {class: 'tick', title: ev.name,
           style: {left: `${Math.min(100, Math.max(0, ((ev.time_unix_nano - span.start_time_unix_nano) / (span.duration_ns || 1)) * 100))}%`}}))),
-      el('span', {class: `wf-label${left + width > 70 && left < 20 ? ' inside' : ''}`, style: labelPlace(left, left + width)},
+      el('span', {class: `wf-label${label.inside ? ' inside' : ''}`, style: label.style},
         `${fmtDuration(span.duration_ns)}${hasChildren ? ` · self ${fmtDuration(this.self.get(span.span_id))}` : ''}`)));
   }
 
-  moveTo(index) {
+  /** Make row ``index`` the tree's current row: scrolled into view, rendered, and focused
+   * unless ``focus`` is false (the find box keeps the keyboard). */
+  moveTo(index, focus = true) {
     this.focus = Math.min(Math.max(0, index), this.rows.length - 1);
     const top = this.focus * ROW_HEIGHT, view = this.body.clientHeight - ROW_HEIGHT;
     if (top < this.body.scrollTop) this.body.scrollTop = top;
     else if (top > this.body.scrollTop + view) this.body.scrollTop = top - view;
     this.render();
-    this.body.querySelector(`[data-index="${this.focus}"]`)?.focus({preventScroll: true});
+    if (focus) this.body.querySelector(`[data-index="${this.focus}"]`)?.focus({preventScroll: true});
   }
 
   toggle(index, open) {
@@ -158,9 +158,9 @@ class Waterfall {
     this.moveTo(this.focus);
   }
 
-  select(index) {
+  select(index, focus = true) {
     this.selected = this.rows[index].span.span_id;
-    this.moveTo(index);
+    this.moveTo(index, focus);
     this.onSelect(this.rows[index].span);
   }
 
