@@ -98,6 +98,7 @@ class Pipeline:
         self.sampler = TailSampler(settings.sampling) if samples else None
         self.writer = StorageWriter(settings.storage.clickhouse, on_settled=self._stored, prices=self.prices,
                                     on_kept_span=self.metrics.observe_kept if self.metrics else None,
+                                    kept_span_keys=tuple(self.metrics.label_keys) if self.metrics else (),
                                     maybe_stored=self.queue.maybe_stored, memory=self.memory) if samples else None
         if self.writer is not None and self.sampler is not None:
             self.writer.rows.inconsistent = self.sampler.inconsistent_rules

@@ -1,6 +1,11 @@
 """Kept traces → ClickHouse rows: the one place spans become Python objects after ingress.
 
-It runs only for traces that are kept, on the storage thread. Every value a client sent is
+It runs only for traces that are kept, on the storage thread. :class:`NativeRowBuilder`
+(the one storage uses) builds span rows in compiled code (``native/src/rows.rs``) as
+ClickHouse ``RowBinary`` bytes, from the fragments' OTLP bytes, and Python only prices LLM
+calls and tells ``on_span`` per span; :class:`RowBuilder` builds the same rows as Python
+values and is its reference: ``tests/test_rows_contract.py`` encodes those with
+:func:`encode_span_row` and requires the same bytes. Every value a client sent is
 made storable here, so that one absurd span can never make a whole insert fail: timestamps
 past 2100 are clamped (the TTL goes through ``DateTime``, which ends in 2106), token counts
 that are not finite, negative or absurd count as 0 or are capped (``parse_count``), and a
@@ -17,18 +22,21 @@ Counter that the event loop reads for /metrics (reading an int is atomic under t
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, TracesData
 
 from collector.auth import TENANT_KEY
-from processors.genai import MAX_TOKENS, PriceTable, Usage, parse_count
-from processors.otlp_values import (KIND_NAMES, STATUS_NAMES, attributes_map, service_name, typed_attributes,
-                                    value_as_string)
+from processors import _wire
+from processors.genai import MAX_TOKENS, USAGE_KEYS, PriceTable, Usage, parse_count
+from processors.otlp_values import (KIND_NAMES, STATUS_NAMES, any_value, attributes_map, service_name,
+                                    typed_attributes, value_as_string)
 from processors.sampling import otep235
 from processors.sampling.sampler import Decision
 
@@ -37,8 +45,10 @@ from processors.sampling.sampler import Decision
 # to 2100-01-01 leaves room for the longest TTL the config accepts (5 years).
 MAX_TIMESTAMP_NS = 4_102_444_800 * 1_000_000_000
 
-KeptSpanHook = Callable[[str, str, str, str, dict[str, str], int], None]
-"""Told of every stored span: (trace id, service, name, status, attributes, duration ns)."""
+KeptSpanHook = Callable[[str, str, str, str, Mapping[str, str], int], None]
+"""Told of every stored span: (trace id, service, name, status, attributes, duration ns).
+From :class:`NativeRowBuilder` the attributes are only those named in its ``span_keys``
+and the GenAI usage keys."""
 
 
 def _ts(ns: int) -> int:
@@ -110,7 +120,7 @@ class RowBuilder:
                 pass
         return count
 
-    def cost(self, attributes: dict[str, str]) -> float:
+    def cost(self, attributes: Mapping[str, str]) -> float:
         """What a stored span cost, from the price table (0 when not an LLM call or unpriced)."""
         prices = self.prices  # read once: a reload may swap the table (never changes one)
         if prices is None or not prices.priced:
@@ -124,9 +134,7 @@ class RowBuilder:
         trace_hex = d.summary.trace_id.hex()
         on_span = self.on_span
         tenant: str | None = None  # the first span's, replaced by the root span's
-        # OTEP 235: each span's TraceState says at what probability it was kept (th), unless
-        # a rate limit kept it (no consistent threshold: th is removed).
-        th = otep235.threshold(1.0 / d.sample_rate) if d.sample_rate >= 1.0 and d.rule not in self.inconsistent else None
+        th = self.threshold(d)
         states: dict[str, str] = {}
         for fragment in d.fragments:
             for rs in TracesData.FromString(fragment.payload).resource_spans:
@@ -161,16 +169,108 @@ class RowBuilder:
                             *(_link_columns(links) if links else _NO_LINKS),
                             d.sample_rate, d.rule, self.cost(attrs), attr_types, resource_types,
                         ])  # fmt: skip
+        return TraceRows(d, spans, [self._trace_row(d, tenant or "", decided_ns)])
+
+    @staticmethod
+    def _trace_row(d: Decision, tenant: str, decided_ns: int | None) -> list[Any]:
+        """The ``tailsift_traces`` row of a kept trace."""
         summary, root = d.summary, d.summary.root
-        trace = [
-            trace_hex, _ts(summary.start_ns), _ts(summary.end_ns), summary.duration_ns,
+        return [
+            summary.trace_id.hex(), _ts(summary.start_ns), _ts(summary.end_ns), summary.duration_ns,
             root.service if root else "", root.name if root else "",
             _ts(root.start_ns) if root else 0, _ts(root.end_ns) if root else 0,
-            summary.span_count, int(summary.has_error), d.sample_rate, d.rule, tenant or "",
+            summary.span_count, int(summary.has_error), d.sample_rate, d.rule, tenant,
             summary.source_partition, summary.source_offset, decided_ns or time.time_ns(), summary.span_count,
             int(d.would_keep),
         ]  # fmt: skip
-        return TraceRows(d, spans, [trace])
+
+    def threshold(self, d: Decision) -> int | None:
+        """OTEP 235: each span's TraceState says at what probability it was kept (th), unless
+        a rate limit kept it (no consistent threshold: th is removed)."""
+        if d.sample_rate >= 1.0 and d.rule not in self.inconsistent:
+            return otep235.threshold(1.0 / d.sample_rate)
+        return None
+
+
+_F64 = struct.Struct("<d")
+_NO_ATTRIBUTES: Mapping[str, str] = {}  # read-only
+
+
+def _render(raw: bytes) -> str:
+    """A composite attribute value (array, kvlist, bytes) as the reference stores it."""
+    return value_as_string(AnyValue.FromString(raw))
+
+
+def _service(raw: bytes) -> str:
+    """A ``service.name`` that is not a string, as :func:`service_name` reads it."""
+    return str(any_value(AnyValue.FromString(raw)))
+
+
+class NativeRowBuilder(RowBuilder):
+    """:class:`RowBuilder`'s rows, with span rows as ``(RowBinary bytes, trace id hex, span id
+    hex)`` built by the extension. ``span_keys``: attributes ``on_span`` reads besides the
+    GenAI usage keys (the span metrics' label keys)."""
+
+    def __init__(self, prices: PriceTable | None = None, on_span: KeptSpanHook | None = None,
+                 span_keys: tuple[str, ...] = ()):  # fmt: skip
+        super().__init__(prices, on_span)
+        self._wanted = [k.encode() for k in sorted(USAGE_KEYS | frozenset(span_keys))]
+
+    def __call__(self, d: Decision, decided_ns: int | None = None) -> TraceRows:
+        trace_hex = d.summary.trace_id.hex()
+        th = self.threshold(d)
+        built, tenant, clamped = _wire.span_rows(
+            [f.payload for f in d.fragments], trace_hex, d.sample_rate, d.rule, TENANT_KEY.encode(), self._wanted,
+            lambda state: otep235.with_threshold(state, th), _render, _service)  # fmt: skip
+        if clamped:
+            self.clamped["timestamp"] += clamped
+        on_span = self.on_span
+        spans: list[Any] = []
+        for row, span_hex, service, name, status, duration, attrs, cost_at in built:
+            if attrs is not None:  # it has GenAI usage or label attributes: maybe an LLM call to price
+                cost = self.cost(attrs)
+                if cost:
+                    row = row[:cost_at] + _F64.pack(cost) + row[cost_at + 8 :]
+            if on_span is not None:
+                on_span(trace_hex, service, name, status, attrs or _NO_ATTRIBUTES, duration)
+            spans.append((row, trace_hex, span_hex))
+        return TraceRows(d, spans, [self._trace_row(d, tenant, decided_ns)])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _string(value: str) -> bytes:
+    data = value.encode()
+    return _varint(len(data)) + data
+
+
+def _map(values: Mapping[str, str]) -> bytes:
+    return _varint(len(values)) + b"".join(_string(k) + _string(v) for k, v in values.items())
+
+
+def _array(encode: Callable[[Any], bytes]) -> Callable[[list[Any]], bytes]:
+    return lambda values: _varint(len(values)) + b"".join(encode(v) for v in values)
+
+
+_I64, _U64 = struct.Struct("<q").pack, struct.Struct("<Q").pack
+SPAN_ENCODERS: tuple[Callable[[Any], bytes], ...] = (
+    _I64, _string, _string, _string, _string, _string, _string, _string, _map, _string, _string, _map, _U64,
+    _string, _string, _array(_I64), _array(_string), _array(_map), _array(_map), _array(_string), _array(_string),
+    _array(_string), _array(_map), _F64.pack, _string, _F64.pack, _map, _map,
+)  # fmt: skip
+"""One per column of ``sql.SPAN_COLUMNS``, in order: its ClickHouse ``RowBinary`` encoding."""
+
+
+def encode_span_row(row: list[Any]) -> bytes:
+    """A span row of Python values (:class:`RowBuilder`'s) as ``RowBinary``."""
+    return b"".join(encode(value) for encode, value in zip(SPAN_ENCODERS, row, strict=True))
 
 
 def raw_span(decision: Decision, span_id_hex: str) -> bytes:

@@ -26,7 +26,7 @@ from collector import sql
 from processors.fragment import RootInfo
 from processors.otlp_values import typed
 from collector.config import ClickHouseSettings
-from collector.rows import Rejected
+from collector.rows import Rejected, encode_span_row
 from processors.sampling.sampler import TraceSummary
 
 
@@ -58,9 +58,11 @@ def safe_dsn(dsn: str) -> str:
 
 @dataclass(slots=True)
 class Rows:
-    """Rows for one insert: spans and trace summaries."""
+    """Rows for one insert: spans and trace summaries. A span row is ``(RowBinary bytes, trace
+    id hex, span id hex)`` (:class:`collector.rows.NativeRowBuilder`'s) or a list of column
+    values (the reference builder's, encoded at insert)."""
 
-    spans: list[list[Any]]
+    spans: list[Any]
     traces: list[list[Any]]
 
 
@@ -79,14 +81,12 @@ def _typed(values: dict[str, str], types: dict[str, str]) -> dict[str, Any]:
     return {key: typed(value, types.get(key)) for key, value in values.items()} if types else dict(values)
 
 
-def block_token(rows: list[list[Any]], columns: tuple[int, ...]) -> str:
+def block_token(rows: list[Any], columns: tuple[int, ...]) -> str:
     """The deduplication token of a block of rows: the given columns of every row, in
     order (spans: trace and span id). The same block sent again gets the same token, and
     ClickHouse stores it once."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(":".join(str(row[i]) for i in columns).encode() + b";")
-    return digest.hexdigest()
+    text = "".join(":".join([str(row[i]) for i in columns]) + ";" for row in rows)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ClickHouseStore:
@@ -151,8 +151,14 @@ class ClickHouseStore:
     def insert(self, rows: Rows) -> None:
         try:
             if rows.spans:
-                self._client.insert(sql.SPANS_TABLE, rows.spans, column_names=sql.SPAN_COLUMNS,
-                                    settings={"insert_deduplication_token": block_token(rows.spans, (1, 2))})
+                # optimize_on_insert 0: ClickHouse would otherwise apply ReplacingMergeTree's
+                # deduplication to every inserted block, half the engine's cost of an insert
+                # (measured: 7,168 LLM span rows, 165 -> 82 ms on chDB). Readers deduplicate
+                # anyway (LIMIT 1 BY), as they must for copies in different blocks.
+                data = b"".join(r[0] if isinstance(r, tuple) else encode_span_row(r) for r in rows.spans)
+                self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, data, fmt="RowBinary",
+                                        settings={"insert_deduplication_token": block_token(rows.spans, (1, 2)),
+                                                  "optimize_on_insert": 0})  # fmt: skip
             if rows.traces:
                 self._client.insert(sql.TRACES_TABLE, rows.traces, column_names=sql.TRACE_COLUMNS)
         finally:

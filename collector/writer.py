@@ -59,7 +59,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from collector.config import ClickHouseSettings
 from collector.errors import Unavailable
 from collector.memory import MemoryLimiter
-from collector.rows import KeptSpanHook, Rejected, RowBuilder, TraceRows, raw_span
+from collector.rows import KeptSpanHook, NativeRowBuilder, Rejected, TraceRows, raw_span
 from collector.storage import ClickHouseStore, Rows, safe_dsn
 from processors.genai import PriceTable
 from processors.spanmetrics import Histogram
@@ -102,13 +102,13 @@ class StorageWriter:
 
     def __init__(self, settings: ClickHouseSettings, store: ClickHouseStore | None = None,
                  on_settled: Callable[[list[Decision]], None] | None = None, prices: PriceTable | None = None,
-                 on_kept_span: KeptSpanHook | None = None,
+                 on_kept_span: KeptSpanHook | None = None, kept_span_keys: tuple[str, ...] = (),
                  maybe_stored: Callable[[tuple[int, int]], bool] | None = None,
                  memory: MemoryLimiter | None = None):  # fmt: skip
         self.settings = settings
         self.memory = memory
         self.maybe_stored = maybe_stored
-        self.rows = RowBuilder(prices, on_kept_span)
+        self.rows = NativeRowBuilder(prices, on_kept_span, kept_span_keys)
         self.store = store or ClickHouseStore(settings)
         self.on_settled = on_settled
         self._inserting = 0

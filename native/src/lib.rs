@@ -8,6 +8,7 @@ mod envelope;
 mod metrics;
 mod ot;
 mod otlp;
+mod rows;
 mod rules;
 mod split;
 mod wire;
@@ -90,6 +91,20 @@ fn ot_threshold(p: f64) -> u64 {
     ot::threshold(p)
 }
 
+/// span_rows(payloads, trace_hex, sample_rate, rule, tenant_key, wanted, state, render,
+/// service) -> ([(row, span_hex, service, name, status, duration_ns, wanted attributes or
+/// None, cost offset)], tenant, clamped): a kept trace's `otel_traces` rows as RowBinary
+/// (see `rows.rs`).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn span_rows<'py>(py: Python<'py>, payloads: &Bound<'py, PyList>, trace_hex: &str, sample_rate: f64, rule: &str,
+                  tenant_key: &[u8], wanted: Vec<Vec<u8>>, state: Bound<'py, PyAny>, render: Bound<'py, PyAny>,
+                  service: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    let mut helpers = rows::helpers(py, state, render, service);
+    let trace = rows::Trace { trace_hex, sample_rate, rule, tenant_key, wanted };
+    rows::span_rows(&mut helpers, &trace, payloads)
+}
+
 #[pymodule]
 fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_request, m)?)?;
@@ -98,6 +113,7 @@ fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack, m)?)?;
     m.add_function(wrap_pyfunction!(ot_upstream, m)?)?;
     m.add_function(wrap_pyfunction!(ot_threshold, m)?)?;
+    m.add_function(wrap_pyfunction!(span_rows, m)?)?;
     m.add_class::<buffer::TraceBuffer>()?;
     Ok(())
 }

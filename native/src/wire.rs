@@ -186,6 +186,11 @@ impl<'a> Merged<'a> {
         }
     }
 
+    /// The bytes, borrowed from the message, while there was one occurrence.
+    pub fn borrowed(&self) -> Option<&'a [u8]> {
+        if self.more.is_none() { self.first } else { None }
+    }
+
     pub fn present(&self) -> bool {
         self.first.is_some()
     }

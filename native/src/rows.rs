@@ -1,0 +1,466 @@
+//! Rows for the spans of a kept trace, as ClickHouse `RowBinary` bytes in the column order
+//! of `sql.SPAN_COLUMNS`, straight from the fragments' OTLP bytes: no protobuf object and
+//! no Python list per span. `collector/rows.py` (`NativeRowBuilder`) is its Python face,
+//! and its `RowBuilder` the reference that `tests/test_rows_contract.py` holds this to,
+//! byte for byte.
+//!
+//! What Python still decides is passed in as callables, called per distinct value rather
+//! than per span: a TraceState with its OTEP 235 threshold, the text of a composite
+//! attribute (array, kvlist, bytes: JSON as the exporter writes it), a non-string
+//! `service.name`. Doubles are rendered by Python's own `str(float)`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
+
+use crate::otlp::attributes;
+use crate::wire::{each, put_varint, Merged, Reader, Result, Value, WireError};
+
+/// Start times are clamped here (2100-01-01): see `collector/rows.py`.
+pub const MAX_TIMESTAMP_NS: u64 = 4_102_444_800 * 1_000_000_000;
+const KIND_NAMES: [&str; 6] = ["Unspecified", "Internal", "Server", "Client", "Producer", "Consumer"];
+
+/// An `AnyValue`'s set member: the last one on the wire wins, as in upb.
+enum Any<'a> {
+    Empty,
+    Str(&'a [u8]),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Composite(&'static str),
+}
+
+fn any(value: &[u8]) -> Result<Any<'_>> {
+    let mut out = Any::Empty;
+    each(value, |field, v| {
+        out = match (field, v) {
+            (1, Value::Bytes(b)) => Any::Str(b),
+            (2, Value::Varint(n)) => Any::Bool(n != 0),
+            (3, Value::Varint(n)) => Any::Int(n as i64),
+            (4, Value::Fixed64(n)) => Any::Double(f64::from_bits(n)),
+            (5, Value::Bytes(_)) => Any::Composite("array"),
+            (6, Value::Bytes(_)) => Any::Composite("kvlist"),
+            (7, Value::Bytes(_)) => Any::Composite("bytes"),
+            _ => return Ok(()),
+        };
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls into Python, with what they returned remembered for the rest of the trace.
+pub struct Helpers<'py> {
+    py: Python<'py>,
+    state: Bound<'py, PyAny>,
+    render: Bound<'py, PyAny>,
+    service: Bound<'py, PyAny>,
+    states: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl<'py> Helpers<'py> {
+    fn text(&self, f: &Bound<'py, PyAny>, arg: Bound<'py, PyAny>) -> PyResult<Vec<u8>> {
+        Ok(f.call1((arg,))?.cast::<PyString>()?.to_str()?.as_bytes().to_vec())
+    }
+
+    /// The stored text of an attribute value and its type name (None for a string or unset).
+    fn value<'a>(&self, raw: &'a [u8]) -> PyResult<(Cow<'a, [u8]>, Option<&'static str>)> {
+        Ok(match any(raw).map_err(crate::malformed)? {
+            Any::Empty => (Cow::Borrowed(&[]), None),
+            Any::Str(s) => (Cow::Borrowed(s), None),
+            Any::Bool(b) => (Cow::Borrowed(if b { b"true" } else { b"false" }), Some("bool")),
+            Any::Int(n) => (Cow::Owned(n.to_string().into_bytes()), Some("int")),
+            Any::Double(x) => (Cow::Owned(PyFloat::new(self.py, x).str()?.to_str()?.as_bytes().to_vec()), Some("double")),
+            Any::Composite(kind) => (Cow::Owned(self.text(&self.render, PyBytes::new(self.py, raw).into_any())?), Some(kind)),
+        })
+    }
+
+    fn trace_state(&mut self, raw: &[u8]) -> PyResult<Vec<u8>> {
+        if let Some(done) = self.states.get(raw) {
+            return Ok(done.clone());
+        }
+        let text = std::str::from_utf8(raw).map_err(|_| crate::malformed(WireError("TraceState is not UTF-8")))?;
+        let done = self.text(&self.state, PyString::new(self.py, text).into_any())?;
+        self.states.insert(raw.to_vec(), done.clone());
+        Ok(done)
+    }
+}
+
+/// A `KeyValue` list as the two maps the reference builds: values by key (first position,
+/// last value) and the types of non-string values (first position among them, last type).
+#[derive(Default)]
+struct Typed<'a> {
+    values: Ordered<'a, Cow<'a, [u8]>>,
+    types: Ordered<'a, &'static str>,
+}
+
+/// Pairs in order of each key's first use; a hash index once there are many (a span with
+/// thousands of attributes must not cost a quadratic scan).
+struct Ordered<'a, V> {
+    items: Vec<(&'a [u8], V)>,
+    index: HashMap<&'a [u8], usize>,
+}
+
+impl<V> Default for Ordered<'_, V> {
+    fn default() -> Self {
+        Ordered { items: Vec::new(), index: HashMap::new() }
+    }
+}
+
+const INDEX_FROM: usize = 16;
+
+impl<'a, V> Ordered<'a, V> {
+    fn position(&self, key: &[u8]) -> Option<usize> {
+        if self.items.len() > INDEX_FROM {
+            self.index.get(key).copied()
+        } else {
+            self.items.iter().position(|(k, _)| *k == key)
+        }
+    }
+
+    fn upsert(&mut self, key: &'a [u8], value: V) {
+        match self.position(key) {
+            Some(i) => self.items[i].1 = value,
+            None => {
+                self.items.push((key, value));
+                if self.items.len() > INDEX_FROM {
+                    if self.index.is_empty() {
+                        self.index.extend(self.items.iter().enumerate().map(|(i, (k, _))| (*k, i)));
+                    } else {
+                        self.index.insert(key, self.items.len() - 1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Typed<'a> {
+    fn read(h: &Helpers<'_>, message: &'a [u8], number: u32) -> PyResult<Self> {
+        let mut pairs: Vec<(&'a [u8], Merged<'a>)> = Vec::new();
+        attributes(message, number, |key, value| pairs.push((key, value))).map_err(crate::malformed)?;
+        let mut out = Typed::default();
+        for &(key, ref value) in &pairs {
+            let (text, kind) = match value.borrowed() {
+                Some(raw) => h.value(raw)?,
+                None => {
+                    let (text, kind) = h.value(value.bytes())?;
+                    (Cow::Owned(text.into_owned()), kind)
+                }
+            };
+            out.values.upsert(key, text);
+            if let Some(kind) = kind {
+                out.types.upsert(key, kind);
+            }
+        }
+        Ok(out)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.values.position(key).map(|i| self.values.items[i].1.as_ref())
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s);
+}
+
+fn put_hex(out: &mut Vec<u8>, b: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    put_varint(out, 2 * b.len() as u64);
+    for byte in b {
+        out.push(HEX[(byte >> 4) as usize]);
+        out.push(HEX[(byte & 15) as usize]);
+    }
+}
+
+fn put_map<V: AsRef<[u8]>>(out: &mut Vec<u8>, pairs: &[(&[u8], V)]) {
+    put_varint(out, pairs.len() as u64);
+    for (k, v) in pairs {
+        put_str(out, k);
+        put_str(out, v.as_ref());
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+struct Event<'a> {
+    time: u64,
+    name: &'a [u8],
+    attrs: Typed<'a>,
+}
+
+struct Link<'a> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    state: &'a [u8],
+    attrs: Typed<'a>,
+}
+
+/// The arguments of one call: the trace, and what each of its rows carries.
+pub struct Trace<'a> {
+    pub trace_hex: &'a str,
+    pub sample_rate: f64,
+    pub rule: &'a str,
+    pub tenant_key: &'a [u8],
+    pub wanted: Vec<Vec<u8>>,
+}
+
+/// Per span: (row, span id hex, service, name, status, duration, wanted attributes or None,
+/// where the CostUsd column starts); then the trace's tenant and the start times clamped.
+pub fn span_rows<'py>(h: &mut Helpers<'py>, t: &Trace<'_>, payloads: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyTuple>> {
+    let py = h.py;
+    let out = PyList::empty(py);
+    let mut tenant: Option<Vec<u8>> = None;
+    let mut clamped = 0u64;
+    let statuses = [PyString::intern(py, "Unset"), PyString::intern(py, "Ok"), PyString::intern(py, "Error")];
+    for payload in payloads.iter() {
+        let payload = payload.cast::<PyBytes>()?.as_bytes();
+        let mut top = Reader::new(payload);
+        while let Some((field, value)) = top.next().map_err(crate::malformed)? {
+            let rs = match (field, value) {
+                (1, Value::Bytes(b)) => b,
+                _ => continue,
+            };
+            let mut resource = Merged::default();
+            let mut scopes: Vec<&[u8]> = Vec::new();
+            each(rs, |field, value| {
+                match (field, value) {
+                    (1, Value::Bytes(b)) => resource.push(b),
+                    (2, Value::Bytes(b)) => scopes.push(b),
+                    _ => {}
+                }
+                Ok(())
+            })
+            .map_err(crate::malformed)?;
+            let resource_bytes = resource.bytes().to_vec();
+            let typed = Typed::read(h, &resource_bytes, 1)?;
+            let service = service_of(h, &resource_bytes)?;
+            let resource_tenant = typed.get(t.tenant_key).unwrap_or_default().to_vec();
+            if tenant.is_none() {
+                tenant = Some(resource_tenant.clone());
+            }
+            let mut resource_cols = Vec::new();
+            put_map(&mut resource_cols, &typed.values.items);
+            let mut resource_types = Vec::new();
+            put_map(&mut resource_types, &typed.types.items);
+            let service_py = PyString::new(py, &String::from_utf8_lossy(&service));
+            for ss in scopes {
+                let (mut scope, mut spans) = (Merged::default(), Vec::new());
+                each(ss, |field, value| {
+                    match (field, value) {
+                        (1, Value::Bytes(b)) => scope.push(b),
+                        (2, Value::Bytes(b)) => spans.push(b),
+                        _ => {}
+                    }
+                    Ok(())
+                })
+                .map_err(crate::malformed)?;
+                let (mut scope_name, mut scope_version): (&[u8], &[u8]) = (&[], &[]);
+                each(scope.bytes(), |field, value| {
+                    match (field, value) {
+                        (1, Value::Bytes(b)) => scope_name = b,
+                        (2, Value::Bytes(b)) => scope_version = b,
+                        _ => {}
+                    }
+                    Ok(())
+                })
+                .map_err(crate::malformed)?;
+                let mut scope_cols = Vec::new();
+                put_str(&mut scope_cols, scope_name);
+                put_str(&mut scope_cols, scope_version);
+                for raw in spans {
+                    let s = Span::read(h, raw)?;
+                    if s.parent.is_empty() {
+                        tenant = Some(resource_tenant.clone());
+                    }
+                    if s.start > MAX_TIMESTAMP_NS {
+                        clamped += 1;
+                    }
+                    let state = h.trace_state(s.state)?;
+                    let mut row = Vec::with_capacity(raw.len() + resource_cols.len() + 256);
+                    row.extend_from_slice(&s.start.min(MAX_TIMESTAMP_NS).to_le_bytes());
+                    put_str(&mut row, t.trace_hex.as_bytes());
+                    put_hex(&mut row, s.span_id);
+                    put_hex(&mut row, s.parent);
+                    put_str(&mut row, &state);
+                    put_str(&mut row, s.name);
+                    put_str(&mut row, KIND_NAMES.get(s.kind as usize).copied().unwrap_or("Unspecified").as_bytes());
+                    put_str(&mut row, &service);
+                    row.extend_from_slice(&resource_cols);
+                    row.extend_from_slice(&scope_cols);
+                    put_map(&mut row, &s.attrs.values.items);
+                    let duration = s.end.saturating_sub(s.start);
+                    row.extend_from_slice(&duration.to_le_bytes());
+                    let status = if (0..3).contains(&s.code) { s.code as usize } else { 0 };
+                    put_str(&mut row, statuses[status].to_str()?.as_bytes());
+                    put_str(&mut row, &s.message);
+                    s.put_events(&mut row);
+                    s.put_links(&mut row);
+                    row.extend_from_slice(&t.sample_rate.to_le_bytes());
+                    put_str(&mut row, t.rule.as_bytes());
+                    let cost_at = row.len();
+                    row.extend_from_slice(&0f64.to_le_bytes());
+                    put_map(&mut row, &s.attrs.types.items);
+                    row.extend_from_slice(&resource_types);
+                    let wanted = PyDict::new(py);
+                    for key in &t.wanted {
+                        if let Some(v) = s.attrs.get(key) {
+                            wanted.set_item(PyString::new(py, std::str::from_utf8(key)?), PyString::new(py, std::str::from_utf8(v)?))?;
+                        }
+                    }
+                    let name = PyString::new(py, std::str::from_utf8(s.name)?);
+                    let wanted = if wanted.is_empty() { py.None().into_bound(py) } else { wanted.into_any() };
+                    let item = (PyBytes::new(py, &row), hex(s.span_id), &service_py, name, &statuses[status], duration,
+                                wanted, cost_at);
+                    out.append(item)?;
+                }
+            }
+        }
+    }
+    let tenant = String::from_utf8_lossy(&tenant.unwrap_or_default()).into_owned();
+    (out, tenant, clamped).into_pyobject(py)
+}
+
+/// A resource's `service.name` as the reference reads it: the first such key, its value as
+/// Python's `str` of it (through `service` for anything but a string), else `unknown_service`.
+fn service_of(h: &Helpers<'_>, resource: &[u8]) -> PyResult<Vec<u8>> {
+    let mut first: Option<Merged<'_>> = None;
+    attributes(resource, 1, |key, value| {
+        if first.is_none() && key == b"service.name" {
+            first = Some(value);
+        }
+    })
+    .map_err(crate::malformed)?;
+    let Some(value) = first else { return Ok(b"unknown_service".to_vec()) };
+    match any(value.bytes()).map_err(crate::malformed)? {
+        Any::Str(s) => Ok(s.to_vec()),
+        _ => h.text(&h.service, PyBytes::new(h.py, value.bytes()).into_any()),
+    }
+}
+
+struct Span<'a> {
+    span_id: &'a [u8],
+    parent: &'a [u8],
+    state: &'a [u8],
+    name: &'a [u8],
+    kind: i32,
+    start: u64,
+    end: u64,
+    code: i32,
+    message: Vec<u8>,
+    attrs: Typed<'a>,
+    events: Vec<Event<'a>>,
+    links: Vec<Link<'a>>,
+}
+
+impl<'a> Span<'a> {
+    fn read(h: &Helpers<'_>, raw: &'a [u8]) -> PyResult<Self> {
+        let mut s = Span { span_id: &[], parent: &[], state: &[], name: &[], kind: 0, start: 0, end: 0, code: 0,
+                           message: Vec::new(), attrs: Typed::default(), events: Vec::new(), links: Vec::new() };
+        let (mut status, mut events, mut links) = (Merged::default(), Vec::new(), Vec::new());
+        each(raw, |field, value| {
+            match (field, value) {
+                (2, Value::Bytes(b)) => s.span_id = b,
+                (3, Value::Bytes(b)) => s.state = b,
+                (4, Value::Bytes(b)) => s.parent = b,
+                (5, Value::Bytes(b)) => s.name = b,
+                (6, Value::Varint(v)) => s.kind = v as i32,
+                (7, Value::Fixed64(v)) => s.start = v,
+                (8, Value::Fixed64(v)) => s.end = v,
+                (11, Value::Bytes(b)) => events.push(b),
+                (13, Value::Bytes(b)) => links.push(b),
+                (15, Value::Bytes(b)) => status.push(b),
+                _ => {}
+            }
+            Ok(())
+        })
+        .map_err(crate::malformed)?;
+        s.attrs = Typed::read(h, raw, 9)?;
+        each(status.bytes(), |field, value| {
+            match (field, value) {
+                (2, Value::Bytes(b)) => s.message = b.to_vec(),
+                (3, Value::Varint(v)) => s.code = v as i32,
+                _ => {}
+            }
+            Ok(())
+        })
+        .map_err(crate::malformed)?;
+        for e in events {
+            let mut event = Event { time: 0, name: &[], attrs: Typed::read(h, e, 3)? };
+            each(e, |field, value| {
+                match (field, value) {
+                    (1, Value::Fixed64(v)) => event.time = v,
+                    (2, Value::Bytes(b)) => event.name = b,
+                    _ => {}
+                }
+                Ok(())
+            })
+            .map_err(crate::malformed)?;
+            s.events.push(event);
+        }
+        for l in links {
+            let mut link = Link { trace_id: &[], span_id: &[], state: &[], attrs: Typed::read(h, l, 4)? };
+            each(l, |field, value| {
+                match (field, value) {
+                    (1, Value::Bytes(b)) => link.trace_id = b,
+                    (2, Value::Bytes(b)) => link.span_id = b,
+                    (3, Value::Bytes(b)) => link.state = b,
+                    _ => {}
+                }
+                Ok(())
+            })
+            .map_err(crate::malformed)?;
+            s.links.push(link);
+        }
+        Ok(s)
+    }
+
+    fn put_events(&self, row: &mut Vec<u8>) {
+        let n = self.events.len() as u64;
+        put_varint(row, n);
+        for e in &self.events {
+            row.extend_from_slice(&e.time.min(MAX_TIMESTAMP_NS).to_le_bytes());
+        }
+        put_varint(row, n);
+        for e in &self.events {
+            put_str(row, e.name);
+        }
+        put_varint(row, n);
+        for e in &self.events {
+            put_map(row, &e.attrs.values.items);
+        }
+        put_varint(row, n);
+        for e in &self.events {
+            put_map(row, &e.attrs.types.items);
+        }
+    }
+
+    fn put_links(&self, row: &mut Vec<u8>) {
+        let n = self.links.len() as u64;
+        put_varint(row, n);
+        for l in &self.links {
+            put_hex(row, l.trace_id);
+        }
+        put_varint(row, n);
+        for l in &self.links {
+            put_hex(row, l.span_id);
+        }
+        put_varint(row, n);
+        for l in &self.links {
+            put_str(row, l.state);
+        }
+        put_varint(row, n);
+        for l in &self.links {
+            put_map(row, &l.attrs.values.items);
+        }
+    }
+}
+
+pub fn helpers<'py>(py: Python<'py>, state: Bound<'py, PyAny>, render: Bound<'py, PyAny>, service: Bound<'py, PyAny>) -> Helpers<'py> {
+    Helpers { py, state, render, service, states: HashMap::new() }
+}
