@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -40,7 +41,7 @@ from collector.telemetry import build_registry
 from collector.wal import WriteAheadLog
 from collector.writer import StorageWriter
 from processors.cardinality import CardinalityProcessor
-from processors.fragment import Fragment
+from processors.fragment import Fragment, Sourced
 from processors.genai import PriceTable
 from processors.redaction import Redactor
 from processors.spanmetrics import Histogram, SpanMetrics
@@ -178,7 +179,7 @@ class Pipeline:
         """Storage finished these kept traces: their records may be committed."""
         self._settle([f for d in decisions for f in d.fragments])
 
-    def _settle(self, fragments: list[Fragment]) -> None:
+    def _settle(self, fragments: Sequence[Sourced]) -> None:
         """The one place records are declared done, so the queue may forget them (commit the
         Kafka offset, checkpoint the write-ahead log): a fragment is settled once its trace
         is stored (the writer's ``on_settled``), dropped or found already stored by the

@@ -15,14 +15,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from collector.errors import Backpressure, Unavailable
 from collector.kafka.envelope import EnvelopeError, pack, unpack
 from collector.kafka.ledger import OffsetLedger
 from collector.wal import Entry, WriteAheadLog
-from processors.fragment import Fragment
+from processors.fragment import Fragment, Sourced
 
 log = logging.getLogger("tailsift.queue")
 RECORD_FRAGMENTS = 512
@@ -53,7 +53,7 @@ class Queue(Protocol):
         ``None`` once shut down and drained."""
         ...
 
-    def release(self, fragments: list[Fragment]) -> None:
+    def release(self, fragments: Sequence[Sourced]) -> None:
         """These consumed fragments are settled; a durable queue may now forget them."""
         ...
 
@@ -132,11 +132,9 @@ class MemoryQueue:
     def maybe_stored(self, source: tuple[int, int]) -> bool:
         return source[1] < self._replay_end
 
-    def release(self, fragments: list[Fragment]) -> None:
+    def release(self, fragments: Sequence[Sourced]) -> None:
         """Settled: with the log, these records may be truncated once all before them are too."""
-        for fragment in fragments:
-            if fragment.source is not None:
-                self._ledger.settle(*fragment.source)
+        self._ledger.release(f.source for f in fragments)
 
     def _checkpoint(self) -> None:
         assert self.wal is not None

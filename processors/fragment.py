@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-__all__ = ["FRAGMENT_OVERHEAD", "Fragment", "RootInfo"]
+__all__ = ["FRAGMENT_OVERHEAD", "Fragment", "RootInfo", "Settled", "Sourced"]
 FRAGMENT_OVERHEAD = 64
 """Bytes a fragment costs in a queue besides its payload."""
 
@@ -46,3 +47,16 @@ class Fragment:
     def size(self) -> int:
         """Bytes this fragment costs in a queue: the payload dominates."""
         return len(self.payload) + FRAGMENT_OVERHEAD
+
+
+class Settled(NamedTuple):
+    """A fragment that is done with (its trace dropped, or stored before), as the queue needs
+    it to commit past its record: the sampler's buffer keeps no ``Fragment`` object, so it
+    reports these instead."""
+
+    trace_id: bytes
+    source: tuple[int, int]
+
+
+Sourced = Fragment | Settled
+"""What a queue's ``release`` takes: anything with the ``source`` of its record."""

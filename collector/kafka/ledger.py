@@ -11,7 +11,8 @@ traces (envelope version 2), so it is settled once every one of them is.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable
 
 
 class OffsetLedger:
@@ -30,13 +31,19 @@ class OffsetLedger:
         self._parts.setdefault(partition, {})[offset] = parts
         self._next[partition] = offset + 1
 
-    def settle(self, partition: int, offset: int) -> None:
-        """One fragment of the record is stored or dropped; the record is settled with its
-        last one. Unknown partitions (revoked) and offsets are ignored."""
+    def release(self, sources: Iterable[tuple[int, int] | None]) -> None:
+        """Settle one fragment per (partition, offset) given (None: not from a durable
+        queue), counted per record first: a request's fragments share one."""
+        for (partition, offset), count in Counter(s for s in sources if s is not None).items():
+            self.settle(partition, offset, count)
+
+    def settle(self, partition: int, offset: int, count: int = 1) -> None:
+        """``count`` fragments of the record are stored or dropped; the record is settled
+        with its last one. Unknown partitions (revoked) and offsets are ignored."""
         settled, open_, parts = self._settled.get(partition), self._open.get(partition), self._parts.get(partition)
         if settled is None or not open_ or parts is None or not open_[0] <= offset < self._next[partition]:
             return
-        left = parts.get(offset, 1) - 1
+        left = parts.get(offset, 1) - count
         if left > 0:
             parts[offset] = left
             return

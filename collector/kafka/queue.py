@@ -26,6 +26,7 @@ import logging
 import time
 from collections import Counter
 from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -38,7 +39,7 @@ from collector.errors import Backpressure, RequestTooLarge, Unavailable
 from collector.kafka.envelope import EnvelopeError, decode, encode, partition_of
 from collector.kafka.ledger import OffsetLedger
 from collector.queue import RebalanceHook
-from processors.fragment import Fragment
+from processors.fragment import Fragment, Sourced
 
 log = logging.getLogger("tailsift.kafka")
 TOPIC_ALREADY_EXISTS = 36
@@ -259,10 +260,8 @@ class KafkaQueue:
             return []  # revoked while we awaited: the next owner replays these records
         return out
 
-    def release(self, fragments: list[Fragment]) -> None:
-        for fragment in fragments:
-            if fragment.source is not None:
-                self._ledger.settle(*fragment.source)
+    def release(self, fragments: Sequence[Sourced]) -> None:
+        self._ledger.release(f.source for f in fragments)
 
     async def _dead_letter(self, record: Any, reason: str) -> None:
         """Copy an undecodable record to the dead-letter topic, retrying until Kafka takes it:

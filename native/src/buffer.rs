@@ -1,6 +1,8 @@
 //! The tail sampler's buffer and decision cache, with no Python object per trace while it
 //! waits: per trace a compact entry (counts, time range, error, root, Kafka position) and
-//! its fragments; two arrival queues with lazy deletion stand in for ordered dicts. Rules
+//! its fragments' bytes and facts (`Stored`: the `Fragment` objects are let go once
+//! buffered, and made again only for a trace that leaves as a `Decision`, kept or under
+//! dry run); two arrival queues with lazy deletion stand in for ordered dicts. Rules
 //! that only read the error flag and the duration are evaluated here; any other rule is
 //! handed to Python (`evaluate`), trace by trace. Python sees each decided trace once, as
 //! the `Decision` it builds (`processors/sampling/sampler.py` is the component around it).
@@ -15,7 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::cache::{Decided, DecisionCache, TraceId};
 use crate::rules::RuleSet;
@@ -31,11 +33,32 @@ struct Entry {
     start: u64,
     end: u64,
     error: bool,
-    root: Option<(Py<PyAny>, u64)>,
+    root: Option<(usize, u64)>, // (index in `fragments` of the newest root's fragment, root start)
     partition: i64,
     offset: i64,
     bytes: u64,
-    fragments: Vec<Py<PyAny>>,
+    fragments: Vec<Stored>,
+}
+
+/// A `processors.fragment.RootInfo`, made again as one only for a trace that leaves.
+struct Root {
+    service: Py<PyString>, // shared by the fragments of one request
+    name: Box<str>,
+    start: u64,
+    end: u64,
+}
+
+/// A buffered fragment: what `processors.fragment.Fragment` holds, its payload copied out
+/// of the Python heap (no object header, no boxed integers).
+struct Stored {
+    payload: Box<[u8]>,
+    spans: u64,
+    start: u64,
+    end: u64,
+    error: bool,
+    root: Option<Box<Root>>,
+    received: i64,
+    source: Option<(i64, i64)>,
 }
 
 #[derive(Default)]
@@ -62,11 +85,11 @@ pub struct TraceBuffer {
     decided: DecisionCache,
     rules: RuleSet,
     dry_run: bool,           // dropped traces keep their fragments (unsettled): the sampler stores them anyway
-    settled: Vec<Py<PyAny>>,
+    settled: Vec<(TraceId, (i64, i64))>, // fragments from a durable queue, done with: (trace, source)
     counts: Counts,
     decisions: HashMap<(i64, bool), u64>,
     limits: (u64, u64, u64, u64, usize, usize), // traces, spans per trace, spans, bytes, kept and dropped cached
-    classes: (Py<PyAny>, Py<PyAny>),     // TraceSummary, Decision
+    classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>), // TraceSummary, Decision, Fragment, Settled, RootInfo
     evaluate: Py<PyAny>,
 }
 
@@ -85,15 +108,16 @@ impl TraceBuffer {
     /// rules: [(conditions or None, keep probability or None)], conditions being
     /// [("error",) | ("duration", op, bound_ns)]; limits: (max_traces, max_spans_per_trace,
     /// max_buffered_spans, max_buffered_bytes, decision_cache_size, dropped_cache_size); evaluate(trace_id,
-    /// summary, fragments) -> (keep, rule index or -1, rate) runs the Python rules.
+    /// summary, fragments) -> (keep, rule index or -1, rate) runs the Python rules;
+    /// classes: (TraceSummary, Decision, Fragment, Settled, RootInfo).
     #[new]
     fn new(rules: Vec<(Option<Vec<Bound<'_, PyTuple>>>, Option<f64>, String)>, limits: (u64, u64, u64, u64, usize, usize),
-           summary_cls: Py<PyAny>, decision_cls: Py<PyAny>, evaluate: Py<PyAny>) -> PyResult<Self> {
+           classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>), evaluate: Py<PyAny>) -> PyResult<Self> {
         let mut buffer = TraceBuffer {
             traces: HashMap::new(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
             decided: DecisionCache::new(limits.4, limits.5), rules: RuleSet::default(),
             dry_run: false, settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
-            classes: (summary_cls, decision_cls), evaluate,
+            classes, evaluate,
         };
         buffer.set_rules(rules)?;
         Ok(buffer)
@@ -133,11 +157,13 @@ impl TraceBuffer {
         use std::mem::size_of;
         let table = |cap: usize, item: usize| cap * (item + 1);
         table(self.traces.capacity(), size_of::<(TraceId, Entry)>())
-            + self.traces.values().map(|e| e.fragments.capacity() * size_of::<Py<PyAny>>()).sum::<usize>()
+            + self.traces.values()
+                .map(|e| e.fragments.capacity() * size_of::<Stored>() + e.fragments.iter().map(|f| f.payload.len()).sum::<usize>())
+                .sum::<usize>()
             + self.arrivals.capacity() * size_of::<(TraceId, u64)>()
             + self.rooted.capacity() * size_of::<(TraceId, u64, u64)>()
             + self.decided.native_bytes()
-            + self.settled.capacity() * size_of::<Py<PyAny>>()
+            + self.settled.capacity() * size_of::<(TraceId, (i64, i64))>()
     }
 
     /// Buffer fragments (none of them of a decided trace: the caller routes those).
@@ -167,26 +193,43 @@ impl TraceBuffer {
                 });
                 self.arrivals.push_back((id, self.serial));
             }
-            let size = f.getattr(intern!(py, "payload"))?.len()? as u64 + 64;
-            let source = f.getattr(intern!(py, "source"))?;
+            let payload: Box<[u8]> = f.getattr(intern!(py, "payload"))?.cast::<PyBytes>()?.as_bytes().into();
+            let size = payload.len() as u64 + 64;
+            let source: Option<(i64, i64)> = f.getattr(intern!(py, "source"))?.extract()?;
             let root = f.getattr(intern!(py, "root"))?;
+            let stored = Stored {
+                payload, spans, start: f.getattr(intern!(py, "start_ns"))?.extract()?,
+                end: f.getattr(intern!(py, "end_ns"))?.extract()?,
+                error: f.getattr(intern!(py, "has_error"))?.extract()?,
+                root: if root.is_none() { None } else {
+                    Some(Box::new(Root {
+                        service: root.getattr(intern!(py, "service"))?.cast_into::<PyString>()?.unbind(),
+                        name: root.getattr(intern!(py, "name"))?.extract::<String>()?.into_boxed_str(),
+                        start: root.getattr(intern!(py, "start_ns"))?.extract()?,
+                        end: root.getattr(intern!(py, "end_ns"))?.extract()?,
+                    }))
+                },
+                received: f.getattr(intern!(py, "received_ns"))?.extract()?, source,
+            };
             let e = self.traces.get_mut(&id).expect("inserted above");
-            if !source.is_none() {
-                let (partition, offset): (i64, i64) = source.extract()?;
+            if let Some((partition, offset)) = source {
                 e.partition = partition;
                 e.offset = e.offset.max(offset);
             }
             e.spans += spans;
-            e.start = e.start.min(f.getattr(intern!(py, "start_ns"))?.extract()?);
-            e.end = e.end.max(f.getattr(intern!(py, "end_ns"))?.extract()?);
-            e.error |= f.getattr(intern!(py, "has_error"))?.extract::<bool>()?;
-            if !root.is_none() {
-                let start: u64 = root.getattr(intern!(py, "start_ns"))?.extract()?;
-                e.root = Some((root.unbind(), start));
+            e.start = e.start.min(stored.start);
+            e.end = e.end.max(stored.end);
+            e.error |= stored.error;
+            if let Some(r) = &stored.root {
+                e.root = Some((e.fragments.len(), r.start));
             }
             e.last_seen = now;
             e.bytes += size;
-            e.fragments.push(f.unbind());
+            if e.fragments.len() == e.fragments.capacity() {
+                // Most traces have one fragment: no room for four (a Vec's first growth).
+                e.fragments.reserve_exact((e.fragments.len() / 2).max(1));
+            }
+            e.fragments.push(stored);
             self.spans += spans;
             self.bytes += size;
             if e.root.is_some() {
@@ -252,18 +295,12 @@ impl TraceBuffer {
 
     /// Drop, undecided, the traces with a fragment read from these partitions; their
     /// settled-but-untaken fragments too. Returns how many traces.
-    fn forget(&mut self, py: Python<'_>, partitions: HashSet<i64>) -> PyResult<usize> {
-        let from = |f: &Py<PyAny>| -> PyResult<bool> {
-            let source = f.bind(py).getattr(intern!(py, "source"))?;
-            Ok(!source.is_none() && partitions.contains(&source.get_item(0)?.extract::<i64>()?))
-        };
+    fn forget(&mut self, partitions: HashSet<i64>) -> usize {
+        let from = |source: &Option<(i64, i64)>| source.is_some_and(|(p, _)| partitions.contains(&p));
         let mut gone = Vec::new();
         for (id, e) in &self.traces {
-            for f in &e.fragments {
-                if from(f)? {
-                    gone.push(*id);
-                    break;
-                }
+            if e.fragments.iter().any(|f| from(&f.source)) {
+                gone.push(*id);
             }
         }
         for id in &gone {
@@ -271,21 +308,21 @@ impl TraceBuffer {
             self.spans -= e.spans;
             self.bytes -= e.bytes;
         }
-        let mut kept = Vec::new();
-        for f in self.settled.drain(..) {
-            if !from(&f)? {
-                kept.push(f);
-            }
-        }
-        self.settled = kept;
+        self.settled.retain(|(_, source)| !from(&Some(*source)));
         self.counts.forgotten += gone.len() as u64;
         self.compact();
-        Ok(gone.len())
+        gone.len()
     }
 
-    /// Fragments (from a durable queue) finished without storage since the last call.
+    /// Fragments (from a durable queue) finished without storage since the last call, as
+    /// `Settled(trace_id, source)`.
     fn take_settled<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, self.settled.drain(..))
+        let cls = self.classes.3.bind(py);
+        let out = PyList::empty(py);
+        for (id, source) in self.settled.drain(..) {
+            out.append(cls.call1((PyBytes::new(py, &id), source))?)?;
+        }
+        Ok(out)
     }
 
     /// (keep, rule name, sample rate, summary or None) of a decided trace, or None.
@@ -379,25 +416,46 @@ impl TraceBuffer {
         let e = self.traces.remove(id).expect("decided traces are buffered");
         self.spans -= e.spans;
         self.bytes -= e.bytes;
-        let root = e.root.as_ref().map_or_else(|| py.None(), |r| r.0.clone_ref(py));
+        let root_cls = self.classes.4.bind(py);
+        let root_info = |r: &Option<Box<Root>>| -> PyResult<Py<PyAny>> {
+            Ok(match r {
+                Some(r) => root_cls.call1((r.service.clone_ref(py), &*r.name, r.start, r.end))?.unbind(),
+                None => py.None(),
+            })
+        };
+        let root = match e.root {
+            Some((at, _)) => root_info(&e.fragments[at].root)?,
+            None => py.None(),
+        };
         let summary_cls = self.classes.0.clone_ref(py);
         let make_summary = || {
             let trace = PyBytes::new(py, id);
             summary_cls.bind(py).call1((trace, e.spans, e.start, e.end, e.error, root.clone_ref(py), e.partition, e.offset))
         };
-        let fragments = || PyList::new(py, e.fragments.iter().map(|f| f.clone_ref(py)));
+        let fragment_cls = self.classes.2.bind(py);
+        let fragments = || -> PyResult<Bound<'py, PyList>> {
+            let out = PyList::empty(py);
+            for f in &e.fragments {
+                let root = match (e.root, &f.root) {
+                    (Some((at, _)), Some(_)) if std::ptr::eq(f, &e.fragments[at]) => root.clone_ref(py),
+                    _ => root_info(&f.root)?,
+                };
+                out.append(fragment_cls.call1((PyBytes::new(py, id), PyBytes::new(py, &f.payload), f.spans, f.start,
+                                               f.end, f.error, root, f.received, f.source))?)?;
+            }
+            Ok(out)
+        };
         let upstream = {
-            let payloads: Vec<Bound<'py, PyBytes>> = e.fragments.iter()
-                .map(|f| Ok(f.bind(py).getattr(intern!(py, "payload"))?.cast_into::<PyBytes>()?))
-                .collect::<PyResult<_>>()?;
-            let views: Vec<&[u8]> = payloads.iter().map(|p| p.as_bytes()).collect();
+            let views: Vec<&[u8]> = e.fragments.iter().map(|f| &f.payload[..]).collect();
             crate::ot::upstream(id, &views).map_err(|err| PyValueError::new_err(err.0))?
         };
+        let mut made = None; // the fragments as the Python rules saw them, reused if kept
         let (keep, rule, rate, summary) = match self.rules.decide(upstream, e.error, duration(&e)) {
             Some((keep, rule, rate)) => (keep, rule, rate, None),
             None => {
                 let summary = make_summary()?;
-                let args = (&summary, fragments()?, upstream.0, upstream.1);
+                let list = made.insert(fragments()?);
+                let args = (&summary, list.clone(), upstream.0, upstream.1);
                 let decided: (bool, i64, f64) = self.evaluate.bind(py).call1(args)?.extract()?;
                 (decided.0, self.rules.id(decided.1), decided.2, Some(summary))
             }
@@ -406,13 +464,13 @@ impl TraceBuffer {
         let cached = if keep { Some(make_summary()?.unbind()) } else { None };
         self.decided.remember(*id, Decided { keep, rule, rate, summary: cached });
         let store = keep || self.dry_run;
-        let kept = if store { fragments()? } else { PyList::empty(py) };
+        let kept = match (store, made) {
+            (true, Some(list)) => list,
+            (true, None) => fragments()?,
+            (false, _) => PyList::empty(py),
+        };
         if !store {
-            for f in e.fragments {
-                if !f.bind(py).getattr(intern!(py, "source"))?.is_none() {
-                    self.settled.push(f);
-                }
-            }
+            self.settled.extend(e.fragments.iter().filter_map(|f| f.source.map(|source| (*id, source))));
             if !dropped {
                 return Ok(None);
             }

@@ -39,7 +39,7 @@ from typing import Any
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from processors import _wire
-from processors.fragment import Fragment, RootInfo
+from processors.fragment import Fragment, RootInfo, Settled, Sourced
 from processors.sampling.settings import SamplingSettings
 from processors.otlp_values import find_attribute, service_name
 from processors.sampling import otep235
@@ -198,11 +198,12 @@ class TailSampler:
         self._rules = self._compile(settings.rules)
         limits = (settings.max_traces, settings.max_spans_per_trace, settings.max_buffered_spans,
                   settings.max_buffered_bytes, settings.decision_cache_size, settings.dropped_cache_size)  # fmt: skip
-        self._buffer = _wire.TraceBuffer(self._native(settings.rules), limits, TraceSummary, Decision, self._evaluate)
+        classes = (TraceSummary, Decision, Fragment, Settled, RootInfo)  # what the buffer makes Python objects of
+        self._buffer = _wire.TraceBuffer(self._native(settings.rules), limits, classes, self._evaluate)
         self._buffer.set_dry_run(settings.dry_run)
         self.stats: Counter[str] = Counter()
         self.decisions: Counter[tuple[str, bool]] = Counter()
-        self._settled: list[Fragment] = []
+        self._settled: list[Sourced] = []
 
     def _compile(self, rules: list[Rule]) -> list[tuple[Rule, Callable[[Any], bool], _RateLimit | None, Adaptive | None]]:
         return [(r, compile_rule(r), _RateLimit(r.rate_limit) if r.rate_limit is not None else None,
@@ -297,7 +298,7 @@ class TailSampler:
             return out
         return [replace(d, keep=True, sample_rate=1.0, would_keep=d.keep) for d in out]
 
-    def take_settled(self) -> list[Fragment]:
+    def take_settled(self) -> list[Sourced]:
         """Fragments (from a durable queue) finished without needing storage since the last call."""
         settled, self._settled = self._buffer.take_settled() + self._settled, []
         return settled
