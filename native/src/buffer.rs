@@ -17,10 +17,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::cache::{Decided, DecisionCache, TraceId};
 use crate::rules::RuleSet;
+use crate::stored::Stored;
 
 const NO_START: u64 = 1 << 63;
 
@@ -38,27 +39,6 @@ struct Entry {
     offset: i64,
     bytes: u64,
     fragments: Vec<Stored>,
-}
-
-/// A `processors.fragment.RootInfo`, made again as one only for a trace that leaves.
-struct Root {
-    service: Py<PyString>, // shared by the fragments of one request
-    name: Box<str>,
-    start: u64,
-    end: u64,
-}
-
-/// A buffered fragment: what `processors.fragment.Fragment` holds, its payload copied out
-/// of the Python heap (no object header, no boxed integers).
-struct Stored {
-    payload: Box<[u8]>,
-    spans: u64,
-    start: u64,
-    end: u64,
-    error: bool,
-    root: Option<Box<Root>>,
-    received: i64,
-    source: Option<(i64, i64)>,
 }
 
 #[derive(Default)]
@@ -158,7 +138,8 @@ impl TraceBuffer {
         let table = |cap: usize, item: usize| cap * (item + 1);
         table(self.traces.capacity(), size_of::<(TraceId, Entry)>())
             + self.traces.values()
-                .map(|e| e.fragments.capacity() * size_of::<Stored>() + e.fragments.iter().map(|f| f.payload.len()).sum::<usize>())
+                .map(|e| (e.fragments.capacity() - e.fragments.len()) * size_of::<Stored>()
+                         + e.fragments.iter().map(Stored::native_bytes).sum::<usize>())
                 .sum::<usize>()
             + self.arrivals.capacity() * size_of::<(TraceId, u64)>()
             + self.rooted.capacity() * size_of::<(TraceId, u64, u64)>()
@@ -193,24 +174,8 @@ impl TraceBuffer {
                 });
                 self.arrivals.push_back((id, self.serial));
             }
-            let payload: Box<[u8]> = f.getattr(intern!(py, "payload"))?.cast::<PyBytes>()?.as_bytes().into();
-            let size = payload.len() as u64 + 64;
-            let source: Option<(i64, i64)> = f.getattr(intern!(py, "source"))?.extract()?;
-            let root = f.getattr(intern!(py, "root"))?;
-            let stored = Stored {
-                payload, spans, start: f.getattr(intern!(py, "start_ns"))?.extract()?,
-                end: f.getattr(intern!(py, "end_ns"))?.extract()?,
-                error: f.getattr(intern!(py, "has_error"))?.extract()?,
-                root: if root.is_none() { None } else {
-                    Some(Box::new(Root {
-                        service: root.getattr(intern!(py, "service"))?.cast_into::<PyString>()?.unbind(),
-                        name: root.getattr(intern!(py, "name"))?.extract::<String>()?.into_boxed_str(),
-                        start: root.getattr(intern!(py, "start_ns"))?.extract()?,
-                        end: root.getattr(intern!(py, "end_ns"))?.extract()?,
-                    }))
-                },
-                received: f.getattr(intern!(py, "received_ns"))?.extract()?, source,
-            };
+            let stored = Stored::read(&f, spans)?;
+            let (size, source) = (stored.payload.len() as u64 + 64, stored.source);
             let e = self.traces.get_mut(&id).expect("inserted above");
             if let Some((partition, offset)) = source {
                 e.partition = partition;
@@ -220,8 +185,8 @@ impl TraceBuffer {
             e.start = e.start.min(stored.start);
             e.end = e.end.max(stored.end);
             e.error |= stored.error;
-            if let Some(r) = &stored.root {
-                e.root = Some((e.fragments.len(), r.start));
+            if let Some(start) = stored.root_start() {
+                e.root = Some((e.fragments.len(), start));
             }
             e.last_seen = now;
             e.bytes += size;
@@ -417,14 +382,8 @@ impl TraceBuffer {
         self.spans -= e.spans;
         self.bytes -= e.bytes;
         let root_cls = self.classes.4.bind(py);
-        let root_info = |r: &Option<Box<Root>>| -> PyResult<Py<PyAny>> {
-            Ok(match r {
-                Some(r) => root_cls.call1((r.service.clone_ref(py), &*r.name, r.start, r.end))?.unbind(),
-                None => py.None(),
-            })
-        };
         let root = match e.root {
-            Some((at, _)) => root_info(&e.fragments[at].root)?,
+            Some((at, _)) => e.fragments[at].root_info(root_cls)?,
             None => py.None(),
         };
         let summary_cls = self.classes.0.clone_ref(py);
@@ -435,13 +394,10 @@ impl TraceBuffer {
         let fragment_cls = self.classes.2.bind(py);
         let fragments = || -> PyResult<Bound<'py, PyList>> {
             let out = PyList::empty(py);
-            for f in &e.fragments {
-                let root = match (e.root, &f.root) {
-                    (Some((at, _)), Some(_)) if std::ptr::eq(f, &e.fragments[at]) => root.clone_ref(py),
-                    _ => root_info(&f.root)?,
-                };
-                out.append(fragment_cls.call1((PyBytes::new(py, id), PyBytes::new(py, &f.payload), f.spans, f.start,
-                                               f.end, f.error, root, f.received, f.source))?)?;
+            for (i, f) in e.fragments.iter().enumerate() {
+                // the trace's root is one object, shared with its summary, as it arrived
+                let root = if e.root.is_some_and(|(at, _)| at == i) { root.clone_ref(py) } else { f.root_info(root_cls)? };
+                out.append(f.to_python(fragment_cls, id, root)?)?;
             }
             Ok(out)
         };

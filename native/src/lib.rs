@@ -2,6 +2,7 @@
 //! request and per trace, never per span. `processors/wire.py` is its typed face, and
 //! `processors/reference.py` the pure-Python reference that tests hold it to.
 
+mod attrs;
 mod buffer;
 mod cache;
 mod envelope;
@@ -11,6 +12,7 @@ mod otlp;
 mod rows;
 mod rules;
 mod split;
+mod stored;
 mod wire;
 
 use pyo3::exceptions::PyValueError;
@@ -100,7 +102,7 @@ fn ot_threshold(p: f64) -> u64 {
 fn span_rows<'py>(py: Python<'py>, payloads: &Bound<'py, PyList>, trace_hex: &str, sample_rate: f64, rule: &str,
                   tenant_key: &[u8], wanted: Vec<Vec<u8>>, state: Bound<'py, PyAny>, render: Bound<'py, PyAny>,
                   service: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
-    let mut helpers = rows::helpers(py, state, render, service);
+    let mut helpers = attrs::helpers(py, state, render, service);
     let trace = rows::Trace { trace_hex, sample_rate, rule, tenant_key, wanted };
     rows::span_rows(&mut helpers, &trace, payloads)
 }

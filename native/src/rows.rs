@@ -9,158 +9,15 @@
 //! attribute (array, kvlist, bytes: JSON as the exporter writes it), a non-string
 //! `service.name`. Doubles are rendered by Python's own `str(float)`.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::otlp::attributes;
-use crate::wire::{each, put_varint, Merged, Reader, Result, Value, WireError};
+use crate::attrs::{Helpers, Typed};
+use crate::wire::{each, put_varint, Merged, Reader, Value};
 
 /// Start times are clamped here (2100-01-01): see `collector/rows.py`.
 pub const MAX_TIMESTAMP_NS: u64 = 4_102_444_800 * 1_000_000_000;
 const KIND_NAMES: [&str; 6] = ["Unspecified", "Internal", "Server", "Client", "Producer", "Consumer"];
-
-/// An `AnyValue`'s set member: the last one on the wire wins, as in upb.
-enum Any<'a> {
-    Empty,
-    Str(&'a [u8]),
-    Bool(bool),
-    Int(i64),
-    Double(f64),
-    Composite(&'static str),
-}
-
-fn any(value: &[u8]) -> Result<Any<'_>> {
-    let mut out = Any::Empty;
-    each(value, |field, v| {
-        out = match (field, v) {
-            (1, Value::Bytes(b)) => Any::Str(b),
-            (2, Value::Varint(n)) => Any::Bool(n != 0),
-            (3, Value::Varint(n)) => Any::Int(n as i64),
-            (4, Value::Fixed64(n)) => Any::Double(f64::from_bits(n)),
-            (5, Value::Bytes(_)) => Any::Composite("array"),
-            (6, Value::Bytes(_)) => Any::Composite("kvlist"),
-            (7, Value::Bytes(_)) => Any::Composite("bytes"),
-            _ => return Ok(()),
-        };
-        Ok(())
-    })?;
-    Ok(out)
-}
-
-/// Calls into Python, with what they returned remembered for the rest of the trace.
-pub struct Helpers<'py> {
-    py: Python<'py>,
-    state: Bound<'py, PyAny>,
-    render: Bound<'py, PyAny>,
-    service: Bound<'py, PyAny>,
-    states: HashMap<Vec<u8>, Vec<u8>>,
-}
-
-impl<'py> Helpers<'py> {
-    fn text(&self, f: &Bound<'py, PyAny>, arg: Bound<'py, PyAny>) -> PyResult<Vec<u8>> {
-        Ok(f.call1((arg,))?.cast::<PyString>()?.to_str()?.as_bytes().to_vec())
-    }
-
-    /// The stored text of an attribute value and its type name (None for a string or unset).
-    fn value<'a>(&self, raw: &'a [u8]) -> PyResult<(Cow<'a, [u8]>, Option<&'static str>)> {
-        Ok(match any(raw).map_err(crate::malformed)? {
-            Any::Empty => (Cow::Borrowed(&[]), None),
-            Any::Str(s) => (Cow::Borrowed(s), None),
-            Any::Bool(b) => (Cow::Borrowed(if b { b"true" } else { b"false" }), Some("bool")),
-            Any::Int(n) => (Cow::Owned(n.to_string().into_bytes()), Some("int")),
-            Any::Double(x) => (Cow::Owned(PyFloat::new(self.py, x).str()?.to_str()?.as_bytes().to_vec()), Some("double")),
-            Any::Composite(kind) => (Cow::Owned(self.text(&self.render, PyBytes::new(self.py, raw).into_any())?), Some(kind)),
-        })
-    }
-
-    fn trace_state(&mut self, raw: &[u8]) -> PyResult<Vec<u8>> {
-        if let Some(done) = self.states.get(raw) {
-            return Ok(done.clone());
-        }
-        let text = std::str::from_utf8(raw).map_err(|_| crate::malformed(WireError("TraceState is not UTF-8")))?;
-        let done = self.text(&self.state, PyString::new(self.py, text).into_any())?;
-        self.states.insert(raw.to_vec(), done.clone());
-        Ok(done)
-    }
-}
-
-/// A `KeyValue` list as the two maps the reference builds: values by key (first position,
-/// last value) and the types of non-string values (first position among them, last type).
-#[derive(Default)]
-struct Typed<'a> {
-    values: Ordered<'a, Cow<'a, [u8]>>,
-    types: Ordered<'a, &'static str>,
-}
-
-/// Pairs in order of each key's first use; a hash index once there are many (a span with
-/// thousands of attributes must not cost a quadratic scan).
-struct Ordered<'a, V> {
-    items: Vec<(&'a [u8], V)>,
-    index: HashMap<&'a [u8], usize>,
-}
-
-impl<V> Default for Ordered<'_, V> {
-    fn default() -> Self {
-        Ordered { items: Vec::new(), index: HashMap::new() }
-    }
-}
-
-const INDEX_FROM: usize = 16;
-
-impl<'a, V> Ordered<'a, V> {
-    fn position(&self, key: &[u8]) -> Option<usize> {
-        if self.items.len() > INDEX_FROM {
-            self.index.get(key).copied()
-        } else {
-            self.items.iter().position(|(k, _)| *k == key)
-        }
-    }
-
-    fn upsert(&mut self, key: &'a [u8], value: V) {
-        match self.position(key) {
-            Some(i) => self.items[i].1 = value,
-            None => {
-                self.items.push((key, value));
-                if self.items.len() > INDEX_FROM {
-                    if self.index.is_empty() {
-                        self.index.extend(self.items.iter().enumerate().map(|(i, (k, _))| (*k, i)));
-                    } else {
-                        self.index.insert(key, self.items.len() - 1);
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl<'a> Typed<'a> {
-    fn read(h: &Helpers<'_>, message: &'a [u8], number: u32) -> PyResult<Self> {
-        let mut pairs: Vec<(&'a [u8], Merged<'a>)> = Vec::new();
-        attributes(message, number, |key, value| pairs.push((key, value))).map_err(crate::malformed)?;
-        let mut out = Typed::default();
-        for &(key, ref value) in &pairs {
-            let (text, kind) = match value.borrowed() {
-                Some(raw) => h.value(raw)?,
-                None => {
-                    let (text, kind) = h.value(value.bytes())?;
-                    (Cow::Owned(text.into_owned()), kind)
-                }
-            };
-            out.values.upsert(key, text);
-            if let Some(kind) = kind {
-                out.types.upsert(key, kind);
-            }
-        }
-        Ok(out)
-    }
-
-    fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.values.position(key).map(|i| self.values.items[i].1.as_ref())
-    }
-}
 
 fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     put_varint(out, s.len() as u64);
@@ -239,7 +96,7 @@ pub fn span_rows<'py>(h: &mut Helpers<'py>, t: &Trace<'_>, payloads: &Bound<'py,
             .map_err(crate::malformed)?;
             let resource_bytes = resource.bytes().to_vec();
             let typed = Typed::read(h, &resource_bytes, 1)?;
-            let service = service_of(h, &resource_bytes)?;
+            let service = h.service_of(&resource_bytes)?;
             let resource_tenant = typed.get(t.tenant_key).unwrap_or_default().to_vec();
             if tenant.is_none() {
                 tenant = Some(resource_tenant.clone());
@@ -324,23 +181,6 @@ pub fn span_rows<'py>(h: &mut Helpers<'py>, t: &Trace<'_>, payloads: &Bound<'py,
     }
     let tenant = String::from_utf8_lossy(&tenant.unwrap_or_default()).into_owned();
     (out, tenant, clamped).into_pyobject(py)
-}
-
-/// A resource's `service.name` as the reference reads it: the first such key, its value as
-/// Python's `str` of it (through `service` for anything but a string), else `unknown_service`.
-fn service_of(h: &Helpers<'_>, resource: &[u8]) -> PyResult<Vec<u8>> {
-    let mut first: Option<Merged<'_>> = None;
-    attributes(resource, 1, |key, value| {
-        if first.is_none() && key == b"service.name" {
-            first = Some(value);
-        }
-    })
-    .map_err(crate::malformed)?;
-    let Some(value) = first else { return Ok(b"unknown_service".to_vec()) };
-    match any(value.bytes()).map_err(crate::malformed)? {
-        Any::Str(s) => Ok(s.to_vec()),
-        _ => h.text(&h.service, PyBytes::new(h.py, value.bytes()).into_any()),
-    }
 }
 
 struct Span<'a> {
@@ -459,8 +299,4 @@ impl<'a> Span<'a> {
             put_map(row, &l.attrs.values.items);
         }
     }
-}
-
-pub fn helpers<'py>(py: Python<'py>, state: Bound<'py, PyAny>, render: Bound<'py, PyAny>, service: Bound<'py, PyAny>) -> Helpers<'py> {
-    Helpers { py, state, render, service, states: HashMap::new() }
 }
