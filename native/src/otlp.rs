@@ -55,6 +55,22 @@ fn read_span(raw: &[u8]) -> Result<Span<'_>> {
     Ok(s)
 }
 
+/// A `ResourceSpans` or `ScopeSpans`: its resource or scope (field 1, occurrences merged),
+/// its children (field 2: scope spans or spans, in order) and its schema url (field 3).
+pub fn parts(message: &[u8]) -> Result<(Merged<'_>, Vec<&[u8]>, &[u8])> {
+    let (mut header, mut children, mut schema_url) = (Merged::default(), Vec::new(), &[][..]);
+    each(message, |field, value| {
+        match (field, value) {
+            (1, Value::Bytes(b)) => header.push(b),
+            (2, Value::Bytes(b)) => children.push(b),
+            (3, Value::Bytes(b)) => schema_url = b,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok((header, children, schema_url))
+}
+
 /// Calls `visit(resource, scope, span)` for every span, in request order.
 pub fn walk<'a>(body: &'a [u8], mut visit: impl FnMut(&Header<'a>, &Header<'a>, &Span<'a>) -> Result<()>) -> Result<()> {
     let mut ri = 0;
@@ -64,29 +80,11 @@ pub fn walk<'a>(body: &'a [u8], mut visit: impl FnMut(&Header<'a>, &Header<'a>, 
             (1, Value::Bytes(b)) => b,
             _ => continue,
         };
-        let mut resource = Header { index: ri, message: Merged::default(), schema_url: &[] };
-        let mut scopes: Vec<&[u8]> = Vec::new();
-        each(rs, |field, value| {
-            match (field, value) {
-                (1, Value::Bytes(b)) => resource.message.push(b),
-                (2, Value::Bytes(b)) => scopes.push(b),
-                (3, Value::Bytes(b)) => resource.schema_url = b,
-                _ => {}
-            }
-            Ok(())
-        })?;
+        let (message, scopes, schema_url) = parts(rs)?;
+        let resource = Header { index: ri, message, schema_url };
         for (si, ss) in scopes.into_iter().enumerate() {
-            let mut scope = Header { index: si, message: Merged::default(), schema_url: &[] };
-            let mut spans: Vec<&[u8]> = Vec::new();
-            each(ss, |field, value| {
-                match (field, value) {
-                    (1, Value::Bytes(b)) => scope.message.push(b),
-                    (2, Value::Bytes(b)) => spans.push(b),
-                    (3, Value::Bytes(b)) => scope.schema_url = b,
-                    _ => {}
-                }
-                Ok(())
-            })?;
+            let (message, spans, schema_url) = parts(ss)?;
+            let scope = Header { index: si, message, schema_url };
             for raw in spans {
                 visit(&resource, &scope, &read_span(raw)?)?;
             }

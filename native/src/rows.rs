@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::attrs::{Helpers, Typed};
+use crate::otlp::parts;
 use crate::wire::{each, put_varint, Merged, Reader, Value};
 
 /// Start times are clamped here (2100-01-01): see `collector/rows.py`.
@@ -83,20 +84,9 @@ pub fn span_rows<'py>(h: &mut Helpers<'py>, t: &Trace<'_>, payloads: &Bound<'py,
                 (1, Value::Bytes(b)) => b,
                 _ => continue,
             };
-            let mut resource = Merged::default();
-            let mut scopes: Vec<&[u8]> = Vec::new();
-            each(rs, |field, value| {
-                match (field, value) {
-                    (1, Value::Bytes(b)) => resource.push(b),
-                    (2, Value::Bytes(b)) => scopes.push(b),
-                    _ => {}
-                }
-                Ok(())
-            })
-            .map_err(crate::malformed)?;
-            let resource_bytes = resource.bytes().to_vec();
-            let typed = Typed::read(h, &resource_bytes, 1)?;
-            let service = h.service_of(&resource_bytes)?;
+            let (resource, scopes, _) = parts(rs).map_err(crate::malformed)?;
+            let typed = Typed::read(h, resource.bytes(), 1)?;
+            let service = h.service_of(resource.bytes())?;
             let resource_tenant = typed.get(t.tenant_key).unwrap_or_default().to_vec();
             if tenant.is_none() {
                 tenant = Some(resource_tenant.clone());
@@ -107,16 +97,7 @@ pub fn span_rows<'py>(h: &mut Helpers<'py>, t: &Trace<'_>, payloads: &Bound<'py,
             put_map(&mut resource_types, &typed.types.items);
             let service_py = PyString::new(py, &String::from_utf8_lossy(&service));
             for ss in scopes {
-                let (mut scope, mut spans) = (Merged::default(), Vec::new());
-                each(ss, |field, value| {
-                    match (field, value) {
-                        (1, Value::Bytes(b)) => scope.push(b),
-                        (2, Value::Bytes(b)) => spans.push(b),
-                        _ => {}
-                    }
-                    Ok(())
-                })
-                .map_err(crate::malformed)?;
+                let (scope, spans, _) = parts(ss).map_err(crate::malformed)?;
                 let (mut scope_name, mut scope_version): (&[u8], &[u8]) = (&[], &[]);
                 each(scope.bytes(), |field, value| {
                     match (field, value) {
