@@ -8,45 +8,19 @@ It lives here, below both packages, so that processors (the sampler) and the col
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from processors._wire import FRAGMENT_OVERHEAD, Fragment, RootInfo
+
 __all__ = ["FRAGMENT_OVERHEAD", "Fragment", "RootInfo", "Settled", "Sourced"]
-FRAGMENT_OVERHEAD = 64
-"""Bytes a fragment costs in a queue besides its payload."""
-
-
-@dataclass(slots=True)
-class RootInfo:
-    """The root span of a trace (the one with no parent), as the sampler sees it."""
-
-    service: str
-    name: str
-    start_ns: int
-    end_ns: int
-
-
-@dataclass(slots=True)
-class Fragment:
-    """The spans of one trace from one request. See the module docstring."""
-
-    trace_id: bytes
-    payload: bytes
-    span_count: int
-    start_ns: int
-    end_ns: int
-    has_error: bool
-    root: RootInfo | None
-    received_ns: int = field(default_factory=time.time_ns)
-    source: tuple[int, int] | None = None
-    """(partition, offset) of the Kafka record it came from; None from the in-process queue.
-    The Kafka queue uses it to commit only what is settled (stored or dropped)."""
-
-    @property
-    def size(self) -> int:
-        """Bytes this fragment costs in a queue: the payload dominates."""
-        return len(self.payload) + FRAGMENT_OVERHEAD
+# Fragment and RootInfo are classes of the compiled extension (native/src/fragment.rs): one
+# is made for every trace of every request, and the write-ahead log's packer and the
+# sampler's buffer read them without an attribute lookup per field. Fragment(trace_id,
+# payload, span_count, start_ns, end_ns, has_error, root, received_ns=now, source=None);
+# RootInfo(service, name, start_ns, end_ns). Every field is readable and settable,
+# ``Fragment.size`` is the payload plus FRAGMENT_OVERHEAD bytes (what it costs in a queue),
+# and both compare equal by value. ``source`` is the (partition, offset) of the Kafka or
+# write-ahead log record it came from; None before it has one.
 
 
 class Settled(NamedTuple):

@@ -57,11 +57,21 @@ def split_by_trace(request: Any, received_ns: int | None = None, oldest_ns: int 
     acknowledged and then silently deleted."""
     now = received_ns or time.time_ns()
     body = raw if raw is not None else request.SerializeToString()
+
+    def service(at: int) -> str:
+        return service_name(request.resource_spans[at].resource.attributes)
+
     try:
-        found, rejected, expired, reason = _wire.split(body, max(0, oldest_ns))
+        fragments, rejected, expired, reason = _wire.split_fragments(body, max(0, oldest_ns), now, service)
     except ValueError as exc:
         _fallback("split", exc)
-        found, rejected, expired, reason = reference.split(request, oldest_ns)
+        fragments, rejected, expired, reason = _from_reference(request, oldest_ns, now)
+    return SplitResult(fragments, rejected, reference.rejection_message(rejected, expired, reason), expired)
+
+
+def _from_reference(request: Any, oldest_ns: int, now: int) -> tuple[list[Fragment], int, int, str | None]:
+    """:func:`reference.split`, its tuples made into fragments as the extension makes them."""
+    found, rejected, expired, reason = reference.split(request, oldest_ns)
     services: dict[int, str] = {}
     fragments = []
     for trace_id, payload, count, start, end, error, root in found:
@@ -72,7 +82,7 @@ def split_by_trace(request: Any, received_ns: int | None = None, oldest_ns: int 
                 services[at] = service_name(request.resource_spans[at].resource.attributes)
             info = RootInfo(services[at], name, root_start, root_end)
         fragments.append(Fragment(trace_id, payload, count, start, end, error, info, now))
-    return SplitResult(fragments, rejected, reference.rejection_message(rejected, expired, reason), expired)
+    return fragments, rejected, expired, reason
 
 
 def span_names(request: Any, raw: bytes | None) -> list[str]:

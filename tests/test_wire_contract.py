@@ -51,10 +51,37 @@ def assert_agree(body: bytes, oldest_ns: int = 0, services: list[int] | None = N
     request = ExportTraceServiceRequest.FromString(body)
     slots = services if services is not None else list(range(len(request.resource_spans)))
     assert _normal_split(_wire.split(body, oldest_ns)) == _normal_split(reference.split(request, oldest_ns))
+    _fragments_agree(body, request, oldest_ns)
     assert _wire.span_names(body) == reference.span_names(request)
     assert _normal_groups(_wire.metric_groups(body, slots, KEYS, SUMMABLE, BOUNDS)) == _normal_groups(
         reference.metric_groups(request, slots, KEYS, SUMMABLE, BOUNDS))
     return request
+
+
+def _fragments_agree(body: bytes, request: ExportTraceServiceRequest, oldest_ns: int) -> None:
+    """``split_fragments`` makes the ``Fragment`` objects of ``split``'s tuples, and the
+    receiver's path (:func:`wire.split_by_trace`) makes the same ones from the extension as
+    from the reference (its fallback)."""
+    asked: list[int] = []
+
+    def service(at: int) -> str:
+        asked.append(at)
+        return f"service-{at}"
+
+    made, *made_rest = _wire.split_fragments(body, oldest_ns, 7, service)
+    raw, *raw_rest = _wire.split(body, oldest_ns)
+    assert made_rest == raw_rest and len(asked) == len(set(asked))
+    roots = [None if f.root is None else (f.root.service, f.root.name, f.root.start_ns, f.root.end_ns) for f in made]
+    assert [(f.trace_id, f.payload, f.span_count, f.start_ns, f.end_ns, f.has_error, root, f.received_ns, f.source)
+            for f, root in zip(made, roots, strict=True)] == [
+        (t, p, n, s, e, err, None if r is None else (f"service-{r[0]}", *r[1:]), 7, None) for t, p, n, s, e, err, r in raw]
+
+    def normal(fragments: list[Any]) -> list[Any]:
+        return [(f.trace_id, TracesData.FromString(f.payload), f.span_count, f.start_ns, f.end_ns, f.has_error, f.root,
+                 f.received_ns) for f in fragments]  # fmt: skip
+
+    assert normal(wire.split_by_trace(request, 7, oldest_ns, body).fragments) == normal(
+        wire._from_reference(request, oldest_ns, 7)[0])
 
 
 # --- generated requests

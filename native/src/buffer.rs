@@ -15,11 +15,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use pyo3::exceptions::PyValueError;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::cache::{Decided, DecisionCache, TraceId};
+use crate::fragment::Fragment;
 use crate::rules::RuleSet;
 use crate::stored::Stored;
 
@@ -69,7 +69,7 @@ pub struct TraceBuffer {
     counts: Counts,
     decisions: HashMap<(i64, bool), u64>,
     limits: (u64, u64, u64, u64, usize, usize), // traces, spans per trace, spans, bytes, kept and dropped cached
-    classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>), // TraceSummary, Decision, Fragment, Settled, RootInfo
+    classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), // TraceSummary, Decision, Settled
     evaluate: Py<PyAny>,
 }
 
@@ -78,8 +78,7 @@ fn duration(e: &Entry) -> u64 {
     e.end.saturating_sub(begin)
 }
 
-fn trace_id(value: &Bound<'_, PyAny>) -> PyResult<TraceId> {
-    let bytes: &[u8] = value.extract()?;
+fn trace_id(bytes: &[u8]) -> PyResult<TraceId> {
     bytes.try_into().map_err(|_| PyValueError::new_err("a trace id is 16 bytes"))
 }
 
@@ -89,10 +88,10 @@ impl TraceBuffer {
     /// [("error",) | ("duration", op, bound_ns)]; limits: (max_traces, max_spans_per_trace,
     /// max_buffered_spans, max_buffered_bytes, decision_cache_size, dropped_cache_size); evaluate(trace_id,
     /// summary, fragments) -> (keep, rule index or -1, rate) runs the Python rules;
-    /// classes: (TraceSummary, Decision, Fragment, Settled, RootInfo).
+    /// classes: (TraceSummary, Decision, Settled).
     #[new]
     fn new(rules: Vec<(Option<Vec<Bound<'_, PyTuple>>>, Option<f64>, String)>, limits: (u64, u64, u64, u64, usize, usize),
-           classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>), evaluate: Py<PyAny>) -> PyResult<Self> {
+           classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), evaluate: Py<PyAny>) -> PyResult<Self> {
         let mut buffer = TraceBuffer {
             traces: HashMap::new(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
             decided: DecisionCache::new(limits.4, limits.5), rules: RuleSet::default(),
@@ -149,16 +148,18 @@ impl TraceBuffer {
 
     /// Buffer fragments (none of them of a decided trace: the caller routes those).
     /// Returns the decisions bounds forced, and fragments of traces decided in this call.
-    fn add<'py>(&mut self, py: Python<'py>, fragments: Vec<Bound<'py, PyAny>>, now: i64)
+    fn add<'py>(&mut self, py: Python<'py>, fragments: Vec<Bound<'py, Fragment>>, now: i64)
                 -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
         let out = PyList::empty(py);
         let late = PyList::empty(py);
         let (max_traces, max_spans_per_trace, max_spans, max_bytes, _, _) = self.limits;
         for f in fragments {
-            let id = trace_id(&f.getattr(intern!(py, "trace_id"))?)?;
-            let spans: u64 = f.getattr(intern!(py, "span_count"))?.extract()?;
+            let frag = f.borrow();
+            let id = trace_id(frag.trace_id.bind(py).as_bytes())?;
+            let spans = frag.span_count;
             self.counts.received += spans;
             if self.decided.contains(&id) {
+                drop(frag);
                 late.append(f)?;
                 continue;
             }
@@ -174,7 +175,7 @@ impl TraceBuffer {
                 });
                 self.arrivals.push_back((id, self.serial));
             }
-            let stored = Stored::read(&f, spans)?;
+            let stored = Stored::read(py, &frag);
             let (size, source) = (stored.payload.len() as u64 + 64, stored.source);
             let e = self.traces.get_mut(&id).expect("inserted above");
             if let Some((partition, offset)) = source {
@@ -282,7 +283,7 @@ impl TraceBuffer {
     /// Fragments (from a durable queue) finished without storage since the last call, as
     /// `Settled(trace_id, source)`.
     fn take_settled<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let cls = self.classes.3.bind(py);
+        let cls = self.classes.2.bind(py);
         let out = PyList::empty(py);
         for (id, source) in self.settled.drain(..) {
             out.append(cls.call1((PyBytes::new(py, &id), source))?)?;
@@ -381,23 +382,25 @@ impl TraceBuffer {
         let e = self.traces.remove(id).expect("decided traces are buffered");
         self.spans -= e.spans;
         self.bytes -= e.bytes;
-        let root_cls = self.classes.4.bind(py);
         let root = match e.root {
-            Some((at, _)) => e.fragments[at].root_info(root_cls)?,
-            None => py.None(),
+            Some((at, _)) => e.fragments[at].root_info(py)?,
+            None => None,
         };
         let summary_cls = self.classes.0.clone_ref(py);
         let make_summary = || {
             let trace = PyBytes::new(py, id);
-            summary_cls.bind(py).call1((trace, e.spans, e.start, e.end, e.error, root.clone_ref(py), e.partition, e.offset))
+            summary_cls.bind(py).call1((trace, e.spans, e.start, e.end, e.error, root.as_ref().map(|r| r.clone_ref(py)), e.partition, e.offset))
         };
-        let fragment_cls = self.classes.2.bind(py);
         let fragments = || -> PyResult<Bound<'py, PyList>> {
             let out = PyList::empty(py);
             for (i, f) in e.fragments.iter().enumerate() {
                 // the trace's root is one object, shared with its summary, as it arrived
-                let root = if e.root.is_some_and(|(at, _)| at == i) { root.clone_ref(py) } else { f.root_info(root_cls)? };
-                out.append(f.to_python(fragment_cls, id, root)?)?;
+                let root = if e.root.is_some_and(|(at, _)| at == i) {
+                    root.as_ref().map(|r| r.clone_ref(py))
+                } else {
+                    f.root_info(py)?
+                };
+                out.append(f.to_python(py, id, root)?)?;
             }
             Ok(out)
         };

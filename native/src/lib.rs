@@ -6,6 +6,7 @@ mod attrs;
 mod buffer;
 mod cache;
 mod envelope;
+mod fragment;
 mod metrics;
 mod ot;
 mod otlp;
@@ -17,7 +18,7 @@ mod wire;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 fn malformed(err: wire::WireError) -> PyErr {
     PyValueError::new_err(format!("malformed OTLP protobuf: {}", err.0))
@@ -35,6 +36,39 @@ fn split_request<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64) -> PyResult<
         let root = f.root.map(|r| (r.resource, r.name, r.start, r.end));
         fragments.append((PyBytes::new(py, &f.trace_id), PyBytes::new(py, &f.payload), f.spans, f.start, f.end,
                           f.error, root))?;
+    }
+    (fragments, out.rejected, out.expired, out.reason).into_pyobject(py)
+}
+
+/// split_fragments(body, oldest_ns, received_ns, service) -> (fragments, rejected, expired,
+/// reason): `split`, its fragments made as `Fragment` objects here; `service(i)` names the
+/// service of the i-th resource (asked once per resource that holds a root span).
+#[pyfunction]
+fn split_fragments<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64, received_ns: u64, service: Bound<'py, PyAny>)
+                        -> PyResult<Bound<'py, PyTuple>> {
+    let out = py.detach(|| split::split(body, oldest_ns)).map_err(malformed)?;
+    let mut services: Vec<Option<Py<PyString>>> = Vec::new();
+    let fragments = PyList::empty(py);
+    for f in out.fragments {
+        let root = match f.root {
+            None => None,
+            Some(r) => {
+                if services.len() <= r.resource {
+                    services.resize_with(r.resource + 1, || None);
+                }
+                let named = match &services[r.resource] {
+                    Some(named) => named.clone_ref(py),
+                    None => services[r.resource].insert(service.call1((r.resource,))?.cast_into::<PyString>()?.unbind())
+                        .clone_ref(py),
+                };
+                let name = PyString::new(py, &r.name).unbind();
+                Some(Py::new(py, fragment::RootInfo { service: named, name, start_ns: r.start, end_ns: r.end })?)
+            }
+        };
+        fragments.append(Py::new(py, fragment::Fragment {
+            trace_id: PyBytes::new(py, &f.trace_id).unbind(), payload: PyBytes::new(py, &f.payload).unbind(),
+            span_count: f.spans, start_ns: f.start, end_ns: f.end, has_error: f.error, root, received_ns, source: None,
+        })?)?;
     }
     (fragments, out.rejected, out.expired, out.reason).into_pyobject(py)
 }
@@ -110,6 +144,7 @@ fn span_rows<'py>(py: Python<'py>, payloads: &Bound<'py, PyList>, trace_hex: &st
 #[pymodule]
 fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_request, m)?)?;
+    m.add_function(wrap_pyfunction!(split_fragments, m)?)?;
     m.add_function(wrap_pyfunction!(span_names, m)?)?;
     m.add_function(wrap_pyfunction!(metric_groups, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
@@ -117,5 +152,8 @@ fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ot_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(span_rows, m)?)?;
     m.add_class::<buffer::TraceBuffer>()?;
+    m.add_class::<fragment::Fragment>()?;
+    m.add_class::<fragment::RootInfo>()?;
+    m.add("FRAGMENT_OVERHEAD", fragment::OVERHEAD)?;
     Ok(())
 }

@@ -2,11 +2,11 @@
 //! `processors.fragment.Fragment` holds, its payload copied out of the Python heap and its
 //! root span info unboxed, with the way back to Python objects for a trace that leaves.
 
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use crate::cache::TraceId;
+use crate::fragment::{Fragment, RootInfo};
 
 /// A `processors.fragment.RootInfo`'s fields.
 struct Root {
@@ -23,32 +23,31 @@ pub struct Stored {
     pub end: u64,
     pub error: bool,
     root: Option<Box<Root>>,
-    pub received: i64,
+    pub received: u64,
     pub source: Option<(i64, i64)>,
 }
 
 impl Stored {
-    /// From a `Fragment` of ``spans`` spans (the object is not kept).
-    pub fn read(f: &Bound<'_, PyAny>, spans: u64) -> PyResult<Self> {
-        let py = f.py();
-        let root = f.getattr(intern!(py, "root"))?;
-        Ok(Stored {
-            payload: f.getattr(intern!(py, "payload"))?.cast::<PyBytes>()?.as_bytes().into(),
-            spans,
-            start: f.getattr(intern!(py, "start_ns"))?.extract()?,
-            end: f.getattr(intern!(py, "end_ns"))?.extract()?,
-            error: f.getattr(intern!(py, "has_error"))?.extract()?,
-            root: if root.is_none() { None } else {
-                Some(Box::new(Root {
-                    service: root.getattr(intern!(py, "service"))?.cast_into::<PyString>()?.unbind(),
-                    name: root.getattr(intern!(py, "name"))?.extract::<String>()?.into_boxed_str(),
-                    start: root.getattr(intern!(py, "start_ns"))?.extract()?,
-                    end: root.getattr(intern!(py, "end_ns"))?.extract()?,
-                }))
-            },
-            received: f.getattr(intern!(py, "received_ns"))?.extract()?,
-            source: f.getattr(intern!(py, "source"))?.extract()?,
-        })
+    /// From a `Fragment` (the object is not kept).
+    pub fn read(py: Python<'_>, f: &Fragment) -> Self {
+        Stored {
+            payload: f.payload.bind(py).as_bytes().into(),
+            spans: f.span_count,
+            start: f.start_ns,
+            end: f.end_ns,
+            error: f.has_error,
+            root: f.root.as_ref().map(|root| {
+                let root = root.borrow(py);
+                Box::new(Root {
+                    service: root.service.clone_ref(py),
+                    name: root.name.bind(py).to_string_lossy().into(),
+                    start: root.start_ns,
+                    end: root.end_ns,
+                })
+            }),
+            received: f.received_ns,
+            source: f.source,
+        }
     }
 
     /// Start of the root span, if this fragment has it.
@@ -56,20 +55,19 @@ impl Stored {
         self.root.as_ref().map(|r| r.start)
     }
 
-    /// Its root span info as a new `RootInfo` (``cls``), or None.
-    pub fn root_info(&self, cls: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let py = cls.py();
-        Ok(match &self.root {
-            Some(r) => cls.call1((r.service.clone_ref(py), &*r.name, r.start, r.end))?.unbind(),
-            None => py.None(),
-        })
+    /// Its root span info as a new `RootInfo`, or None.
+    pub fn root_info(&self, py: Python<'_>) -> PyResult<Option<Py<RootInfo>>> {
+        self.root.as_ref().map(|r| Py::new(py, RootInfo {
+            service: r.service.clone_ref(py), name: PyString::new(py, &r.name).unbind(), start_ns: r.start, end_ns: r.end,
+        })).transpose()
     }
 
-    /// The `Fragment` (``cls``) again, with ``root`` as its root span info.
-    pub fn to_python<'py>(&self, cls: &Bound<'py, PyAny>, id: &TraceId, root: Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let py = cls.py();
-        cls.call1((PyBytes::new(py, id), PyBytes::new(py, &self.payload), self.spans, self.start, self.end, self.error,
-                   root, self.received, self.source))
+    /// The `Fragment` again, with ``root`` as its root span info.
+    pub fn to_python(&self, py: Python<'_>, id: &TraceId, root: Option<Py<RootInfo>>) -> PyResult<Py<Fragment>> {
+        Py::new(py, Fragment {
+            trace_id: PyBytes::new(py, id).unbind(), payload: PyBytes::new(py, &self.payload).unbind(), span_count: self.spans,
+            start_ns: self.start, end_ns: self.end, has_error: self.error, root, received_ns: self.received, source: self.source,
+        })
     }
 
     /// Bytes it holds outside the Python heap.

@@ -198,7 +198,7 @@ class TailSampler:
         self._rules = self._compile(settings.rules)
         limits = (settings.max_traces, settings.max_spans_per_trace, settings.max_buffered_spans,
                   settings.max_buffered_bytes, settings.decision_cache_size, settings.dropped_cache_size)  # fmt: skip
-        classes = (TraceSummary, Decision, Fragment, Settled, RootInfo)  # what the buffer makes Python objects of
+        classes = (TraceSummary, Decision, Settled)  # what the buffer makes Python objects of (and Fragment, RootInfo)
         self._buffer = _wire.TraceBuffer(self._native(settings.rules), limits, classes, self._evaluate)
         self._buffer.set_dry_run(settings.dry_run)
         self.stats: Counter[str] = Counter()
