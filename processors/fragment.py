@@ -8,9 +8,7 @@ It lives here, below both packages, so that processors (the sampler) and the col
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from processors._wire import FRAGMENT_OVERHEAD, Fragment, RootInfo
+from processors._wire import FRAGMENT_OVERHEAD, Fragment, RootInfo, Settled
 
 __all__ = ["FRAGMENT_OVERHEAD", "Fragment", "RootInfo", "Settled", "Sourced"]
 # Fragment and RootInfo are classes of the compiled extension (native/src/fragment.rs): one
@@ -20,16 +18,9 @@ __all__ = ["FRAGMENT_OVERHEAD", "Fragment", "RootInfo", "Settled", "Sourced"]
 # RootInfo(service, name, start_ns, end_ns). Every field is readable and settable,
 # ``Fragment.size`` is the payload plus FRAGMENT_OVERHEAD bytes (what it costs in a queue),
 # and both compare equal by value. ``source`` is the (partition, offset) of the Kafka or
-# write-ahead log record it came from; None before it has one.
-
-
-class Settled(NamedTuple):
-    """A fragment that is done with (its trace dropped, or stored before), as the queue needs
-    it to commit past its record: the sampler's buffer keeps no ``Fragment`` object, so it
-    reports these instead."""
-
-    trace_id: bytes
-    source: tuple[int, int]
+# write-ahead log record it came from; None before it has one. Settled(trace_id, source) is
+# a fragment that is done with (its trace dropped, or stored before), as the queue needs it
+# to commit past its record: the sampler's buffer keeps no Fragment, so it reports these.
 
 
 Sourced = Fragment | Settled

@@ -4,8 +4,8 @@
 //! JSON, a TraceState with its threshold, an odd `service.name`) is asked of it through
 //! `Helpers`, once per distinct TraceState.
 
+use crate::Map;
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyFloat, PyString};
@@ -47,7 +47,7 @@ pub struct Helpers<'py> {
     state: Bound<'py, PyAny>,
     render: Bound<'py, PyAny>,
     service: Bound<'py, PyAny>,
-    states: HashMap<Vec<u8>, Vec<u8>>,
+    states: Map<Vec<u8>, Vec<u8>>,
 }
 
 impl<'py> Helpers<'py> {
@@ -107,12 +107,12 @@ pub struct Typed<'a> {
 /// thousands of attributes must not cost a quadratic scan).
 pub struct Ordered<'a, V> {
     pub items: Vec<(&'a [u8], V)>,
-    index: HashMap<&'a [u8], usize>,
+    index: Map<&'a [u8], usize>,
 }
 
 impl<V> Default for Ordered<'_, V> {
     fn default() -> Self {
-        Ordered { items: Vec::new(), index: HashMap::new() }
+        Ordered { items: Vec::new(), index: Map::default() }
     }
 }
 
@@ -171,5 +171,5 @@ impl<'a> Typed<'a> {
 }
 
 pub fn helpers<'py>(py: Python<'py>, state: Bound<'py, PyAny>, render: Bound<'py, PyAny>, service: Bound<'py, PyAny>) -> Helpers<'py> {
-    Helpers { py, state, render, service, states: HashMap::new() }
+    Helpers { py, state, render, service, states: Map::default() }
 }

@@ -12,14 +12,15 @@
 //! threads at once, PyO3's borrow flag would refuse the second caller rather than race.
 //! The `evaluate` callback must not call back into the buffer (it reads rules and counts).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use crate::Map;
+use std::collections::{HashSet, VecDeque};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::cache::{Decided, DecisionCache, TraceId};
-use crate::fragment::Fragment;
+use crate::fragment::{Fragment, Settled};
 use crate::rules::RuleSet;
 use crate::stored::Stored;
 
@@ -56,7 +57,7 @@ struct Counts {
 
 #[pyclass(module = "processors._wire")]
 pub struct TraceBuffer {
-    traces: HashMap<TraceId, Entry>,
+    traces: Map<TraceId, Entry>,
     arrivals: VecDeque<(TraceId, u64)>,
     rooted: VecDeque<(TraceId, u64, u64)>,
     serial: u64,
@@ -67,9 +68,9 @@ pub struct TraceBuffer {
     dry_run: bool,           // dropped traces keep their fragments (unsettled): the sampler stores them anyway
     settled: Vec<(TraceId, (i64, i64))>, // fragments from a durable queue, done with: (trace, source)
     counts: Counts,
-    decisions: HashMap<(i64, bool), u64>,
+    decisions: Map<(i64, bool), u64>,
     limits: (u64, u64, u64, u64, usize, usize), // traces, spans per trace, spans, bytes, kept and dropped cached
-    classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), // TraceSummary, Decision, Settled
+    classes: (Py<PyAny>, Py<PyAny>), // TraceSummary, Decision
     evaluate: Py<PyAny>,
 }
 
@@ -88,14 +89,14 @@ impl TraceBuffer {
     /// [("error",) | ("duration", op, bound_ns)]; limits: (max_traces, max_spans_per_trace,
     /// max_buffered_spans, max_buffered_bytes, decision_cache_size, dropped_cache_size); evaluate(trace_id,
     /// summary, fragments) -> (keep, rule index or -1, rate) runs the Python rules;
-    /// classes: (TraceSummary, Decision, Settled).
+    /// classes: (TraceSummary, Decision).
     #[new]
     fn new(rules: Vec<(Option<Vec<Bound<'_, PyTuple>>>, Option<f64>, String)>, limits: (u64, u64, u64, u64, usize, usize),
-           classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), evaluate: Py<PyAny>) -> PyResult<Self> {
+           classes: (Py<PyAny>, Py<PyAny>), evaluate: Py<PyAny>) -> PyResult<Self> {
         let mut buffer = TraceBuffer {
-            traces: HashMap::new(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
+            traces: Map::default(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
             decided: DecisionCache::new(limits.4, limits.5), rules: RuleSet::default(),
-            dry_run: false, settled: Vec::new(), counts: Counts::default(), decisions: HashMap::new(), limits,
+            dry_run: false, settled: Vec::new(), counts: Counts::default(), decisions: Map::default(), limits,
             classes, evaluate,
         };
         buffer.set_rules(rules)?;
@@ -283,10 +284,9 @@ impl TraceBuffer {
     /// Fragments (from a durable queue) finished without storage since the last call, as
     /// `Settled(trace_id, source)`.
     fn take_settled<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let cls = self.classes.2.bind(py);
         let out = PyList::empty(py);
         for (id, source) in self.settled.drain(..) {
-            out.append(cls.call1((PyBytes::new(py, &id), source))?)?;
+            out.append(Py::new(py, Settled { trace_id: PyBytes::new(py, &id).unbind(), source })?)?;
         }
         Ok(out)
     }

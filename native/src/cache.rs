@@ -7,7 +7,8 @@
 //! is compact (rule index and rate, 24 bytes of key and value); a kept one holds its summary,
 //! which late spans update. Part of `TraceBuffer` (`buffer.rs`), used by the event loop only.
 
-use std::collections::{HashMap, VecDeque};
+use crate::Map;
+use std::collections::VecDeque;
 use std::mem::size_of;
 
 use pyo3::prelude::*;
@@ -23,14 +24,14 @@ pub struct Decided {
 
 /// A map bounded by count, forgetting the oldest insertion first.
 struct Bounded<V> {
-    map: HashMap<TraceId, V>,
+    map: Map<TraceId, V>,
     order: VecDeque<TraceId>,
     cap: usize,
 }
 
 impl<V> Bounded<V> {
     fn new(cap: usize) -> Self {
-        Bounded { map: HashMap::new(), order: VecDeque::new(), cap }
+        Bounded { map: Map::default(), order: VecDeque::new(), cap }
     }
 
     fn insert(&mut self, id: TraceId, value: V) {

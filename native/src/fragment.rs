@@ -130,3 +130,31 @@ fn compare(py: Python<'_>, a: PyResult<Bound<'_, PyTuple>>, b: PyResult<Bound<'_
         _ => py.NotImplemented(),
     })
 }
+
+/// A fragment that is done with (its trace dropped, or stored before), as a queue needs it
+/// to commit past its record: the sampler's buffer keeps no `Fragment`, so it reports these.
+#[pyclass(module = "processors._wire", frozen, get_all)]
+pub struct Settled {
+    pub trace_id: Py<PyBytes>,
+    pub source: (i64, i64),
+}
+
+#[pymethods]
+impl Settled {
+    #[new]
+    fn new(trace_id: Py<PyBytes>, source: (i64, i64)) -> Self {
+        Settled { trace_id, source }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("Settled(trace_id={}, source={:?})", repr(self.trace_id.bind(py)), self.source)
+    }
+
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        let Ok(other) = other.cast::<Settled>() else { return Ok(py.NotImplemented()) };
+        let other = other.get();
+        compare(py, (self.trace_id.clone_ref(py), self.source).into_pyobject(py),
+                (other.trace_id.clone_ref(py), other.source).into_pyobject(py), op)
+    }
+}

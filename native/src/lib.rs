@@ -20,6 +20,11 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+/// The hash map of the hot path: aHash, randomly keyed per process (trace ids and attribute
+/// values come from clients, so the hash must resist chosen collisions), several times
+/// faster than the standard SipHash on short keys.
+pub type Map<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+
 fn malformed(err: wire::WireError) -> PyErr {
     PyValueError::new_err(format!("malformed OTLP protobuf: {}", err.0))
 }
@@ -154,6 +159,7 @@ fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buffer::TraceBuffer>()?;
     m.add_class::<fragment::Fragment>()?;
     m.add_class::<fragment::RootInfo>()?;
+    m.add_class::<fragment::Settled>()?;
     m.add("FRAGMENT_OVERHEAD", fragment::OVERHEAD)?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! of integer token counts, per distinct (service, span name, status code, wanted
 //! attribute values). Python turns each group into its labels once per request.
 
-use std::collections::HashMap;
+use crate::Map;
 
 use crate::otlp::{attributes, walk};
 use crate::wire::{each, Merged, Result, Value};
@@ -56,7 +56,7 @@ fn wanted_values<'a>(message: &'a [u8], number: u32, keys: &[Vec<u8>], out: &mut
 /// `summable[k]`: wanted key k is a token count, summed when it is an integer.
 pub fn groups(body: &[u8], services: &[u32], keys: &[Vec<u8>], summable: &[bool], bounds: &[f64]) -> Result<Vec<Group>> {
     let mut out: Vec<Group> = Vec::new();
-    let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut index: Map<Vec<u8>, usize> = Map::default();
     let mut resource_at = usize::MAX;
     let mut resource_values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
     let mut span_values: Vec<Option<Merged>> = vec![None; keys.len()];
@@ -130,7 +130,7 @@ pub fn groups(body: &[u8], services: &[u32], keys: &[Vec<u8>], summable: &[bool]
 
 /// The distinct span names of a request, in order of first use.
 pub fn span_names(body: &[u8]) -> Result<Vec<String>> {
-    let mut seen: HashMap<&[u8], ()> = HashMap::new();
+    let mut seen: Map<&[u8], ()> = Map::default();
     let mut out = Vec::new();
     walk(body, |_r, _s, span| {
         if seen.insert(span.name, ()).is_none() {

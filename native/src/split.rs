@@ -1,7 +1,7 @@
 //! Split by trace: validate ids, group spans by trace id, and write each group as one
 //! serialized OTLP `TracesData` (a *fragment*), copying span bytes as they arrived.
 
-use std::collections::HashMap;
+use crate::Map;
 
 use crate::otlp::{walk, Span};
 use crate::wire::{field_len, put_field, put_header, Result};
@@ -56,8 +56,8 @@ fn invalid(span: &Span) -> Option<&'static str> {
 /// Splits a request; spans that start before `oldest_ns` are rejected as expired.
 pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut index: HashMap<[u8; 16], usize> = HashMap::new();
-    let mut framing: HashMap<(usize, usize), [Vec<u8>; 4]> = HashMap::new();
+    let mut index: Map<[u8; 16], usize> = Map::default();
+    let mut framing: Map<(usize, usize), [Vec<u8>; 4]> = Map::default();
     let (mut rejected, mut expired, mut reason) = (0u64, 0u64, None);
     let mut last_key: Option<(usize, usize)> = None;
     walk(body, |resource, scope, span| {

@@ -39,7 +39,7 @@ from typing import Any
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from processors import _wire
-from processors.fragment import Fragment, RootInfo, Settled, Sourced
+from processors.fragment import Fragment, RootInfo, Sourced
 from processors.sampling.settings import SamplingSettings
 from processors.otlp_values import find_attribute, service_name
 from processors.sampling import otep235
@@ -198,7 +198,7 @@ class TailSampler:
         self._rules = self._compile(settings.rules)
         limits = (settings.max_traces, settings.max_spans_per_trace, settings.max_buffered_spans,
                   settings.max_buffered_bytes, settings.decision_cache_size, settings.dropped_cache_size)  # fmt: skip
-        classes = (TraceSummary, Decision, Settled)  # what the buffer makes Python objects of (and Fragment, RootInfo)
+        classes = (TraceSummary, Decision)  # what the buffer makes Python objects of (and its own classes)
         self._buffer = _wire.TraceBuffer(self._native(settings.rules), limits, classes, self._evaluate)
         self._buffer.set_dry_run(settings.dry_run)
         self.stats: Counter[str] = Counter()
