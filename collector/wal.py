@@ -22,8 +22,11 @@ Durability (``fsync``):
   Survives a crash of the process (SIGKILL, OOM kill), not of the machine.
 - ``never``: written to the OS before the answer, never synced by tailsift.
 
-Thread safety: called on the event loop only; ``fdatasync`` runs on the log's own thread,
-which is also the only one that closes segment files.
+Thread safety: called on the event loop only. ``fdatasync`` runs on a native thread of the
+compiled extension (``processors._wire.Syncer``), in the order asked, which is also the only
+one that closes segment files once they are full; it needs no GIL, so a busy event loop does
+not delay a sync, and it reports finished syncs through a pipe the loop watches. The futures
+of pending syncs are touched on the event loop only.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from processors._wire import Syncer
 
 log = logging.getLogger("tailsift.wal")
 HEADER = struct.Struct(">IIQI")  # payload length, CRC-32, sequence, fragments
@@ -70,9 +74,12 @@ class WriteAheadLog:
         self._segments: list[tuple[int, Path]] = []  # (first sequence, path), oldest first
         self._next_seq = 0
         self._checkpoint = 0
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
-        self._waiters: list[asyncio.Future[None]] = []
-        self._syncing = False
+        self._syncer: Syncer | None = None
+        self._notify = (-1, -1)  # the pipe the syncer wakes the event loop through
+        self._watching: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, list[asyncio.Future[None]]] = {}  # by sync ticket
+        self._committing: int | None = None  # the ticket of the group commit under way
+        self._waiters: list[asyncio.Future[None]] = []  # for the next group commit
         self._timer: asyncio.Task[None] | None = None
         self.bytes_written = 0
         self.syncs = 0
@@ -124,7 +131,7 @@ class WriteAheadLog:
         self._segments.append((self._next_seq, path))
         self._segment_size = 0
         if old >= 0:
-            self._thread.submit(_sync_and_close, old)
+            self._request(fd=old, close=True)  # before any sync of the new segment
 
     def append(self, payload: bytes, parts: int) -> int:
         """Write one record (to the OS, not yet synced) and return its sequence number."""
@@ -143,39 +150,72 @@ class WriteAheadLog:
         if self.fsync == "always":
             future = asyncio.get_running_loop().create_future()
             self._waiters.append(future)
-            if not self._syncing:
-                self._syncing = True
-                asyncio.get_running_loop().create_task(self._group_commit())
+            if self._committing is None:
+                self._commit()
             await future
         elif self.fsync == "interval" and self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(self._periodic())
 
-    async def _group_commit(self) -> None:
-        """One fdatasync for every request that appended while the previous one ran."""
-        loop = asyncio.get_running_loop()
-        try:
-            while self._waiters:
-                waiters, self._waiters = self._waiters, []
-                try:
-                    await loop.run_in_executor(self._thread, os.fdatasync, self._fd)
-                    self.syncs += 1
-                except OSError as exc:
-                    for w in waiters:
-                        w.set_exception(exc)
-                    continue
-                for w in waiters:
-                    if not w.done():
-                        w.set_result(None)
-        finally:
-            self._syncing = False
+    def _commit(self) -> None:
+        """Group commit: one fdatasync for every request that appended while the previous one
+        ran. Its waiters are answered by :meth:`_on_synced` itself, which starts the next."""
+        waiters, self._waiters = self._waiters, []
+        self._committing = self._request(fd=self._fd)
+        self._watch()
+        self._pending[self._committing] = waiters
 
     async def _periodic(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._fd >= 0:
             await asyncio.sleep(self.fsync_interval)
             if self._fd >= 0:
-                await loop.run_in_executor(self._thread, os.fdatasync, self._fd)
+                await self._sync(self._fd)
                 self.syncs += 1
+
+    # --- syncing (see the module docstring)
+    def _request(self, *, fd: int, close: bool = False) -> int:
+        """Ask the syncer to sync ``fd`` (then close it), after everything asked before."""
+        if self._syncer is None:
+            read, write = os.pipe()
+            os.set_blocking(read, False)
+            os.set_blocking(write, False)
+            self._notify, self._syncer = (read, write), Syncer(write)
+        return self._syncer.request(fd, close)
+
+    def _watch(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._watching is not loop:
+            loop.add_reader(self._notify[0], self._on_synced)
+            self._watching = loop
+        return loop
+
+    def _sync(self, fd: int, close: bool = False) -> asyncio.Future[None]:
+        """:meth:`_request`, with a future that is done when the sync is (OSError if it failed)."""
+        ticket = self._request(fd=fd, close=close)
+        future = self._watch().create_future()
+        self._pending[ticket] = [future]
+        return future
+
+    def _on_synced(self) -> None:
+        """On the event loop: answer the waiters of every finished sync."""
+        try:
+            os.read(self._notify[0], 4096)
+        except BlockingIOError:
+            pass
+        assert self._syncer is not None
+        for ticket, errno in self._syncer.take_finished():
+            if ticket == self._committing:
+                self._committing = None
+                if not errno:
+                    self.syncs += 1
+            for future in self._pending.pop(ticket, []):
+                if future.done():
+                    continue
+                if errno:
+                    future.set_exception(OSError(errno, os.strerror(errno)))
+                else:
+                    future.set_result(None)
+        if self._waiters and self._committing is None:
+            self._commit()
 
     # --- truncation
     def checkpoint(self, watermark: int) -> None:
@@ -199,13 +239,21 @@ class WriteAheadLog:
             self._timer.cancel()
             self._timer = None
         fd, self._fd = self._fd, -1
-        if fd >= 0:
-            await asyncio.get_running_loop().run_in_executor(self._thread, _sync_and_close, fd)
-        self._thread.shutdown(wait=False)
+        try:
+            if fd >= 0:
+                await self._sync(fd, close=True)
+        finally:
+            self._stop_syncer()
 
-
-def _sync_and_close(fd: int) -> None:
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+    def _stop_syncer(self) -> None:
+        """Finish the syncs asked for, end the thread, close the pipe. Safe twice."""
+        if self._syncer is None:
+            return
+        self._syncer.stop()
+        self._syncer = None
+        if self._watching is not None and not self._watching.is_closed():
+            self._watching.remove_reader(self._notify[0])
+        self._watching = None
+        for end in self._notify:
+            os.close(end)
+        self._notify = (-1, -1)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from pathlib import Path
 
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.otlp import split_by_trace
@@ -113,3 +116,28 @@ def test_concurrent_requests_share_one_fdatasync(tmp_path: Path) -> None:
 
     syncs, requests = asyncio.run(run())
     assert 1 <= syncs < requests / 10
+
+
+def test_a_failed_sync_fails_its_waiters_and_the_log_goes_on(tmp_path: Path) -> None:
+    """A sync the disk refuses is an OSError for every request waiting on it (the queue
+    answers them 503: never acknowledged), and the syncs after it still work."""
+
+    async def run() -> tuple[OSError, int]:
+        wal = WriteAheadLog(tmp_path, fsync="always")
+        wal.open()
+        good, (pipe_read, pipe_write) = wal._fd, os.pipe()
+        wal._fd = pipe_write  # fdatasync on a pipe fails with EINVAL, as a failing disk would
+        wal.append(b"lost", 1)
+        with pytest.raises(OSError) as failed:
+            await asyncio.gather(wal.durable(), wal.durable())
+        wal._fd = good
+        wal.append(b"kept", 1)
+        await wal.durable()
+        await wal.close()
+        for end in (pipe_read, pipe_write):
+            os.close(end)
+        return failed.value, wal.syncs
+
+    error, syncs = asyncio.run(run())
+    assert error.errno == errno.EINVAL and syncs == 1
+    assert [WriteAheadLog.read(e) for e in WriteAheadLog(tmp_path).open()] == [b"kept"]

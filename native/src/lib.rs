@@ -14,6 +14,7 @@ mod rows;
 mod rules;
 mod split;
 mod stored;
+mod syncer;
 mod wire;
 
 use pyo3::exceptions::PyValueError;
@@ -160,6 +161,7 @@ fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<fragment::Fragment>()?;
     m.add_class::<fragment::RootInfo>()?;
     m.add_class::<fragment::Settled>()?;
+    m.add_class::<syncer::Syncer>()?;
     m.add("FRAGMENT_OVERHEAD", fragment::OVERHEAD)?;
     Ok(())
 }
