@@ -11,7 +11,8 @@ if the directory is deleted, and a stored trace can tell a replay from new data.
 Files, in ``directory``: segments ``<first sequence>.wal`` of at most ``segment_bytes``,
 and ``checkpoint`` (the watermark, written atomically). A record is a header (length,
 CRC-32 of the payload, sequence, fragment count) and the payload. A segment whose every
-record is below the checkpoint is deleted. Replay stops a segment at the first torn or
+record is below the checkpoint is deleted (renamed ``.deleted`` at once, freed by the syncer
+thread). Replay stops a segment at the first torn or
 corrupt record: a crash in the middle of a write leaves one, and that request was never
 acknowledged.
 
@@ -47,6 +48,8 @@ from processors._wire import Syncer
 log = logging.getLogger("tailsift.wal")
 HEADER = struct.Struct(">IIQI")  # payload length, CRC-32, sequence, fragments
 FsyncPolicy = Literal["always", "interval", "never"]
+TRASH = ".deleted"
+"""Suffix of a segment below the checkpoint that is being deleted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,8 @@ class WriteAheadLog:
         self._checkpoint = int(mark.read_text()) if mark.exists() else 0
         entries: list[Entry] = []
         last = 0
+        for trash in self.directory.glob(f"*{TRASH}"):
+            trash.unlink(missing_ok=True)  # left by a crash before the syncer deleted it
         for path in sorted(self.directory.glob("*.wal")):
             self._segments.append((int(path.stem), path))
             for entry in self._scan(path):
@@ -228,7 +233,20 @@ class WriteAheadLog:
         os.replace(tmp, self.directory / "checkpoint")
         while len(self._segments) > 1 and self._segments[1][0] <= watermark:
             _, path = self._segments.pop(0)
-            path.unlink(missing_ok=True)
+            self._discard(path)
+
+    def _discard(self, path: Path) -> None:
+        """Delete a segment without holding the event loop: renamed at once (it is no longer a
+        segment), its blocks freed by the syncer's thread (unlinking 64 MiB took ~25 ms)."""
+        trash = path.with_suffix(TRASH)
+        try:
+            os.replace(path, trash)
+        except FileNotFoundError:
+            return
+        if self._syncer is None:
+            trash.unlink(missing_ok=True)
+        else:
+            self._syncer.remove(str(trash))
 
     @property
     def size_bytes(self) -> int:

@@ -7,6 +7,9 @@
 //! millisecond. Here a native thread takes (ticket, fd, close) requests in order, syncs, and
 //! reports through a pipe the event loop watches; the loop collects the finished tickets.
 //!
+//! It also deletes the segments a checkpoint made obsolete: unlinking a 64 MiB file frees
+//! its blocks inside the call, which held the event loop for tens of milliseconds.
+//!
 //! Requests run in the order given, so closing a full segment after its last sync, and
 //! syncing the next segment, keep their order (a sync of the new segment returning means the
 //! old one is synced too). Shared state: the finished list, behind a mutex; the sender is
@@ -16,6 +19,7 @@ use std::fs::File;
 use std::io::Write;
 use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, RawFd};
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,9 +29,14 @@ use pyo3::prelude::*;
 
 type Finished = Arc<Mutex<Vec<(u64, i32)>>>;
 
+enum Job {
+    Sync { fd: RawFd, close: bool },
+    Remove(PathBuf),
+}
+
 #[pyclass(module = "processors._wire")]
 pub struct Syncer {
-    requests: Option<Sender<(u64, RawFd, bool)>>,
+    requests: Option<Sender<(u64, Job)>>,
     finished: Finished,
     thread: Option<JoinHandle<()>>,
     next: u64,
@@ -44,6 +53,15 @@ fn sync(fd: RawFd, close: bool) -> i32 {
     result.err().map_or(0, |e| e.raw_os_error().unwrap_or(-1))
 }
 
+impl Syncer {
+    fn send(&mut self, job: Job) -> PyResult<u64> {
+        let Some(requests) = &self.requests else { return Err(PyValueError::new_err("the syncer is stopped")) };
+        self.next += 1;
+        requests.send((self.next, job)).map_err(|_| PyValueError::new_err("the sync thread is gone"))?;
+        Ok(self.next)
+    }
+}
+
 #[pymethods]
 impl Syncer {
     /// `notify`: the write end of a pipe; one byte is written to it after each request.
@@ -52,14 +70,17 @@ impl Syncer {
         if notify < 0 {
             return Err(PyValueError::new_err("notify must be an open descriptor"));
         }
-        let (requests, inbox) = channel::<(u64, RawFd, bool)>();
+        let (requests, inbox) = channel::<(u64, Job)>();
         let finished: Finished = Arc::default();
         let done = Arc::clone(&finished);
         let thread = std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
             // SAFETY: the log keeps the pipe open until `stop` has joined this thread.
             let mut pipe = ManuallyDrop::new(unsafe { File::from_raw_fd(notify) });
-            for (ticket, fd, close) in inbox {
-                let errno = sync(fd, close);
+            for (ticket, job) in inbox {
+                let errno = match job {
+                    Job::Sync { fd, close } => sync(fd, close),
+                    Job::Remove(path) => std::fs::remove_file(path).err().map_or(0, |e| e.raw_os_error().unwrap_or(-1)),
+                };
                 done.lock().unwrap_or_else(|e| e.into_inner()).push((ticket, errno));
                 let _ = pipe.write(&[1]); // a full pipe already holds a wake-up
             }
@@ -71,10 +92,12 @@ impl Syncer {
     /// the request's ticket.
     #[pyo3(signature = (fd, close = false))]
     fn request(&mut self, fd: RawFd, close: bool) -> PyResult<u64> {
-        let Some(requests) = &self.requests else { return Err(PyValueError::new_err("the syncer is stopped")) };
-        self.next += 1;
-        requests.send((self.next, fd, close)).map_err(|_| PyValueError::new_err("the sync thread is gone"))?;
-        Ok(self.next)
+        self.send(Job::Sync { fd, close })
+    }
+
+    /// Delete the file at `path`, after every earlier request; returns the ticket.
+    fn remove(&mut self, path: PathBuf) -> PyResult<u64> {
+        self.send(Job::Remove(path))
     }
 
     /// The requests finished since the last call: (ticket, errno), errno 0 for success.
