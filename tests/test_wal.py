@@ -141,3 +141,22 @@ def test_a_failed_sync_fails_its_waiters_and_the_log_goes_on(tmp_path: Path) -> 
     error, syncs = asyncio.run(run())
     assert error.errno == errno.EINVAL and syncs == 1
     assert [WriteAheadLog.read(e) for e in WriteAheadLog(tmp_path).open()] == [b"kept"]
+
+
+def test_deleted_segments_leave_nothing_behind(tmp_path: Path) -> None:
+    """Segments below the checkpoint are freed off the event loop, and gone by the time the
+    log is closed; one a crash left half-deleted is removed at the next open."""
+
+    async def run() -> list[str]:
+        wal = WriteAheadLog(tmp_path, segment_bytes=1 << 20)
+        wal.open()
+        seqs = [wal.append(b"x" * (300 << 10), 1) for _ in range(12)]
+        await wal.durable()
+        wal.checkpoint(seqs[-1] + 1)
+        await wal.close()
+        return sorted(p.suffix for p in tmp_path.iterdir())
+
+    assert asyncio.run(run()) == ["", ".wal"]  # the checkpoint and the segment being written
+    (tmp_path / "00000000000000000001.deleted").write_bytes(b"x" * 1000)
+    WriteAheadLog(tmp_path).open()
+    assert not list(tmp_path.glob("*.deleted"))

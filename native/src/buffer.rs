@@ -284,11 +284,10 @@ impl TraceBuffer {
     /// Fragments (from a durable queue) finished without storage since the last call, as
     /// `Settled(trace_id, source)`.
     fn take_settled<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let out = PyList::empty(py);
-        for (id, source) in self.settled.drain(..) {
-            out.append(Py::new(py, Settled { trace_id: PyBytes::new(py, &id).unbind(), source })?)?;
-        }
-        Ok(out)
+        let settled = self.settled.drain(..)
+            .map(|(id, source)| Py::new(py, Settled { trace_id: PyBytes::new(py, &id).unbind(), source }))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, settled) // one allocation: appending thousands grew the list by reallocation
     }
 
     /// (keep, rule name, sample rate, summary or None) of a decided trace, or None.

@@ -24,7 +24,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 type Finished = Arc<Mutex<Vec<(u64, i32)>>>;
@@ -55,9 +55,10 @@ fn sync(fd: RawFd, close: bool) -> i32 {
 
 impl Syncer {
     fn send(&mut self, job: Job) -> PyResult<u64> {
-        let Some(requests) = &self.requests else { return Err(PyValueError::new_err("the syncer is stopped")) };
+        // OSError, as a failed sync is: the log's callers answer 503 and nothing is acknowledged
+        let Some(requests) = &self.requests else { return Err(PyOSError::new_err("the write-ahead log's syncer is stopped")) };
         self.next += 1;
-        requests.send((self.next, job)).map_err(|_| PyValueError::new_err("the sync thread is gone"))?;
+        requests.send((self.next, job)).map_err(|_| PyOSError::new_err("the write-ahead log's sync thread is gone"))?;
         Ok(self.next)
     }
 }
