@@ -42,14 +42,11 @@ impl RootInfo {
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
-        let py = other.py();
-        let Ok(other) = other.cast::<RootInfo>() else { return Ok(py.NotImplemented()) };
-        let other = other.borrow();
-        compare(py, self.fields(py), other.fields(py), op)
+        compare(self, other, op)
     }
 }
 
-impl RootInfo {
+impl ByValue for RootInfo {
     fn fields<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         (self.service.clone_ref(py), self.name.clone_ref(py), self.start_ns, self.end_ns).into_pyobject(py)
     }
@@ -101,14 +98,11 @@ impl Fragment {
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
-        let py = other.py();
-        let Ok(other) = other.cast::<Fragment>() else { return Ok(py.NotImplemented()) };
-        let other = other.borrow();
-        compare(py, self.fields(py), other.fields(py), op)
+        compare(self, other, op)
     }
 }
 
-impl Fragment {
+impl ByValue for Fragment {
     fn fields<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let root = self.root.as_ref().map(|r| r.clone_ref(py));
         (self.trace_id.clone_ref(py), self.payload.clone_ref(py), self.span_count, self.start_ns, self.end_ns,
@@ -120,10 +114,16 @@ fn repr(value: &Bound<'_, PyAny>) -> String {
     value.repr().map_or_else(|_| "?".to_string(), |r| r.to_string())
 }
 
-/// Equality by value, as a dataclass compares (order is not defined).
-fn compare(py: Python<'_>, a: PyResult<Bound<'_, PyTuple>>, b: PyResult<Bound<'_, PyTuple>>, op: CompareOp)
-           -> PyResult<Py<PyAny>> {
-    let equal = a?.eq(b?)?;
+/// A class compared by the tuple of its fields, as a dataclass is.
+trait ByValue: pyo3::PyClass {
+    fn fields<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>>;
+}
+
+/// `__eq__` and `__ne__` of a `ByValue` class (order is not defined).
+fn compare<T: ByValue>(this: &T, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+    let py = other.py();
+    let Ok(other) = other.cast::<T>() else { return Ok(py.NotImplemented()) };
+    let equal = this.fields(py)?.eq(other.borrow().fields(py)?)?;
     Ok(match op {
         CompareOp::Eq => equal.into_pyobject(py)?.to_owned().into_any().unbind(),
         CompareOp::Ne => (!equal).into_pyobject(py)?.to_owned().into_any().unbind(),
@@ -151,10 +151,12 @@ impl Settled {
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
-        let py = other.py();
-        let Ok(other) = other.cast::<Settled>() else { return Ok(py.NotImplemented()) };
-        let other = other.get();
-        compare(py, (self.trace_id.clone_ref(py), self.source).into_pyobject(py),
-                (other.trace_id.clone_ref(py), other.source).into_pyobject(py), op)
+        compare(self, other, op)
+    }
+}
+
+impl ByValue for Settled {
+    fn fields<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        (self.trace_id.clone_ref(py), self.source).into_pyobject(py)
     }
 }
