@@ -29,7 +29,10 @@ from collector.kafka.envelope_pb2 import Batch
 from processors import _wire, reference, wire
 from processors.cardinality import CardinalitySettings
 from processors.genai import Price, PriceTable
+from processors.fragment import Fragment, RootInfo
 from processors.sampling import otep235
+from processors.sampling.sampler import TailSampler
+from processors.sampling.settings import SamplingSettings
 from processors.spanmetrics import BUCKETS, SpanMetrics
 
 KEYS = [b"gen_ai.request.model", b"gen_ai.response.model", b"gen_ai.usage.input_tokens", b"prompt_key"]
@@ -82,6 +85,19 @@ def _fragments_agree(body: bytes, request: ExportTraceServiceRequest, oldest_ns:
 
     assert normal(wire.split_by_trace(request, 7, oldest_ns, body).fragments) == normal(
         wire._from_reference(request, oldest_ns, 7)[0])
+    assert_buffer_gives_back(made)
+
+
+def assert_buffer_gives_back(fragments: list[Fragment]) -> None:
+    """The sampler's buffer keeps payloads packed (framing shared, trace ids left out of the
+    spans); every kept fragment comes back equal to the one it was given, byte for byte."""
+    sampler = TailSampler(SamplingSettings.model_validate({"rules": [{"name": "all", "keep": "100%"}]}))
+    decisions = sampler.add(fragments)  # a bound may decide some at once
+    by_trace: dict[bytes, list[Fragment]] = {}
+    for f in fragments:
+        by_trace.setdefault(f.trace_id, []).append(f)
+    returned = {d.summary.trace_id: d.fragments for d in decisions + sampler.flush()}
+    assert returned == by_trace
 
 
 # --- generated requests
@@ -185,6 +201,36 @@ ODD: dict[str, Callable[[], bytes]] = {
         + _ld(9, _ld(1, b"gen_ai.usage.input_tokens") + _ld(2, _varint(3 << 3) + _varint(2**64 - 5)))),
     "no spans, empty messages": lambda: _ld(1, b"") + _ld(1, _ld(2, b"")),
 }
+
+
+_SPAN = _ld(1, TRACE) + _ld(2, b"\x01" * 8) + _fixed64(7, 5)
+NOT_SPLITS_FORM: dict[str, bytes] = {
+    "empty": b"",
+    "not protobuf": b"\xff\xfe\x00garbage",
+    "a length as a longer varint than needed": b"\x0a\x80\x00",
+    "an empty schema_url written out": _ld(1, _ld(1, b"") + _ld(2, _ld(1, b"") + _ld(2, _SPAN)) + _ld(3, b"")),
+    "two scopes": _ld(1, _ld(1, b"") + _ld(2, _ld(1, b"") + _ld(2, _SPAN)) + _ld(2, _ld(1, b"x") + _ld(2, _SPAN))),
+    "two resources": _request(_SPAN) + _request(_SPAN, resource=KV),
+    "scope before resource": _ld(1, _ld(2, _ld(1, b"") + _ld(2, _SPAN)) + _ld(1, b"")),
+    "an unknown field after the spans": _ld(1, _ld(1, b"") + _ld(2, _ld(1, b"") + _ld(2, _SPAN) + _ld(9, b"?"))),
+    "a span of another trace, and one with its trace id last": _request(
+        _ld(1, b"\x0b" * 16) + _ld(2, b"\x01" * 8), _ld(2, b"\x01" * 8) + _ld(1, TRACE)),
+    "a span whose trace id is too short": _request(_ld(1, TRACE[:15]) + _ld(2, b"\x01" * 8)),
+    "spans longer than 127 and 16383 bytes": _request(_SPAN + _ld(5, b"n" * 200), _SPAN + _ld(5, b"n" * 20000)),
+}
+
+
+def test_the_buffer_gives_back_payloads_it_cannot_pack_and_every_field() -> None:
+    root = RootInfo("svc", "GET /", 1, 2)
+    made = [Fragment(TRACE, payload, 1, 1, 2, False, root if i % 2 else None, received_ns=i, source=(3, i) if i % 3 else None)
+            for i, payload in enumerate(NOT_SPLITS_FORM.values())]  # fmt: skip
+    made += [Fragment(b"\x0c" * 16, NOT_SPLITS_FORM["two scopes"], 2**32 - 1, 0, 2**64 - 1, True, None)]
+    assert_buffer_gives_back(made)
+    too_many = Fragment(b"\x0d" * 16, b"", 2**32, 0, 1, False, None)
+    sampler = TailSampler(SamplingSettings.model_validate({}))
+    with pytest.raises(ValueError, match="at most"):
+        sampler.add([made[0], too_many])  # refused whole, not cut short
+    assert sampler.buffered_spans == 0
 
 
 @pytest.mark.parametrize("case", ODD)

@@ -21,26 +21,10 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::cache::{Decided, DecisionCache, TraceId};
 use crate::fragment::{Fragment, Settled};
+use crate::packed::Frames;
 use crate::rules::RuleSet;
+use crate::entry::Entry;
 use crate::stored::Stored;
-
-const NO_START: u64 = 1 << 63;
-
-struct Entry {
-    serial: u64,
-    touch: u64,
-    first_seen: i64,
-    last_seen: i64,
-    spans: u64,
-    start: u64,
-    end: u64,
-    error: bool,
-    root: Option<(usize, u64)>, // (index in `fragments` of the newest root's fragment, root start)
-    partition: i64,
-    offset: i64,
-    bytes: u64,
-    fragments: Vec<Stored>,
-}
 
 #[derive(Default)]
 struct Counts {
@@ -57,13 +41,14 @@ struct Counts {
 
 #[pyclass(module = "processors._wire")]
 pub struct TraceBuffer {
-    traces: Map<TraceId, Entry>,
-    arrivals: VecDeque<(TraceId, u64)>,
-    rooted: VecDeque<(TraceId, u64, u64)>,
-    serial: u64,
+    traces: Map<TraceId, Box<Entry>>,
+    arrivals: VecDeque<(TraceId, u32)>,     // (trace, its serial) in order of arrival
+    rooted: VecDeque<(TraceId, u32, u32)>, // (trace, serial, touch) in order of its newest root
+    serial: u32,
     spans: u64,
     bytes: u64,
     decided: DecisionCache,
+    frames: Frames,
     rules: RuleSet,
     dry_run: bool,           // dropped traces keep their fragments (unsettled): the sampler stores them anyway
     settled: Vec<(TraceId, (i64, i64))>, // fragments from a durable queue, done with: (trace, source)
@@ -72,11 +57,6 @@ pub struct TraceBuffer {
     limits: (u64, u64, u64, u64, usize, usize), // traces, spans per trace, spans, bytes, kept and dropped cached
     classes: (Py<PyAny>, Py<PyAny>), // TraceSummary, Decision
     evaluate: Py<PyAny>,
-}
-
-fn duration(e: &Entry) -> u64 {
-    let begin = e.root.as_ref().map_or(e.start, |r| r.1);
-    e.end.saturating_sub(begin)
 }
 
 fn trace_id(bytes: &[u8]) -> PyResult<TraceId> {
@@ -95,7 +75,7 @@ impl TraceBuffer {
            classes: (Py<PyAny>, Py<PyAny>), evaluate: Py<PyAny>) -> PyResult<Self> {
         let mut buffer = TraceBuffer {
             traces: Map::default(), arrivals: VecDeque::new(), rooted: VecDeque::new(), serial: 0, spans: 0, bytes: 0,
-            decided: DecisionCache::new(limits.4, limits.5), rules: RuleSet::default(),
+            decided: DecisionCache::new(limits.4, limits.5), frames: Frames::default(), rules: RuleSet::default(),
             dry_run: false, settled: Vec::new(), counts: Counts::default(), decisions: Map::default(), limits,
             classes, evaluate,
         };
@@ -136,14 +116,12 @@ impl TraceBuffer {
     fn native_bytes(&self) -> usize {
         use std::mem::size_of;
         let table = |cap: usize, item: usize| cap * (item + 1);
-        table(self.traces.capacity(), size_of::<(TraceId, Entry)>())
-            + self.traces.values()
-                .map(|e| (e.fragments.capacity() - e.fragments.len()) * size_of::<Stored>()
-                         + e.fragments.iter().map(Stored::native_bytes).sum::<usize>())
-                .sum::<usize>()
-            + self.arrivals.capacity() * size_of::<(TraceId, u64)>()
-            + self.rooted.capacity() * size_of::<(TraceId, u64, u64)>()
+        table(self.traces.capacity(), size_of::<(TraceId, Box<Entry>)>())
+            + self.traces.values().map(|e| e.native_bytes()).sum::<usize>()
+            + self.arrivals.capacity() * size_of::<(TraceId, u32)>()
+            + self.rooted.capacity() * size_of::<(TraceId, u32, u32)>()
             + self.decided.native_bytes()
+            + self.frames.native_bytes()
             + self.settled.capacity() * size_of::<(TraceId, (i64, i64))>()
     }
 
@@ -154,6 +132,10 @@ impl TraceBuffer {
         let out = PyList::empty(py);
         let late = PyList::empty(py);
         let (max_traces, max_spans_per_trace, max_spans, max_bytes, _, _) = self.limits;
+        if fragments.iter().any(|f| f.borrow().span_count > u64::from(u32::MAX)) {
+            // checked before any is taken in; a request this large is refused long before
+            return Err(PyValueError::new_err("a fragment holds at most 2**32 - 1 spans"));
+        }
         for f in fragments {
             let frag = f.borrow();
             let id = trace_id(frag.trace_id.bind(py).as_bytes())?;
@@ -169,38 +151,18 @@ impl TraceBuffer {
                     self.counts.max_traces += 1;
                     self.decide_oldest(py, &out)?;
                 }
-                self.serial += 1;
-                self.traces.insert(id, Entry {
-                    serial: self.serial, touch: 0, first_seen: now, last_seen: now, spans: 0, start: NO_START, end: 0,
-                    error: false, root: None, partition: -1, offset: -1, bytes: 0, fragments: Vec::new(),
-                });
+                self.serial = self.serial.wrapping_add(1);
+                self.traces.insert(id, Entry::new(self.serial, now));
                 self.arrivals.push_back((id, self.serial));
             }
-            let stored = Stored::read(py, &frag);
-            let (size, source) = (stored.payload.len() as u64 + 64, stored.source);
+            let size = frag.payload.bind(py).as_bytes().len() as u64 + 64;
+            let stored = Stored::read(py, &frag, &id, &mut self.frames);
             let e = self.traces.get_mut(&id).expect("inserted above");
-            if let Some((partition, offset)) = source {
-                e.partition = partition;
-                e.offset = e.offset.max(offset);
-            }
-            e.spans += spans;
-            e.start = e.start.min(stored.start);
-            e.end = e.end.max(stored.end);
-            e.error |= stored.error;
-            if let Some(start) = stored.root_start() {
-                e.root = Some((e.fragments.len(), start));
-            }
-            e.last_seen = now;
-            e.bytes += size;
-            if e.fragments.len() == e.fragments.capacity() {
-                // Most traces have one fragment: no room for four (a Vec's first growth).
-                e.fragments.reserve_exact((e.fragments.len() / 2).max(1));
-            }
-            e.fragments.push(stored);
+            e.absorb(stored, size, now);
             self.spans += spans;
             self.bytes += size;
-            if e.root.is_some() {
-                e.touch += 1;
+            if e.root_at().is_some() {
+                e.touch = e.touch.wrapping_add(1);
                 self.rooted.push_back((id, e.serial, e.touch));
             }
             if e.spans >= max_spans_per_trace {
@@ -266,7 +228,7 @@ impl TraceBuffer {
         let from = |source: &Option<(i64, i64)>| source.is_some_and(|(p, _)| partitions.contains(&p));
         let mut gone = Vec::new();
         for (id, e) in &self.traces {
-            if e.fragments.iter().any(|f| from(&f.source)) {
+            if e.fragments.iter().any(|f| from(&f.source())) {
                 gone.push(*id);
             }
         }
@@ -381,20 +343,20 @@ impl TraceBuffer {
         let e = self.traces.remove(id).expect("decided traces are buffered");
         self.spans -= e.spans;
         self.bytes -= e.bytes;
-        let root = match e.root {
-            Some((at, _)) => e.fragments[at].root_info(py)?,
+        let root = match e.root_at() {
+            Some(at) => e.fragments[at].root_info(py)?,
             None => None,
         };
         let summary_cls = self.classes.0.clone_ref(py);
         let make_summary = || {
             let trace = PyBytes::new(py, id);
-            summary_cls.bind(py).call1((trace, e.spans, e.start, e.end, e.error, root.as_ref().map(|r| r.clone_ref(py)), e.partition, e.offset))
+            summary_cls.bind(py).call1((trace, e.spans, e.start, e.end, e.error, root.as_ref().map(|r| r.clone_ref(py)), i64::from(e.partition), e.offset))
         };
         let fragments = || -> PyResult<Bound<'py, PyList>> {
             let out = PyList::empty(py);
             for (i, f) in e.fragments.iter().enumerate() {
                 // the trace's root is one object, shared with its summary, as it arrived
-                let root = if e.root.is_some_and(|(at, _)| at == i) {
+                let root = if e.root_at() == Some(i) {
                     root.as_ref().map(|r| r.clone_ref(py))
                 } else {
                     f.root_info(py)?
@@ -404,11 +366,13 @@ impl TraceBuffer {
             Ok(out)
         };
         let upstream = {
-            let views: Vec<&[u8]> = e.fragments.iter().map(|f| &f.payload[..]).collect();
+            // the common case, no span with an "ot=" trace state, unpacks nothing
+            let payloads: Vec<_> = e.fragments.iter().filter(|f| f.payload.may_contain(b"ot=")).map(|f| f.payload.unpack(id)).collect();
+            let views: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
             crate::ot::upstream(id, &views).map_err(|err| PyValueError::new_err(err.0))?
         };
         let mut made = None; // the fragments as the Python rules saw them, reused if kept
-        let (keep, rule, rate, summary) = match self.rules.decide(upstream, e.error, duration(&e)) {
+        let (keep, rule, rate, summary) = match self.rules.decide(upstream, e.error, e.duration()) {
             Some((keep, rule, rate)) => (keep, rule, rate, None),
             None => {
                 let summary = make_summary()?;
@@ -428,7 +392,7 @@ impl TraceBuffer {
             (false, _) => PyList::empty(py),
         };
         if !store {
-            self.settled.extend(e.fragments.iter().filter_map(|f| f.source.map(|source| (*id, source))));
+            self.settled.extend(e.fragments.iter().filter_map(|f| f.source().map(|source| (*id, source))));
             if !dropped {
                 return Ok(None);
             }

@@ -5,11 +5,13 @@
 mod attrs;
 mod buffer;
 mod cache;
+mod entry;
 mod envelope;
 mod fragment;
 mod metrics;
 mod ot;
 mod otlp;
+mod packed;
 mod rows;
 mod rules;
 mod split;
@@ -67,7 +69,7 @@ fn split_fragments<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64, received_n
                     None => services[r.resource].insert(service.call1((r.resource,))?.cast_into::<PyString>()?.unbind())
                         .clone_ref(py),
                 };
-                let name = PyString::new(py, &r.name).unbind();
+                let name = PyString::intern(py, &r.name).unbind(); // a buffered trace holds it: one per distinct name
                 Some(Py::new(py, fragment::RootInfo { service: named, name, start_ns: r.start, end_ns: r.end })?)
             }
         };

@@ -4,7 +4,7 @@
 use crate::Map;
 
 use crate::otlp::{walk, Span};
-use crate::wire::{field_len, put_field, put_header, Result};
+use crate::wire::{chunk_lens, field_len, put_chunk, put_field, Framing, Result};
 
 pub const BAD_TRACE: &str = "trace_id must be 16 bytes and not all zero";
 pub const BAD_SPAN: &str = "span_id must be 8 bytes and not all zero";
@@ -112,31 +112,20 @@ pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split> {
         let mut parts = Vec::with_capacity(group.chunks.len());
         let mut total = 0;
         for (key, spans) in &group.chunks {
-            let [resource, rs_schema, scope, ss_schema] = &framing[key];
-            let ss_len = field_len(scope.len()) + spans.iter().map(|s| field_len(s.len())).sum::<usize>()
-                + if ss_schema.is_empty() { 0 } else { field_len(ss_schema.len()) };
-            let rs_len = field_len(resource.len()) + field_len(ss_len)
-                + if rs_schema.is_empty() { 0 } else { field_len(rs_schema.len()) };
-            total += field_len(rs_len);
-            parts.push((ss_len, rs_len, &framing[key]));
+            let [a, b, c, d] = &framing[key];
+            let frame: Framing = [a, b, c, d];
+            let lens = chunk_lens(&frame, spans.iter().map(|s| field_len(s.len())).sum());
+            total += field_len(lens.1);
+            parts.push((frame, lens));
         }
         let payload = &mut group.fragment.payload;
         payload.reserve_exact(total);
-        for ((_, spans), (ss_len, rs_len, frame)) in group.chunks.iter().zip(parts) {
-            let [resource, rs_schema, scope, ss_schema] = frame;
-            put_header(payload, 1, rs_len);
-            put_field(payload, 1, resource);
-            put_header(payload, 2, ss_len);
-            put_field(payload, 1, scope);
-            for s in spans {
-                put_field(payload, 2, s);
-            }
-            if !ss_schema.is_empty() {
-                put_field(payload, 3, ss_schema);
-            }
-            if !rs_schema.is_empty() {
-                put_field(payload, 3, rs_schema);
-            }
+        for ((_, spans), (frame, lens)) in group.chunks.iter().zip(parts) {
+            put_chunk(payload, &frame, lens, |out| {
+                for s in spans {
+                    put_field(out, 2, s);
+                }
+            });
         }
         debug_assert_eq!(payload.len(), total);
         fragments.push(group.fragment);

@@ -151,7 +151,7 @@ pub fn put_header(out: &mut Vec<u8>, number: u32, len: usize) {
     put_varint(out, len as u64);
 }
 
-fn varint_len(mut n: u64) -> usize {
+pub fn varint_len(mut n: u64) -> usize {
     let mut len = 1;
     while n > 0x7f {
         n >>= 7;
@@ -163,6 +163,36 @@ fn varint_len(mut n: u64) -> usize {
 /// Bytes a length-delimited field with a payload of `len` bytes takes (field numbers < 16).
 pub fn field_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
+}
+
+/// One resource's scope, as a fragment frames its spans: [resource, the resource's
+/// schema_url, scope, the scope's schema_url] (empty schema URLs are left out).
+pub type Framing<'a> = [&'a [u8]; 4];
+
+/// The (ScopeSpans, ResourceSpans) lengths around span fields that take `spans` bytes.
+pub fn chunk_lens(frame: &Framing, spans: usize) -> (usize, usize) {
+    let [resource, rs_schema, scope, ss_schema] = frame;
+    let optional = |s: &[u8]| if s.is_empty() { 0 } else { field_len(s.len()) };
+    let ss_len = field_len(scope.len()) + spans + optional(ss_schema);
+    (ss_len, field_len(resource.len()) + field_len(ss_len) + optional(rs_schema))
+}
+
+/// Writes one `ResourceSpans` (a `TracesData` field) holding one `ScopeSpans`, whose span
+/// fields `spans` writes; `lens` from `chunk_lens`. Split and the buffer's packed payloads
+/// write fragments with this, so a payload unpacked is byte for byte the one split wrote.
+pub fn put_chunk(out: &mut Vec<u8>, frame: &Framing, lens: (usize, usize), spans: impl FnOnce(&mut Vec<u8>)) {
+    let [resource, rs_schema, scope, ss_schema] = frame;
+    put_header(out, 1, lens.1);
+    put_field(out, 1, resource);
+    put_header(out, 2, lens.0);
+    put_field(out, 1, scope);
+    spans(out);
+    if !ss_schema.is_empty() {
+        put_field(out, 3, ss_schema);
+    }
+    if !rs_schema.is_empty() {
+        put_field(out, 3, rs_schema);
+    }
 }
 
 /// An embedded message: occurrences of the same field merge, which concatenating their
