@@ -24,20 +24,30 @@ use crate::wire::{chunk_lens, field_len, put_chunk, put_field, put_header, put_v
 pub struct Frames {
     set: HashSet<Arc<[u8]>, ahash::RandomState>,
     swept: usize,
+    scratch: Vec<u8>, // the key being looked up: no allocation for a framing already held
 }
 
 impl Frames {
-    fn intern(&mut self, key: &[u8]) -> Arc<[u8]> {
-        if let Some(frame) = self.set.get(key) {
-            return frame.clone();
+    fn intern(&mut self, frame: &Framing) -> Arc<[u8]> {
+        let mut key = std::mem::take(&mut self.scratch);
+        key.clear();
+        for (number, part) in (1..).zip(frame) {
+            put_field(&mut key, number, part);
         }
-        if self.set.len() >= 2 * self.swept + 64 {
-            // framings no payload holds any more (amortised: at most once per doubling)
-            self.set.retain(|frame| Arc::strong_count(frame) > 1);
-            self.swept = self.set.len();
-        }
-        let frame: Arc<[u8]> = key.into();
-        self.set.insert(frame.clone());
+        let frame = match self.set.get(&key[..]) {
+            Some(frame) => frame.clone(),
+            None => {
+                if self.set.len() >= 2 * self.swept + 64 {
+                    // framings no payload holds any more (amortised: at most once per doubling)
+                    self.set.retain(|frame| Arc::strong_count(frame) > 1);
+                    self.swept = self.set.len();
+                }
+                let frame: Arc<[u8]> = key[..].into();
+                self.set.insert(frame.clone());
+                frame
+            }
+        };
+        self.scratch = key;
         frame
     }
 
@@ -107,17 +117,10 @@ fn canonical(payload: &[u8]) -> Option<(Framing<'_>, &[u8], usize, usize)> {
     Some(([resource, rs_schema, scope, ss_schema], ss, begin, end))
 }
 
-fn frame_key(frame: &Framing) -> Vec<u8> {
-    let mut key = Vec::with_capacity(frame.iter().map(|p| field_len(p.len())).sum());
-    for (number, part) in (1..).zip(frame) {
-        put_field(&mut key, number, part);
-    }
-    key
-}
-
+/// A framing as `Frames::intern` keys it.
 fn frame_parts(key: &[u8]) -> Framing<'_> {
     let mut at = 0;
-    let mut part = |tag| field(key, &mut at, tag).expect("written by frame_key");
+    let mut part = |tag| field(key, &mut at, tag).expect("written by intern");
     [part(0x0a), part(0x12), part(0x1a), part(0x22)]
 }
 
@@ -126,16 +129,24 @@ impl Packed {
         let Some((frame, ss, begin, end)) = canonical(payload) else {
             return Packed { frame: None, bytes: payload.into() };
         };
-        let mut bytes = Vec::with_capacity(end - begin);
-        let mut at = begin;
-        while at < end {
-            let span = field(ss, &mut at, 0x12).expect("checked by canonical");
-            let left_out = span.len() >= 18 && span[..2] == [0x0a, 0x10] && span[2..18] == id[..];
-            let kept = if left_out { &span[18..] } else { span };
-            put_varint(&mut bytes, (kept.len() as u64) << 1 | u64::from(left_out));
+        // each span: (its head, the bytes kept); walked twice, to allocate the exact size
+        let spans = || {
+            let mut at = begin;
+            std::iter::from_fn(move || {
+                (at < end).then(|| {
+                    let span = field(ss, &mut at, 0x12).expect("checked by canonical");
+                    let left_out = span.len() >= 18 && span[..2] == [0x0a, 0x10] && span[2..18] == id[..];
+                    let kept = if left_out { &span[18..] } else { span };
+                    ((kept.len() as u64) << 1 | u64::from(left_out), kept)
+                })
+            })
+        };
+        let mut bytes = Vec::with_capacity(spans().map(|(head, kept)| varint_len(head) + kept.len()).sum());
+        for (head, kept) in spans() {
+            put_varint(&mut bytes, head);
             bytes.extend_from_slice(kept);
         }
-        Packed { frame: Some(frames.intern(&frame_key(&frame))), bytes: bytes.into_boxed_slice() }
+        Packed { frame: Some(frames.intern(&frame)), bytes: bytes.into_boxed_slice() }
     }
 
     /// Whether the payload may contain `needle` outside its framing.
