@@ -24,7 +24,7 @@ pub struct Entry {
     root_start: u64,    // the newest root span's start
     pub serial: u32,    // its `arrivals` stamp
     pub touch: u32,     // its `rooted` stamp, one more for each fragment with a root
-    pub partition: i32, // its Kafka partition, -1: none
+    pub partition: i32, // its Kafka partition (a 32-bit number in Kafka), -1: none
     root_at: u32,       // index in `fragments` of the newest root's fragment, NO_ROOT: none yet
     pub error: bool,
     pub fragments: Vec<Stored>,

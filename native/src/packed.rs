@@ -12,23 +12,50 @@
 //! other form is kept as it came.
 
 use std::borrow::Cow;
+use std::borrow::Borrow;
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::mem::size_of;
 use std::sync::Arc;
 
 use crate::cache::TraceId;
 use crate::wire::{chunk_lens, field_len, put_chunk, put_field, put_header, put_varint, varint_len, Framing};
 
+/// A framing as `Frames::intern` keys it, shared: a thin pointer (8 bytes in each packed
+/// payload, where an `Arc<[u8]>` would take 16), equal and hashed as its bytes.
+#[derive(Clone)]
+struct Frame(Arc<Box<[u8]>>);
+
+impl Borrow<[u8]> for Frame {
+    fn borrow(&self) -> &[u8] {
+        &self.0[..]
+    }
+}
+
+impl Hash for Frame {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0[..].hash(state) // as the `[u8]` it is looked up by
+    }
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.0[..] == other.0[..]
+    }
+}
+
+impl Eq for Frame {}
+
 /// The framings of buffered payloads, each held once (`Arc`'s count says by how many).
 #[derive(Default)]
 pub struct Frames {
-    set: HashSet<Arc<[u8]>, ahash::RandomState>,
+    set: HashSet<Frame, ahash::RandomState>,
     swept: usize,
     scratch: Vec<u8>, // the key being looked up: no allocation for a framing already held
 }
 
 impl Frames {
-    fn intern(&mut self, frame: &Framing) -> Arc<[u8]> {
+    fn intern(&mut self, frame: &Framing) -> Frame {
         let mut key = std::mem::take(&mut self.scratch);
         key.clear();
         for (number, part) in (1..).zip(frame) {
@@ -39,10 +66,10 @@ impl Frames {
             None => {
                 if self.set.len() >= 2 * self.swept + 64 {
                     // framings no payload holds any more (amortised: at most once per doubling)
-                    self.set.retain(|frame| Arc::strong_count(frame) > 1);
+                    self.set.retain(|frame| Arc::strong_count(&frame.0) > 1);
                     self.swept = self.set.len();
                 }
-                let frame: Arc<[u8]> = key[..].into();
+                let frame = Frame(Arc::new(key[..].into()));
                 self.set.insert(frame.clone());
                 frame
             }
@@ -52,12 +79,13 @@ impl Frames {
     }
 
     pub fn native_bytes(&self) -> usize {
-        self.set.capacity() * (size_of::<Arc<[u8]>>() + 1) + self.set.iter().map(|f| f.len() + 16).sum::<usize>()
+        // each: a table slot, then the Arc's counts and box, then the bytes
+        self.set.capacity() * (size_of::<Frame>() + 1) + self.set.iter().map(|f| 32 + f.0.len()).sum::<usize>()
     }
 }
 
 pub struct Packed {
-    frame: Option<Arc<[u8]>>, // None: `bytes` is the payload as it came
+    frame: Option<Frame>, // None: `bytes` is the payload as it came
     bytes: Box<[u8]>,         // else per span: varint(length << 1 | trace id left out), the span's bytes
 }
 
@@ -180,7 +208,7 @@ impl Packed {
     /// The payload as it was given to `pack`.
     pub fn unpack(&self, id: &TraceId) -> Cow<'_, [u8]> {
         let Some(key) = &self.frame else { return Cow::Borrowed(&self.bytes) };
-        let frame = frame_parts(key);
+        let frame = frame_parts(&key.0);
         let full = |(left_out, kept): (bool, &[u8])| kept.len() + if left_out { 18 } else { 0 };
         let lens = chunk_lens(&frame, self.spans().map(|s| field_len(full(s))).sum());
         let mut out = Vec::with_capacity(field_len(lens.1));

@@ -88,3 +88,6 @@ impl Stored {
         std::mem::size_of::<Self>() - std::mem::size_of::<Packed>() + self.payload.native_bytes() + self.root.as_ref().map_or(0, |_| std::mem::size_of::<Root>())
     }
 }
+
+// one or more per buffered trace: a layout change that grows it fails the build
+const _: () = assert!(std::mem::size_of::<Stored>() == 80);
