@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::cache::{Decided, DecisionCache, TraceId};
-use crate::fragment::{Fragment, Settled};
+use crate::fragment::{Fragment, Settled, OVERHEAD};
 use crate::packed::Frames;
 use crate::rules::RuleSet;
 use crate::entry::Entry;
@@ -155,7 +155,7 @@ impl TraceBuffer {
                 self.traces.insert(id, Entry::new(self.serial, now));
                 self.arrivals.push_back((id, self.serial));
             }
-            let size = frag.payload.bind(py).as_bytes().len() as u64 + 64;
+            let size = (frag.payload.bind(py).as_bytes().len() + OVERHEAD) as u64; // as `Fragment.size` counts it
             let stored = Stored::read(py, &frag, &id, &mut self.frames);
             let e = self.traces.get_mut(&id).expect("inserted above");
             e.absorb(stored, size, now);

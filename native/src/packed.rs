@@ -11,8 +11,7 @@
 //! the payload back byte for byte (`put_chunk` writes it, as split did); a payload in any
 //! other form is kept as it came.
 
-use std::borrow::Cow;
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::mem::size_of;
@@ -86,7 +85,21 @@ impl Frames {
 
 pub struct Packed {
     frame: Option<Frame>, // None: `bytes` is the payload as it came
-    bytes: Box<[u8]>,         // else per span: varint(length << 1 | trace id left out), the span's bytes
+    bytes: Box<[u8]>,     // else per span: varint(length << 1 | trace id left out), the span's bytes
+}
+
+/// The varint at `at` (moved past it), or None if it is cut short or over 64 bits long.
+fn varint(buf: &[u8], at: &mut usize) -> Option<u64> {
+    let mut out = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*at)?;
+        *at += 1;
+        out |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(out);
+        }
+    }
+    None
 }
 
 /// Reads field `tag` (a one-byte tag of a length-delimited field) at `at`, its length a
@@ -95,19 +108,8 @@ fn field<'a>(buf: &'a [u8], at: &mut usize, tag: u8) -> Option<&'a [u8]> {
     if buf.get(*at) != Some(&tag) {
         return None;
     }
-    let (mut len, mut shift, mut pos) = (0u64, 0, *at + 1);
-    loop {
-        let byte = *buf.get(pos)?;
-        pos += 1;
-        len |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 35 {
-            return None;
-        }
-    }
+    let mut pos = *at + 1;
+    let len = varint(buf, &mut pos)?;
     if pos - *at - 1 != varint_len(len) {
         return None;
     }
@@ -189,16 +191,7 @@ impl Packed {
             if at == self.bytes.len() {
                 return None;
             }
-            let (mut head, mut shift) = (0u64, 0);
-            loop {
-                let byte = self.bytes[at];
-                at += 1;
-                head |= u64::from(byte & 0x7f) << shift;
-                shift += 7;
-                if byte & 0x80 == 0 {
-                    break;
-                }
-            }
+            let head = varint(&self.bytes, &mut at).expect("written by pack");
             let len = (head >> 1) as usize;
             at += len;
             Some((head & 1 == 1, &self.bytes[at - len..at]))

@@ -112,8 +112,7 @@ pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split> {
         let mut parts = Vec::with_capacity(group.chunks.len());
         let mut total = 0;
         for (key, spans) in &group.chunks {
-            let [a, b, c, d] = &framing[key];
-            let frame: Framing = [a, b, c, d];
+            let frame: Framing = framing[key].each_ref().map(Vec::as_slice);
             let lens = chunk_lens(&frame, spans.iter().map(|s| field_len(s.len())).sum());
             total += field_len(lens.1);
             parts.push((frame, lens));
