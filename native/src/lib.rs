@@ -2,6 +2,15 @@
 //! request and per trace, never per span. `processors/wire.py` is its typed face, and
 //! `processors/reference.py` the pure-Python reference that tests hold it to.
 
+/// The extension's own allocations (payloads, buffer entries, per-request scratch) come
+/// from mimalloc, not glibc's malloc: a request makes a few allocations per trace, and with
+/// glibc they were about a tenth of the collector's CPU (`_int_malloc`, `unlink_chunk`).
+/// Measured with `benchmarks/peer`'s load, pinned: 103k -> 118k spans per CPU-second
+/// (medians of three A/B pairs; benchmarks/README.md, step 7). Python objects still come
+/// from Python's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod attrs;
 mod buffer;
 mod cache;
@@ -40,9 +49,11 @@ fn malformed(err: wire::WireError) -> PyErr {
 fn split_request<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64) -> PyResult<Bound<'py, PyTuple>> {
     let out = py.detach(|| split::split(body, oldest_ns)).map_err(malformed)?;
     let fragments = PyList::empty(py);
-    for f in out.fragments {
-        let root = f.root.map(|r| (r.resource, r.name, r.start, r.end));
-        fragments.append((PyBytes::new(py, &f.trace_id), PyBytes::new(py, &f.payload), f.spans, f.start, f.end,
+    let mut payload = Vec::new();
+    for f in &out.fragments {
+        out.payload(f, &mut payload);
+        let root = f.root.as_ref().map(|r| (r.resource, String::from_utf8_lossy(r.name), r.start, r.end));
+        fragments.append((PyBytes::new(py, &f.trace_id), PyBytes::new(py, &payload), f.spans, f.start, f.end,
                           f.error, root))?;
     }
     (fragments, out.rejected, out.expired, out.reason).into_pyobject(py)
@@ -56,9 +67,13 @@ fn split_fragments<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64, received_n
                         -> PyResult<Bound<'py, PyTuple>> {
     let out = py.detach(|| split::split(body, oldest_ns)).map_err(malformed)?;
     let mut services: Vec<Option<Py<PyString>>> = Vec::new();
+    // Root names, interned: a buffered trace holds its root's name, so one string per
+    // distinct name, made once per request and not once per trace.
+    let mut names: Map<&[u8], Py<PyString>> = Map::default();
+    let mut payload = Vec::new();
     let fragments = PyList::empty(py);
-    for f in out.fragments {
-        let root = match f.root {
+    for f in &out.fragments {
+        let root = match &f.root {
             None => None,
             Some(r) => {
                 if services.len() <= r.resource {
@@ -69,12 +84,15 @@ fn split_fragments<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64, received_n
                     None => services[r.resource].insert(service.call1((r.resource,))?.cast_into::<PyString>()?.unbind())
                         .clone_ref(py),
                 };
-                let name = PyString::intern(py, &r.name).unbind(); // a buffered trace holds it: one per distinct name
+                let name = names.entry(r.name).or_insert_with(|| {
+                    PyString::intern(py, std::str::from_utf8(r.name).unwrap_or_default()).unbind()
+                }).clone_ref(py);
                 Some(Py::new(py, fragment::RootInfo { service: named, name, start_ns: r.start, end_ns: r.end })?)
             }
         };
+        out.payload(f, &mut payload);
         fragments.append(Py::new(py, fragment::Fragment {
-            trace_id: PyBytes::new(py, &f.trace_id).unbind(), payload: PyBytes::new(py, &f.payload).unbind(),
+            trace_id: PyBytes::new(py, &f.trace_id).unbind(), payload: PyBytes::new(py, &payload).unbind(),
             span_count: f.spans, start_ns: f.start, end_ns: f.end, has_error: f.error, root, received_ns, source: None,
         })?)?;
     }

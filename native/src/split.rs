@@ -10,34 +10,69 @@ pub const BAD_TRACE: &str = "trace_id must be 16 bytes and not all zero";
 pub const BAD_SPAN: &str = "span_id must be 8 bytes and not all zero";
 pub const BAD_PARENT: &str = "parent_span_id must be empty or 8 bytes";
 
-pub struct Root {
+pub struct Root<'a> {
     pub resource: usize,
-    pub name: String,
+    /// Valid UTF-8: `read_span` refuses a span whose name is not.
+    pub name: &'a [u8],
     pub start: u64,
     pub end: u64,
 }
 
-pub struct Fragment {
+/// One trace's spans of a request. Its payload is written on demand (`Split::payload`),
+/// so a caller can write every payload into one reused buffer.
+pub struct Fragment<'a> {
     pub trace_id: [u8; 16],
-    pub payload: Vec<u8>,
     pub spans: u64,
     pub start: u64,
     pub end: u64,
     pub error: bool,
-    pub root: Option<Root>,
+    pub root: Option<Root<'a>>,
+    /// The trace's spans of its first (resource, scope), then of any other, each in arrival order.
+    first: Chunk,
+    more: Vec<Chunk>,
 }
 
-pub struct Split {
-    pub fragments: Vec<Fragment>,
+/// Spans of one trace under one (resource, scope): a list threaded through `Split::links`.
+#[derive(Clone, Copy)]
+struct Chunk {
+    key: (usize, usize),
+    head: usize,
+    tail: usize,
+    bytes: usize,
+}
+
+pub struct Split<'a> {
+    pub fragments: Vec<Fragment<'a>>,
     pub rejected: u64,
     pub expired: u64,
     pub reason: Option<&'static str>,
+    framing: Map<(usize, usize), [Vec<u8>; 4]>,
+    /// Every accepted span, in arrival order, with the index of its chunk's next span
+    /// (usize::MAX: the last). One list for the whole request: no allocation per trace.
+    links: Vec<(&'a [u8], usize)>,
 }
 
-struct Group<'a> {
-    fragment: Fragment,
-    /// (resource index, scope index) → that scope's spans of this trace, in arrival order.
-    chunks: Vec<((usize, usize), Vec<&'a [u8]>)>,
+impl Split<'_> {
+    /// Writes fragment `f`'s payload (a serialized `TracesData`) into `out`, after clearing it.
+    pub fn payload(&self, f: &Fragment, out: &mut Vec<u8>) {
+        out.clear();
+        let chunks = std::iter::once(&f.first).chain(&f.more);
+        let lens: Vec<(Framing, (usize, usize))> = chunks.clone().map(|c| {
+            let frame: Framing = self.framing[&c.key].each_ref().map(Vec::as_slice);
+            (frame, chunk_lens(&frame, c.bytes))
+        }).collect();
+        out.reserve(lens.iter().map(|(_, l)| field_len(l.1)).sum());
+        for (c, (frame, lens)) in chunks.zip(&lens) {
+            put_chunk(out, frame, *lens, |out| {
+                let mut at = c.head;
+                while at != usize::MAX {
+                    let (raw, next) = self.links[at];
+                    put_field(out, 2, raw);
+                    at = next;
+                }
+            });
+        }
+    }
 }
 
 fn invalid(span: &Span) -> Option<&'static str> {
@@ -54,10 +89,11 @@ fn invalid(span: &Span) -> Option<&'static str> {
 }
 
 /// Splits a request; spans that start before `oldest_ns` are rejected as expired.
-pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split> {
-    let mut groups: Vec<Group> = Vec::new();
+pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split<'_>> {
+    let mut fragments: Vec<Fragment> = Vec::new();
     let mut index: Map<[u8; 16], usize> = Map::default();
     let mut framing: Map<(usize, usize), [Vec<u8>; 4]> = Map::default();
+    let mut links: Vec<(&[u8], usize)> = Vec::with_capacity(body.len() / 64);
     let (mut rejected, mut expired, mut reason) = (0u64, 0u64, None);
     let mut last_key: Option<(usize, usize)> = None;
     walk(body, |resource, scope, span| {
@@ -79,55 +115,43 @@ pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split> {
                  scope.schema_url.to_vec()]
             });
         }
+        let at = links.len();
+        links.push((span.raw, usize::MAX));
+        let bytes = field_len(span.raw.len());
         let trace_id: [u8; 16] = span.trace_id.try_into().unwrap();
-        let at = *index.entry(trace_id).or_insert_with(|| {
-            groups.push(Group {
-                fragment: Fragment { trace_id, payload: Vec::new(), spans: 0, start: span.start, end: span.end,
-                                     error: false, root: None },
-                chunks: Vec::new(),
-            });
-            groups.len() - 1
-        });
-        let group = &mut groups[at];
-        let f = &mut group.fragment;
+        let fresh = Chunk { key, head: at, tail: at, bytes };
+        let f = match index.get(&trace_id) {
+            Some(&i) => &mut fragments[i],
+            None => {
+                index.insert(trace_id, fragments.len());
+                fragments.push(Fragment { trace_id, spans: 0, start: span.start, end: span.end, error: false,
+                                          root: None, first: fresh, more: Vec::new() });
+                let f = fragments.last_mut().unwrap();
+                f.spans = 1;
+                f.error = span.code == 2;
+                if span.parent.is_empty() {
+                    f.root = Some(Root { resource: resource.index, name: span.name, start: span.start, end: span.end });
+                }
+                return Ok(());
+            }
+        };
         f.spans += 1;
         f.start = f.start.min(span.start);
         f.end = f.end.max(span.end);
         f.error |= span.code == 2;
         if span.parent.is_empty() {
-            let name = String::from_utf8_lossy(span.name).into_owned();
-            f.root = Some(Root { resource: resource.index, name, start: span.start, end: span.end });
+            f.root = Some(Root { resource: resource.index, name: span.name, start: span.start, end: span.end });
         }
-        match group.chunks.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, spans)) => spans.push(span.raw),
-            None => group.chunks.push((key, vec![span.raw])),
+        let chunk = if f.first.key == key { Some(&mut f.first) } else { f.more.iter_mut().find(|c| c.key == key) };
+        match chunk {
+            Some(c) => {
+                links[c.tail].1 = at;
+                c.tail = at;
+                c.bytes += bytes;
+            }
+            None => f.more.push(fresh),
         }
         Ok(())
     })?;
-    // Each payload is written once, into a buffer of its exact size: no scratch copies of
-    // the spans, no growth by doubling (a request of large spans would otherwise hold
-    // several copies of each at once).
-    let mut fragments = Vec::with_capacity(groups.len());
-    for mut group in groups {
-        let mut parts = Vec::with_capacity(group.chunks.len());
-        let mut total = 0;
-        for (key, spans) in &group.chunks {
-            let frame: Framing = framing[key].each_ref().map(Vec::as_slice);
-            let lens = chunk_lens(&frame, spans.iter().map(|s| field_len(s.len())).sum());
-            total += field_len(lens.1);
-            parts.push((frame, lens));
-        }
-        let payload = &mut group.fragment.payload;
-        payload.reserve_exact(total);
-        for ((_, spans), (frame, lens)) in group.chunks.iter().zip(parts) {
-            put_chunk(payload, &frame, lens, |out| {
-                for s in spans {
-                    put_field(out, 2, s);
-                }
-            });
-        }
-        debug_assert_eq!(payload.len(), total);
-        fragments.push(group.fragment);
-    }
-    Ok(Split { fragments, rejected, expired, reason })
+    Ok(Split { fragments, rejected, expired, reason, framing, links })
 }
