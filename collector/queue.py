@@ -22,7 +22,7 @@ from collector.errors import Backpressure, Unavailable
 from collector.kafka.envelope import EnvelopeError, pack, unpack
 from collector.kafka.ledger import OffsetLedger
 from collector.wal import Entry, WriteAheadLog
-from processors.fragment import Fragment, Sourced
+from processors.fragment import Fragment, Sourced, stamp_source, total_size
 
 log = logging.getLogger("tailsift.queue")
 RECORD_FRAGMENTS = 512
@@ -89,7 +89,11 @@ class MemoryQueue:
         self.wal = wal
         self.durable = wal is not None
         self.checkpoint_interval = checkpoint_interval
-        self._items: deque[Fragment] = deque()
+        # Published batches, whole: a request's fragments are queued and taken as one list
+        # (one Python step per request, not per trace); ``_head`` fragments of the first are
+        # taken already.
+        self._batches: deque[list[Fragment]] = deque()
+        self._head = 0
         self._bytes = 0
         self._closed = False
         self._ready = asyncio.Event()
@@ -134,7 +138,7 @@ class MemoryQueue:
 
     def release(self, fragments: Sequence[Sourced]) -> None:
         """Settled: with the log, these records may be truncated once all before them are too."""
-        self._ledger.release(f.source for f in fragments)
+        self._ledger.release(fragments)
 
     def _checkpoint(self) -> None:
         assert self.wal is not None
@@ -149,7 +153,7 @@ class MemoryQueue:
     async def publish(self, fragments: list[Fragment]) -> None:
         if self._closed:
             raise Unavailable("tailsift is shutting down", retry_after=self.retry_after)
-        size = sum(f.size for f in fragments)
+        size = total_size(fragments)
         if self._bytes + size > self.max_bytes:
             self.refused_batches += 1
             raise Backpressure(
@@ -158,7 +162,7 @@ class MemoryQueue:
             )
         if self.wal is not None:
             await self._log(fragments)
-        self._items.extend(fragments)
+        self._batches.append(list(fragments))  # a copy: the list stays the caller's
         self._bytes += size
         self._ready.set()
 
@@ -183,15 +187,14 @@ class MemoryQueue:
                     self._ledger.settle(0, seq)
             raise Unavailable(f"cannot write the write-ahead log: {exc.strerror}", retry_after=self.retry_after) from None
         for seq, chunk in written:
-            for f in chunk:
-                f.source = (0, seq)
+            stamp_source(chunk, 0, seq)
 
     async def consume(self, max_items: int, timeout: float) -> list[Fragment] | None:
         if self.wal is not None and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
             self._checkpoint()
         if self._replay:
             return self._replayed(max_items)
-        if not self._items:
+        if not self._batches:
             if self._closed:
                 return None
             self._ready.clear()
@@ -200,10 +203,19 @@ class MemoryQueue:
             except TimeoutError:
                 return []
         out: list[Fragment] = []
-        while self._items and len(out) < max_items:
-            item = self._items.popleft()
-            self._bytes -= item.size
-            out.append(item)
+        while self._batches and len(out) < max_items:
+            batch, head = self._batches[0], self._head
+            take = max_items - len(out)
+            if head == 0 and len(batch) <= take:
+                out.extend(batch)
+                self._batches.popleft()
+                continue
+            out.extend(batch[head : head + take])
+            self._head = head + take
+            if self._head >= len(batch):
+                self._batches.popleft()
+                self._head = 0
+        self._bytes -= total_size(out)
         if not out and self._closed:
             return None
         return out

@@ -37,13 +37,12 @@ import logging
 import os
 import struct
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from processors._wire import Syncer
+from processors._wire import Syncer, crc32
 
 log = logging.getLogger("tailsift.wal")
 HEADER = struct.Struct(">IIQI")  # payload length, CRC-32, sequence, fragments
@@ -115,7 +114,7 @@ class WriteAheadLog:
         while pos + HEADER.size <= len(data):
             length, crc, seq, parts = HEADER.unpack_from(data, pos)
             start = pos + HEADER.size
-            if start + length > len(data) or zlib.crc32(data[start : start + length]) != crc:
+            if start + length > len(data) or crc32(data[start : start + length]) != crc:
                 log.warning("write-ahead log %s: torn record at byte %d (a write cut short by a crash); "
                             "the rest of this segment is ignored", path.name, pos)  # fmt: skip
                 return
@@ -144,10 +143,10 @@ class WriteAheadLog:
             self._rotate()
         seq = self._next_seq
         self._next_seq += 1
-        record = HEADER.pack(len(payload), zlib.crc32(payload), seq, parts) + payload
-        os.write(self._fd, record)
-        self._segment_size += len(record)
-        self.bytes_written += len(record)
+        header = HEADER.pack(len(payload), crc32(payload), seq, parts)
+        os.writev(self._fd, (header, payload))  # no copy of the payload to join them
+        self._segment_size += len(header) + len(payload)
+        self.bytes_written += len(header) + len(payload)
         return seq
 
     async def durable(self) -> None:

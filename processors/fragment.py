@@ -8,9 +8,9 @@ It lives here, below both packages, so that processors (the sampler) and the col
 
 from __future__ import annotations
 
-from processors._wire import FRAGMENT_OVERHEAD, Fragment, RootInfo, Settled
+from processors._wire import FRAGMENT_OVERHEAD, Fragment, RootInfo, Settled, stamp_source, total_size
 
-__all__ = ["FRAGMENT_OVERHEAD", "Fragment", "RootInfo", "Settled", "Sourced"]
+__all__ = ["FRAGMENT_OVERHEAD", "Fragment", "RootInfo", "Settled", "Sourced", "stamp_source", "total_size"]
 # Fragment and RootInfo are classes of the compiled extension (native/src/fragment.rs): one
 # is made for every trace of every request, and the write-ahead log's packer and the
 # sampler's buffer read them without an attribute lookup per field. Fragment(trace_id,
@@ -18,10 +18,14 @@ __all__ = ["FRAGMENT_OVERHEAD", "Fragment", "RootInfo", "Settled", "Sourced"]
 # RootInfo(service, name, start_ns, end_ns). Every field is readable and settable,
 # ``Fragment.size`` is the payload plus FRAGMENT_OVERHEAD bytes (what it costs in a queue),
 # and both compare equal by value. ``source`` is the (partition, offset) of the Kafka or
-# write-ahead log record it came from; None before it has one. Settled(trace_id, source) is
-# a fragment that is done with (its trace dropped, or stored before), as the queue needs it
-# to commit past its record: the sampler's buffer keeps no Fragment, so it reports these.
+# write-ahead log record it came from; None before it has one. Settled(trace_id, source,
+# count=1) is ``count`` fragments of one record that are done with (their traces dropped, or
+# stored before), as the queue needs them to commit past the record: the sampler's buffer
+# keeps no Fragment, so it reports these, one per run of fragments of the same record. A
+# Fragment's ``count`` is 1. total_size(fragments) is the sum of their ``size``, and
+# stamp_source(fragments, partition, offset) sets their ``source``: one call per request, not
+# a Python step per trace.
 
 
 Sourced = Fragment | Settled
-"""What a queue's ``release`` takes: anything with the ``source`` of its record."""
+"""What a queue's ``release`` takes: the ``source`` of a record and how many of its fragments (``count``)."""

@@ -211,3 +211,34 @@ def test_dropped_decisions_never_push_kept_ones_out_of_the_cache(rules: list[dic
     assert s.decision_for((399).to_bytes(16, "big")) == ("dropped", "health", 0.0)  # the newest 50 dropped
     assert s.decision_for((100).to_bytes(16, "big")) is None  # the oldest dropped are forgotten
     assert s.add([fragment(399, 7, parent=1)]) == [] and s.stats["late_spans_dropped"] == 1
+
+
+def test_dropped_fragments_of_one_record_are_settled_together_and_settle_it_exactly() -> None:
+    """The buffer reports the dropped fragments of one record as one ``Settled`` with their
+    count (not one object per trace); the ledger settles a record only once all of its
+    fragments are counted, whether they come as one run or several."""
+    from collector.kafka.ledger import OffsetLedger
+
+    s, clock = sampler([{"name": "none", "keep": "0%"}])
+    records = [(0, 7)] * 3 + [(0, 8)] * 2 + [(0, 7)] + [(0, 9)]  # record 7 holds 4, record 8 two, record 9 one
+    frags = [fragment(rid(t), 1) for t in range(1, len(records) + 1)]
+    for f, source in zip(frags, records, strict=True):
+        f.source = source
+    s.add(frags[:-1])  # record 9's fragment is still waiting
+    clock.now = 30 * S
+    assert all(not d.keep for d in s.due())
+    settled = s.take_settled()
+    assert len(settled) == 3  # runs: 7 x3, 8 x2, 7 x1
+    assert sorted((x.source, x.count) for x in settled) == [((0, 7), 1), ((0, 7), 3), ((0, 8), 2)]
+    ledger = OffsetLedger()
+    for offset, parts in ((7, 4), (8, 2), (9, 1)):
+        ledger.track(0, offset, parts)
+    ledger.release(settled[:1])  # three of record 7's four: still open
+    assert ledger.watermark(0) == 7
+    ledger.release(settled[1:])
+    assert ledger.watermark(0) == 9  # 7 and 8 settled; 9 is not
+    s.add(frags[-1:])
+    clock.now = 60 * S
+    s.due()
+    ledger.release(s.take_settled())
+    assert ledger.watermark(0) == 10

@@ -11,8 +11,10 @@ traces (envelope version 2), so it is settled once every one of them is.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable
+
+from processors.fragment import Sourced
 
 
 class OffsetLedger:
@@ -31,10 +33,15 @@ class OffsetLedger:
         self._parts.setdefault(partition, {})[offset] = parts
         self._next[partition] = offset + 1
 
-    def release(self, sources: Iterable[tuple[int, int] | None]) -> None:
-        """Settle one fragment per (partition, offset) given (None: not from a durable
-        queue), counted per record first: a request's fragments share one."""
-        for (partition, offset), count in Counter(s for s in sources if s is not None).items():
+    def release(self, items: Iterable[Sourced]) -> None:
+        """Settle ``item.count`` fragments of the record ``item.source`` per item (a source of
+        None: not from a durable queue), summed per record first: a request's fragments share one."""
+        counts: dict[tuple[int, int], int] = {}
+        for item in items:
+            source = item.source
+            if source is not None:
+                counts[source] = counts.get(source, 0) + item.count
+        for (partition, offset), count in counts.items():
             self.settle(partition, offset, count)
 
     def settle(self, partition: int, offset: int, count: int = 1) -> None:

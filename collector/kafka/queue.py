@@ -261,7 +261,7 @@ class KafkaQueue:
         return out
 
     def release(self, fragments: Sequence[Sourced]) -> None:
-        self._ledger.release(f.source for f in fragments)
+        self._ledger.release(fragments)
 
     async def _dead_letter(self, record: Any, reason: str) -> None:
         """Copy an undecodable record to the dead-letter topic, retrying until Kafka takes it:

@@ -244,10 +244,18 @@ impl TraceBuffer {
     }
 
     /// Fragments (from a durable queue) finished without storage since the last call, as
-    /// `Settled(trace_id, source)`.
+    /// `Settled(trace_id, source, count)`: fragments of one record that were settled one
+    /// after another are reported together (a request's traces mostly are).
     fn take_settled<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let settled = self.settled.drain(..)
-            .map(|(id, source)| Py::new(py, Settled { trace_id: PyBytes::new(py, &id).unbind(), source }))
+        let mut runs: Vec<(TraceId, (i64, i64), u64)> = Vec::new();
+        for (id, source) in self.settled.drain(..) {
+            match runs.last_mut() {
+                Some(last) if last.1 == source => last.2 += 1,
+                _ => runs.push((id, source, 1)),
+            }
+        }
+        let settled = runs.into_iter()
+            .map(|(id, source, count)| Py::new(py, Settled { trace_id: PyBytes::new(py, &id).unbind(), source, count }))
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, settled) // one allocation: appending thousands grew the list by reallocation
     }

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use pyo3::basic::CompareOp;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 /// Bytes a fragment costs in a queue besides its payload (`FRAGMENT_OVERHEAD`).
 pub const OVERHEAD: usize = 64;
@@ -83,6 +83,12 @@ impl Fragment {
                    received_ns: received_ns.unwrap_or_else(now_ns), source }
     }
 
+    /// Fragments this stands for when settled: one (a `Settled` may stand for several).
+    #[getter]
+    fn count(&self) -> u64 {
+        1
+    }
+
     /// Bytes this fragment costs in a queue: the payload dominates.
     #[getter]
     fn size(&self, py: Python<'_>) -> usize {
@@ -108,6 +114,25 @@ impl ByValue for Fragment {
         (self.trace_id.clone_ref(py), self.payload.clone_ref(py), self.span_count, self.start_ns, self.end_ns,
          self.has_error, root, self.received_ns, self.source).into_pyobject(py)
     }
+}
+
+/// The bytes `fragments` cost in a queue (the sum of their `size`), in one call.
+#[pyfunction]
+pub fn total_size(fragments: &Bound<'_, PyList>) -> PyResult<usize> {
+    let mut total = 0;
+    for f in fragments.iter() {
+        total += f.cast::<Fragment>()?.borrow().payload.bind(fragments.py()).as_bytes().len() + OVERHEAD;
+    }
+    Ok(total)
+}
+
+/// Sets `source` of every fragment to (partition, offset): the record they were logged in.
+#[pyfunction]
+pub fn stamp_source(fragments: &Bound<'_, PyList>, partition: i64, offset: i64) -> PyResult<()> {
+    for f in fragments.iter() {
+        f.cast::<Fragment>()?.borrow_mut().source = Some((partition, offset));
+    }
+    Ok(())
 }
 
 fn repr(value: &Bound<'_, PyAny>) -> String {
@@ -137,17 +162,21 @@ fn compare<T: ByValue>(this: &T, other: &Bound<'_, PyAny>, op: CompareOp) -> PyR
 pub struct Settled {
     pub trace_id: Py<PyBytes>,
     pub source: (i64, i64),
+    /// How many fragments of that record this stands for: the buffer reports the fragments of
+    /// one record together, so a queue settles a request's traces with one object, not one each.
+    pub count: u64,
 }
 
 #[pymethods]
 impl Settled {
     #[new]
-    fn new(trace_id: Py<PyBytes>, source: (i64, i64)) -> Self {
-        Settled { trace_id, source }
+    #[pyo3(signature = (trace_id, source, count=1))]
+    fn new(trace_id: Py<PyBytes>, source: (i64, i64), count: u64) -> Self {
+        Settled { trace_id, source, count }
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        format!("Settled(trace_id={}, source={:?})", repr(self.trace_id.bind(py)), self.source)
+        format!("Settled(trace_id={}, source={:?}, count={})", repr(self.trace_id.bind(py)), self.source, self.count)
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
@@ -157,6 +186,6 @@ impl Settled {
 
 impl ByValue for Settled {
     fn fields<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        (self.trace_id.clone_ref(py), self.source).into_pyobject(py)
+        (self.trace_id.clone_ref(py), self.source, self.count).into_pyobject(py)
     }
 }
