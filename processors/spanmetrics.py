@@ -127,6 +127,7 @@ class SpanMetrics:
         self.limiter = limiter or LabelLimiter(settings.max_values_per_label, settings.window)
         self.label_keys = list(settings.label_keys)
         self.labels = BASE_LABELS + tuple(label_name(k) for k in self.label_keys)
+        self._no_labels = ("",) * len(self.label_keys)
         self._key_names = sorted(USAGE_KEYS | frozenset(self.label_keys))
         self._keys = [k.encode() for k in self._key_names]
         # Integer token counts are summed in the compiled walk; a key that is also a label
@@ -224,7 +225,10 @@ class SpanMetrics:
     def observe_kept(self, trace_hex: str, service: str, name: str, status: str, attrs: Mapping[str, str],
                      duration_ns: int) -> None:  # fmt: skip
         """A span of a kept trace was stored: make it the exemplar of its series."""
-        key = (service, name, status, model_of(attrs), *(attrs.get(k, "") for k in self.label_keys))
+        if attrs:
+            key = (service, name, status, model_of(attrs), *[attrs.get(k, "") for k in self.label_keys])
+        else:  # most spans: no GenAI or label attributes
+            key = (service, name, status, "", *self._no_labels)
         series = self.series.get(key)
         if series is not None:
             series.exemplar = (trace_hex, max(0, duration_ns) / 1e9, time.time())

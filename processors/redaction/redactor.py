@@ -110,7 +110,8 @@ class Redactor:
             self._actions[rule.name] = rule.action
         self._allow = _globs(settings.allow_keys)
         own_names = {p.name for p in settings.patterns}
-        candidates = [Candidate(p.name, None if p.name in own_names and _anchored(p.body) else p.body) for p in patterns]
+        candidates = [Candidate(p.name, None if p.name in own_names and _anchored(p.body) else p.search or p.body)
+                      for p in patterns]  # fmt: skip
         for rule in key_rules:
             literals = [_glob_literal(g) for g in rule.match]
             searchable = rule.regex is None and all(literals)
