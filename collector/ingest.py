@@ -44,9 +44,13 @@ from processors.contract import RequestProcessor
 from processors.fragment import Fragment
 from processors.redaction import Redactor
 from processors.spanmetrics import SpanMetrics
+from processors.wire import MetricGroup
 
 T = TypeVar("T")
 LogSink = Callable[[list[list[Any]]], Awaitable[None]]
+Counted = tuple[list[MetricGroup] | None, list[str], bytes | None]
+"""A processed request's span-metric sums from split's walk (None if not made), the service
+of each slot, and its bytes (for the processor's own walk when there are no sums)."""
 """Stores ``otel_logs`` rows (the storage writer's ``write_logs``)."""
 LARGE_BODY = 1 << 20
 """Bodies from this size are decoded on a worker thread."""
@@ -207,16 +211,30 @@ class Ingest:
             self.stats["log_records_stored"] += len(rows)
 
     def _process(self, request: ExportTraceServiceRequest, raw: bytes | None, now: int, tenant: str | None) -> tuple[
-            list[Fragment], int, str, bytes | None]:  # fmt: skip
+            list[Fragment], int, str, Counted]:  # fmt: skip
+        """Redact, normalise, stamp the tenant and split; the span metrics' sums come from
+        split's own walk, to be counted once the queue took the request."""
         for processor in (self.redactor, self.cardinality):
             if processor is not None:
                 raw = run_processor(processor, request, raw, self.processed[processor.name])
         if tenant is not None and stamp_tenant(request.resource_spans, tenant):
             raw = None
         oldest = now - self.retention_ns if self.retention_ns else 0
-        split = split_by_trace(request, now, oldest, raw)
+        spec, services = self.metrics.walk_spec(request) if self.metrics is not None else (None, [])
+        split = split_by_trace(request, now, oldest, raw, spec)
         self.stats["spans_rejected_expired"] += split.expired_spans
-        return split.fragments, split.rejected_spans, split.error_message, raw
+        return split.fragments, split.rejected_spans, split.error_message, (split.groups, services, raw)
+
+    def _count(self, request: ExportTraceServiceRequest, counted: Counted) -> None:
+        """Span metrics for an accepted request: the sums split made on its way, or (if the
+        extension refused the body) the processor's own walk."""
+        assert self.metrics is not None
+        groups, services, raw = counted
+        done = self.processed[self.metrics.name]
+        if groups is not None:
+            done.update(self.metrics.count(groups, services))
+        else:
+            run_processor(self.metrics, request, raw, done)
 
     async def export(self, request: ExportTraceServiceRequest, raw: bytes | None, dropped: int = 0,
                      tenant: str | None = None) -> Accepted:  # fmt: skip
@@ -231,16 +249,16 @@ class Ingest:
         large = span_count(request) > SLICE_ABOVE
         pieces: list[ExportTraceServiceRequest] = []
         fragments: list[Fragment] = []
-        raws: list[bytes | None] = []
+        counts: list[Counted] = []
         rejected, message = dropped, f"{dropped} spans rejected: trace_id and span_id must be valid hex" if dropped else ""
         for piece in slices(request, SLICE_SPANS) if large else [request]:
             pieces.append(piece)
             # A slice's own bytes, for the processors' scans: rescanning the whole body for
             # every slice would cost (slices x body) bytes.
             piece_raw = piece.SerializeToString() if large and raw is not None else raw
-            got, piece_rejected, piece_message, piece_raw = self._process(piece, piece_raw, now, tenant)
+            got, piece_rejected, piece_message, counted = self._process(piece, piece_raw, now, tenant)
             fragments.extend(got)
-            raws.append(piece_raw)
+            counts.append(counted)
             rejected += piece_rejected
             message = message or piece_message
             if large:
@@ -254,8 +272,8 @@ class Ingest:
             self.stats["requests_refused"] += 1
             raise
         if self.metrics is not None:
-            for piece, piece_raw in zip(pieces, raws, strict=True):
-                run_processor(self.metrics, piece, piece_raw, self.processed[self.metrics.name])
+            for piece, counted in zip(pieces, counts, strict=True):
+                self._count(piece, counted)
                 if large:
                     await asyncio.sleep(0)
         self.stats["spans_accepted"] += accepted

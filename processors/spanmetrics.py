@@ -33,7 +33,7 @@ from processors.cardinality import OVERFLOW, CardinalitySettings, LabelLimiter
 from processors.genai import (CACHE_READ, CACHE_WRITE, INPUT, MAX_TOKENS, OUTPUT, USAGE_KEYS, PriceTable, Usage,
                               model_of, parse_count)
 from processors.otlp_values import STATUS_NAMES, service_name, value_as_string
-from processors.wire import metric_groups
+from processors.wire import MetricGroup, MetricSpec, metric_groups
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Duration histogram bounds, seconds: from a cache hit to a long LLM call."""
@@ -143,15 +143,24 @@ class SpanMetrics:
         """Count one request. The compiled walk (:func:`processors.wire.metric_groups`) sums
         spans per distinct label set; here each label set is read once per request, and the
         limiter and the shared series see it once per request, not per span."""
-        if self._generation != self.limiter.generation:
-            self._prune()
+        spec, services = self.walk_spec(request)
+        return self.count(metric_groups(request, raw, *spec), services)
+
+    def walk_spec(self, request: Any) -> tuple[MetricSpec, list[str]]:
+        """What the compiled walk needs to sum ``request``'s spans (the service slot of each
+        resource, the wanted keys, which are summable, the bucket bounds), and the service
+        of each slot. The receiver hands it to split, which counts in its own walk."""
         slots: dict[str, int] = {}
         resources = [slots.setdefault(service_name(rs.resource.attributes), len(slots)) for rs in request.resource_spans]
-        services = list(slots)
-        label_keys, no_labels = self.label_keys, ("",) * len(self.label_keys)
+        return (resources, self._keys, self._summable, list(BUCKETS)), list(slots)
+
+    def count(self, groups: list[MetricGroup], services: list[str]) -> Counter[str]:
+        """Add one request's groups (from :meth:`walk_spec`'s walk) to the series."""
+        if self._generation != self.limiter.generation:
+            self._prune()
+        label_keys, no_labels = self.label_keys, self._no_labels
         local: dict[tuple[Any, ...], list[Any]] = {}  # label set -> [calls, errors, duration ns, bucket counts]
         usage: dict[tuple[str, str], UsageSeries] = {}
-        groups = metric_groups(request, raw, resources, self._keys, self._summable, list(BUCKETS))
         for slot, name, code, values, calls, errors, duration_ns, buckets in groups:
             service = services[slot]
             found = {key: v if isinstance(v, int) else AnyValue.FromString(v)

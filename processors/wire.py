@@ -30,7 +30,13 @@ FALLBACKS: Counter[str] = Counter()
 updated on the event loop only)."""
 EXPIRED = reference.EXPIRED
 
-__all__ = ["EXPIRED", "FALLBACKS", "SplitResult", "metric_groups", "span_names", "split_by_trace"]
+__all__ = ["EXPIRED", "FALLBACKS", "MetricGroup", "MetricSpec", "SplitResult", "metric_groups", "span_names",
+           "split_by_trace"]
+
+
+MetricGroup = tuple[int, str, int, list[bytes | int | None], int, int, int, list[int]]
+MetricSpec = tuple[list[int], list[bytes], list[bool], list[float]]
+"""What :func:`metric_groups` sums by: (service slot per resource, keys, summable, bounds)."""
 
 
 @dataclass(slots=True)
@@ -39,6 +45,8 @@ class SplitResult:
     rejected_spans: int
     error_message: str
     expired_spans: int = 0
+    groups: list[MetricGroup] | None = None
+    """:func:`metric_groups` of the same body, when split was asked to count (``counting``)."""
 
 
 def _fallback(what: str, exc: ValueError) -> None:
@@ -47,26 +55,35 @@ def _fallback(what: str, exc: ValueError) -> None:
 
 
 def split_by_trace(request: Any, received_ns: int | None = None, oldest_ns: int = 0,
-                   raw: bytes | None = None) -> SplitResult:  # fmt: skip
+                   raw: bytes | None = None, counting: MetricSpec | None = None) -> SplitResult:  # fmt: skip
     """Validate ids and group spans by trace id into fragments.
 
     ``raw`` is the request's serialized form when the caller has it unchanged (else it is
     serialized here: one C call). Spans with invalid ids, and spans that start before
     ``oldest_ns`` (storage would delete them at once, by its TTL), are rejected and counted,
     so the rest of the request is accepted (OTLP ``partial_success``): nothing is
-    acknowledged and then silently deleted."""
+    acknowledged and then silently deleted.
+
+    With ``counting``, the same walk also sums the span metrics (``groups``: what
+    :func:`metric_groups` gives for this body and spec); None if the extension refused the
+    body (the caller then counts on its own)."""
     now = received_ns or time.time_ns()
     body = raw if raw is not None else request.SerializeToString()
 
     def service(at: int) -> str:
         return service_name(request.resource_spans[at].resource.attributes)
 
+    groups = None
     try:
-        fragments, rejected, expired, reason = _wire.split_fragments(body, max(0, oldest_ns), now, service)
+        if counting is None:
+            fragments, rejected, expired, reason = _wire.split_fragments(body, max(0, oldest_ns), now, service)
+        else:
+            fragments, rejected, expired, reason, groups = _wire.split_counting(body, max(0, oldest_ns), now, service,
+                                                                               *counting)  # fmt: skip
     except ValueError as exc:
         _fallback("split", exc)
         fragments, rejected, expired, reason = _from_reference(request, oldest_ns, now)
-    return SplitResult(fragments, rejected, reference.rejection_message(rejected, expired, reason), expired)
+    return SplitResult(fragments, rejected, reference.rejection_message(rejected, expired, reason), expired, groups)
 
 
 def _from_reference(request: Any, oldest_ns: int, now: int) -> tuple[list[Fragment], int, int, str | None]:
@@ -93,9 +110,6 @@ def span_names(request: Any, raw: bytes | None) -> list[str]:
     except ValueError as exc:
         _fallback("span_names", exc)
         return reference.span_names(request)
-
-
-MetricGroup = tuple[int, str, int, list[bytes | int | None], int, int, int, list[int]]
 
 
 def metric_groups(request: Any, raw: bytes | None, services: list[int], keys: list[bytes], summable: list[bool],

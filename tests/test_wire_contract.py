@@ -56,8 +56,11 @@ def assert_agree(body: bytes, oldest_ns: int = 0, services: list[int] | None = N
     assert _normal_split(_wire.split(body, oldest_ns)) == _normal_split(reference.split(request, oldest_ns))
     _fragments_agree(body, request, oldest_ns)
     assert _wire.span_names(body) == reference.span_names(request)
-    assert _normal_groups(_wire.metric_groups(body, slots, KEYS, SUMMABLE, BOUNDS)) == _normal_groups(
-        reference.metric_groups(request, slots, KEYS, SUMMABLE, BOUNDS))
+    groups = _wire.metric_groups(body, slots, KEYS, SUMMABLE, BOUNDS)
+    assert _normal_groups(groups) == _normal_groups(reference.metric_groups(request, slots, KEYS, SUMMABLE, BOUNDS))
+    # Split and the span metrics in one walk: the same fragments, and the same sums.
+    *counted, counted_groups = _wire.split_counting(body, oldest_ns, 7, str, slots, KEYS, SUMMABLE, BOUNDS)
+    assert counted == list(_wire.split_fragments(body, oldest_ns, 7, str)) and counted_groups == groups
     return request
 
 
@@ -250,7 +253,8 @@ def test_damaged_bytes_never_crash_and_agree_when_upb_accepts(seed: bytes, cut: 
         ExportTraceServiceRequest.FromString(body)
     except (DecodeError, RuntimeError, ValueError):
         for call in (lambda: _wire.split(body, 0), lambda: _wire.span_names(body),
-                     lambda: _wire.metric_groups(body, [0, 1, 2], KEYS, SUMMABLE, BOUNDS)):  # fmt: skip
+                     lambda: _wire.metric_groups(body, [0, 1, 2], KEYS, SUMMABLE, BOUNDS),
+                     lambda: _wire.split_counting(body, 0, 7, str, [0, 1, 2], KEYS, SUMMABLE, BOUNDS)):  # fmt: skip
             try:
                 call()
             except ValueError:
@@ -289,6 +293,38 @@ def test_span_metrics_agree_with_the_reference_fallback(bodies: list[bytes]) -> 
             fallback(ExportTraceServiceRequest.FromString(body), body)
     assert sum(wire.FALLBACKS.values()) == before + len(bodies)
     assert _metrics_state(compiled) == _metrics_state(fallback)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(requests(), min_size=1, max_size=4))
+def test_the_receiver_counts_span_metrics_as_the_processor_does(bodies: list[bytes]) -> None:
+    """The receiver takes the span metrics' sums from split's walk: its series are those of
+    the processor walking each request itself, and so when the extension refuses the body
+    (split falls back to the reference, and the metrics walk on their own)."""
+    import asyncio
+
+    from collector.ingest import Ingest
+    from collector.queue import MemoryQueue
+
+    def make() -> SpanMetrics:
+        return SpanMetrics(CardinalitySettings(label_keys=["prompt_key"]), PriceTable([Price(model="gpt*", input=1, output=2)]))
+
+    async def receive(metrics: SpanMetrics) -> None:
+        ingest = Ingest(MemoryQueue(1 << 30), None, None, metrics)
+        for body in bodies:
+            await ingest.export(ExportTraceServiceRequest.FromString(body), body)
+
+    alone, fused, refused = make(), make(), make()
+    for body in bodies:
+        alone(ExportTraceServiceRequest.FromString(body), body)
+    asyncio.run(receive(fused))
+    with pytest.MonkeyPatch.context() as patch:
+        def refuse(*args: Any) -> Any:
+            raise ValueError("refused for the test")
+
+        patch.setattr(_wire, "split_counting", refuse)
+        asyncio.run(receive(refused))
+    assert _metrics_state(fused) == _metrics_state(alone) == _metrics_state(refused)
 
 
 # --- the write-ahead log's and Kafka's batch

@@ -66,6 +66,33 @@ fn split_request<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64) -> PyResult<
 fn split_fragments<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64, received_ns: u64, service: Bound<'py, PyAny>)
                         -> PyResult<Bound<'py, PyTuple>> {
     let out = py.detach(|| split::split(body, oldest_ns)).map_err(malformed)?;
+    let fragments = make_fragments(py, &out, received_ns, &service)?;
+    (fragments, out.rejected, out.expired, out.reason).into_pyobject(py)
+}
+
+/// split_counting(body, oldest_ns, received_ns, service, services, keys, summable, bounds) ->
+/// (fragments, rejected, expired, reason, groups): `split_fragments` and `metric_groups` of
+/// the same body in one walk over it.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn split_counting<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64, received_ns: u64, service: Bound<'py, PyAny>,
+                       services: Vec<u32>, keys: Vec<Vec<u8>>, summable: Vec<bool>, bounds: Vec<f64>)
+                       -> PyResult<Bound<'py, PyTuple>> {
+    if summable.len() != keys.len() {
+        return Err(PyValueError::new_err("summable must have one flag per key"));
+    }
+    let (out, groups) = py.detach(|| {
+        let mut groups = metrics::Groups::new(&services, &keys, &summable, &bounds);
+        let out = split::split_with(body, oldest_ns, |resource, span| groups.visit(resource, span))?;
+        Ok((out, groups.finish()))
+    }).map_err(malformed)?;
+    let fragments = make_fragments(py, &out, received_ns, &service)?;
+    (fragments, out.rejected, out.expired, out.reason, groups_list(py, groups)?).into_pyobject(py)
+}
+
+/// `split`'s fragments as `Fragment` objects.
+fn make_fragments<'py>(py: Python<'py>, out: &split::Split, received_ns: u64, service: &Bound<'py, PyAny>)
+                       -> PyResult<Bound<'py, PyList>> {
     let mut services: Vec<Option<Py<PyString>>> = Vec::new();
     // Root names, interned: a buffered trace holds its root's name, so one string per
     // distinct name, made once per request and not once per trace.
@@ -96,7 +123,7 @@ fn split_fragments<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64, received_n
             span_count: f.spans, start_ns: f.start, end_ns: f.end, has_error: f.error, root, received_ns, source: None,
         })?)?;
     }
-    (fragments, out.rejected, out.expired, out.reason).into_pyobject(py)
+    Ok(fragments)
 }
 
 /// span_names(body) -> distinct span names, in order of first use.
@@ -115,6 +142,11 @@ fn metric_groups<'py>(py: Python<'py>, body: &[u8], services: Vec<u32>, keys: Ve
         return Err(PyValueError::new_err("summable must have one flag per key"));
     }
     let groups = py.detach(|| metrics::groups(body, &services, &keys, &summable, &bounds)).map_err(malformed)?;
+    groups_list(py, groups)
+}
+
+/// Groups as `metric_groups` returns them: (slot, name, code, values, calls, errors, duration, buckets).
+fn groups_list(py: Python<'_>, groups: Vec<metrics::Group>) -> PyResult<Bound<'_, PyList>> {
     let out = PyList::empty(py);
     for g in groups {
         let values = PyList::empty(py);
@@ -179,6 +211,7 @@ fn span_rows<'py>(py: Python<'py>, payloads: &Bound<'py, PyList>, trace_hex: &st
 fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_request, m)?)?;
     m.add_function(wrap_pyfunction!(split_fragments, m)?)?;
+    m.add_function(wrap_pyfunction!(split_counting, m)?)?;
     m.add_function(wrap_pyfunction!(span_names, m)?)?;
     m.add_function(wrap_pyfunction!(metric_groups, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;

@@ -4,7 +4,7 @@
 
 use crate::Map;
 
-use crate::otlp::{attributes, walk};
+use crate::otlp::{attributes, walk, Header, Span};
 use crate::wire::{each, Merged, Result, Value};
 
 pub const MAX_TOKENS: i64 = 1_000_000_000_000;
@@ -52,41 +52,61 @@ fn wanted_values<'a>(message: &'a [u8], number: u32, keys: &[Vec<u8>], out: &mut
     })
 }
 
+/// What one request's spans add up to, fed span by span (`visit`), so that split's walk can
+/// count them on its way (`split::split_with`) instead of a second walk over the request.
 /// `services[i]`: the service slot of the i-th resource (equal names share a slot).
 /// `summable[k]`: wanted key k is a token count, summed when it is an integer.
-pub fn groups(body: &[u8], services: &[u32], keys: &[Vec<u8>], summable: &[bool], bounds: &[f64]) -> Result<Vec<Group>> {
-    let mut out: Vec<Group> = Vec::new();
-    let mut index: Map<Vec<u8>, usize> = Map::default();
-    let mut resource_at = usize::MAX;
-    let mut resource_values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-    let mut span_values: Vec<Option<Merged>> = vec![None; keys.len()];
-    let mut ints: Vec<Option<i64>> = vec![None; keys.len()];
-    let mut key = Vec::with_capacity(128);
-    walk(body, |resource, _scope, span| {
-        if resource.index != resource_at {
-            resource_at = resource.index;
+pub struct Groups<'a, 's> {
+    services: &'s [u32],
+    keys: &'s [Vec<u8>],
+    summable: &'s [bool],
+    bounds: &'s [f64],
+    out: Vec<Group>,
+    index: Map<Vec<u8>, usize>,
+    resource_at: usize,
+    resource_values: Vec<Option<Vec<u8>>>,
+    span_values: Vec<Option<Merged<'a>>>,
+    ints: Vec<Option<i64>>,
+    key: Vec<u8>,
+}
+
+impl<'a, 's> Groups<'a, 's> {
+    pub fn new(services: &'s [u32], keys: &'s [Vec<u8>], summable: &'s [bool], bounds: &'s [f64]) -> Self {
+        Groups { services, keys, summable, bounds, out: Vec::new(), index: Map::default(), resource_at: usize::MAX,
+                 resource_values: vec![None; keys.len()], span_values: vec![None; keys.len()], ints: vec![None; keys.len()],
+                 key: Vec::with_capacity(128) }
+    }
+
+    /// Counts one span (every span of the request, rejected ones too).
+    pub fn visit(&mut self, resource: &Header, span: &Span<'a>) -> Result<()> {
+        let keys = self.keys;
+        if resource.index != self.resource_at {
+            self.resource_at = resource.index;
             let mut resource_found: Vec<Option<Merged>> = vec![None; keys.len()];
             wanted_values(resource.message.bytes(), 1, keys, &mut resource_found)?;
-            for (owned, found) in resource_values.iter_mut().zip(&resource_found) {
+            for (owned, found) in self.resource_values.iter_mut().zip(&resource_found) {
                 *owned = found.as_ref().map(|m| m.bytes().to_vec());
             }
         }
+        let span_values = &mut self.span_values;
         span_values.iter_mut().for_each(|v| *v = None);
-        wanted_values(span.raw, 9, keys, &mut span_values)?;
+        wanted_values(span.raw, 9, keys, span_values)?;
+        let (span_values, resource_values) = (&self.span_values, &self.resource_values);
         let value = |k: usize| span_values[k].as_ref().map(|m| m.bytes()).or(resource_values[k].as_deref());
-        let service = *services.get(resource.index).unwrap_or(&u32::MAX);
+        let service = *self.services.get(resource.index).unwrap_or(&u32::MAX);
+        let key = &mut self.key;
         key.clear();
         key.extend_from_slice(&service.to_le_bytes());
         key.extend_from_slice(&span.code.to_le_bytes());
         key.extend_from_slice(&(span.name.len() as u64).to_le_bytes());
         key.extend_from_slice(span.name);
         for k in 0..keys.len() {
-            ints[k] = None;
+            self.ints[k] = None;
             match value(k) {
                 None => key.push(0),
-                Some(v) => match as_int(v).filter(|_| summable[k]) {
+                Some(v) => match as_int(v).filter(|_| self.summable[k]) {
                     Some(n) => {
-                        ints[k] = Some(n);
+                        self.ints[k] = Some(n);
                         key.push(1);
                     }
                     None => {
@@ -97,35 +117,46 @@ pub fn groups(body: &[u8], services: &[u32], keys: &[Vec<u8>], summable: &[bool]
                 },
             }
         }
-        let at = match index.get(key.as_slice()) {
+        let at = match self.index.get(key.as_slice()) {
             Some(&at) => at,
             None => {
-                let parts = (0..keys.len()).map(|k| match (value(k), ints[k]) {
+                let parts = (0..keys.len()).map(|k| match (value(k), self.ints[k]) {
                     (None, _) => Part::Absent,
                     (Some(_), Some(_)) => Part::Int(0),
                     (Some(v), None) => Part::Raw(v.to_vec()),
                 }).collect();
-                out.push(Group { service, name: String::from_utf8_lossy(span.name).into_owned(), code: span.code, parts,
-                                 calls: 0, errors: 0, duration_ns: 0, buckets: vec![0; bounds.len() + 1] });
-                index.insert(key.clone(), out.len() - 1);
-                out.len() - 1
+                self.out.push(Group { service, name: String::from_utf8_lossy(span.name).into_owned(), code: span.code,
+                                      parts, calls: 0, errors: 0, duration_ns: 0,
+                                      buckets: vec![0; self.bounds.len() + 1] });
+                self.index.insert(key.clone(), self.out.len() - 1);
+                self.out.len() - 1
             }
         };
-        let g = &mut out[at];
+        let g = &mut self.out[at];
         let ns = (i128::from(span.end) - i128::from(span.start)).max(0) as u128;
         let seconds = ns as f64 / 1e9;
         g.calls += 1;
         g.errors += u64::from(span.code == 2);
         g.duration_ns += ns;
-        g.buckets[bounds.partition_point(|&b| b < seconds)] += 1;
-        for (part, n) in g.parts.iter_mut().zip(&ints) {
+        g.buckets[self.bounds.partition_point(|&b| b < seconds)] += 1;
+        for (part, n) in g.parts.iter_mut().zip(&self.ints) {
             if let (Part::Int(sum), Some(n)) = (part, n) {
                 *sum += (*n).clamp(0, MAX_TOKENS) as u128;
             }
         }
         Ok(())
-    })?;
-    Ok(out)
+    }
+
+    pub fn finish(self) -> Vec<Group> {
+        self.out
+    }
+}
+
+/// The groups of a whole request, in its own walk.
+pub fn groups(body: &[u8], services: &[u32], keys: &[Vec<u8>], summable: &[bool], bounds: &[f64]) -> Result<Vec<Group>> {
+    let mut groups = Groups::new(services, keys, summable, bounds);
+    walk(body, |resource, _scope, span| groups.visit(resource, span))?;
+    Ok(groups.finish())
 }
 
 /// The distinct span names of a request, in order of first use.

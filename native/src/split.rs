@@ -3,7 +3,7 @@
 
 use crate::Map;
 
-use crate::otlp::{walk, Span};
+use crate::otlp::{walk, Header, Span};
 use crate::wire::{chunk_lens, field_len, put_chunk, put_field, Framing, Result};
 
 pub const BAD_TRACE: &str = "trace_id must be 16 bytes and not all zero";
@@ -90,6 +90,13 @@ fn invalid(span: &Span) -> Option<&'static str> {
 
 /// Splits a request; spans that start before `oldest_ns` are rejected as expired.
 pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split<'_>> {
+    split_with(body, oldest_ns, |_, _| Ok(()))
+}
+
+/// `split`, calling `each(resource, span)` for every span of the request first (rejected
+/// ones too): the span metrics count in the same walk (`metrics::Groups::visit`).
+pub fn split_with<'a>(body: &'a [u8], oldest_ns: u64, mut each: impl FnMut(&Header<'a>, &Span<'a>) -> Result<()>)
+                      -> Result<Split<'a>> {
     let mut fragments: Vec<Fragment> = Vec::new();
     let mut index: Map<[u8; 16], usize> = Map::default();
     let mut framing: Map<(usize, usize), [Vec<u8>; 4]> = Map::default();
@@ -97,6 +104,7 @@ pub fn split(body: &[u8], oldest_ns: u64) -> Result<Split<'_>> {
     let (mut rejected, mut expired, mut reason) = (0u64, 0u64, None);
     let mut last_key: Option<(usize, usize)> = None;
     walk(body, |resource, scope, span| {
+        each(resource, span)?;
         if let Some(why) = invalid(span) {
             rejected += 1;
             reason = reason.or(Some(why));
