@@ -48,10 +48,10 @@ from processors.wire import MetricGroup
 
 T = TypeVar("T")
 LogSink = Callable[[list[list[Any]]], Awaitable[None]]
+"""Stores ``otel_logs`` rows (the storage writer's ``write_logs``)."""
 Counted = tuple[list[MetricGroup] | None, list[str], bytes | None]
 """A processed request's span-metric sums from split's walk (None if not made), the service
 of each slot, and its bytes (for the processor's own walk when there are no sums)."""
-"""Stores ``otel_logs`` rows (the storage writer's ``write_logs``)."""
 LARGE_BODY = 1 << 20
 """Bodies from this size are decoded on a worker thread."""
 SLICE_ABOVE = 4096
