@@ -121,7 +121,7 @@ impl ByValue for Fragment {
 pub fn total_size(fragments: &Bound<'_, PyList>) -> PyResult<usize> {
     let mut total = 0;
     for f in fragments.iter() {
-        total += f.cast::<Fragment>()?.borrow().payload.bind(fragments.py()).as_bytes().len() + OVERHEAD;
+        total += f.cast::<Fragment>()?.borrow().size(fragments.py());
     }
     Ok(total)
 }

@@ -5,8 +5,8 @@
 /// The extension's own allocations (payloads, buffer entries, per-request scratch) come
 /// from mimalloc, not glibc's malloc: a request makes a few allocations per trace, and with
 /// glibc they were about a tenth of the collector's CPU (`_int_malloc`, `unlink_chunk`).
-/// Measured with `benchmarks/peer`'s load, pinned: 103k -> 118k spans per CPU-second
-/// (medians of three A/B pairs; benchmarks/README.md, step 7). Python objects still come
+/// Alone, under `benchmarks/peer`'s load, pinned, three A/B pairs: medians 102,712 ->
+/// 118,007 spans per CPU-second (benchmarks/README.md, step 7). Python objects still come
 /// from Python's allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,9 +78,7 @@ fn split_fragments<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64, received_n
 fn split_counting<'py>(py: Python<'py>, body: &[u8], oldest_ns: u64, received_ns: u64, service: Bound<'py, PyAny>,
                        services: Vec<u32>, keys: Vec<Vec<u8>>, summable: Vec<bool>, bounds: Vec<f64>)
                        -> PyResult<Bound<'py, PyTuple>> {
-    if summable.len() != keys.len() {
-        return Err(PyValueError::new_err("summable must have one flag per key"));
-    }
+    one_flag_per_key(&keys, &summable)?;
     let (out, groups) = py.detach(|| {
         let mut groups = metrics::Groups::new(&services, &keys, &summable, &bounds);
         let out = split::split_with(body, oldest_ns, |resource, span| groups.visit(resource, span))?;
@@ -138,11 +136,16 @@ fn span_names(py: Python<'_>, body: &[u8]) -> PyResult<Vec<String>> {
 #[pyfunction]
 fn metric_groups<'py>(py: Python<'py>, body: &[u8], services: Vec<u32>, keys: Vec<Vec<u8>>, summable: Vec<bool>,
                       bounds: Vec<f64>) -> PyResult<Bound<'py, PyList>> {
+    one_flag_per_key(&keys, &summable)?;
+    let groups = py.detach(|| metrics::groups(body, &services, &keys, &summable, &bounds)).map_err(malformed)?;
+    groups_list(py, groups)
+}
+
+fn one_flag_per_key(keys: &[Vec<u8>], summable: &[bool]) -> PyResult<()> {
     if summable.len() != keys.len() {
         return Err(PyValueError::new_err("summable must have one flag per key"));
     }
-    let groups = py.detach(|| metrics::groups(body, &services, &keys, &summable, &bounds)).map_err(malformed)?;
-    groups_list(py, groups)
+    Ok(())
 }
 
 /// Groups as `metric_groups` returns them: (slot, name, code, values, calls, errors, duration, buckets).
@@ -218,12 +221,12 @@ fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ot_upstream, m)?)?;
     m.add_function(wrap_pyfunction!(ot_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(span_rows, m)?)?;
-    m.add_class::<buffer::TraceBuffer>()?;
-    m.add_class::<fragment::Fragment>()?;
-    m.add_class::<fragment::RootInfo>()?;
     m.add_function(wrap_pyfunction!(crc32, m)?)?;
     m.add_function(wrap_pyfunction!(fragment::total_size, m)?)?;
     m.add_function(wrap_pyfunction!(fragment::stamp_source, m)?)?;
+    m.add_class::<buffer::TraceBuffer>()?;
+    m.add_class::<fragment::Fragment>()?;
+    m.add_class::<fragment::RootInfo>()?;
     m.add_class::<fragment::Settled>()?;
     m.add_class::<syncer::Syncer>()?;
     m.add("FRAGMENT_OVERHEAD", fragment::OVERHEAD)?;

@@ -57,13 +57,11 @@ impl Split<'_> {
     pub fn payload(&self, f: &Fragment, out: &mut Vec<u8>) {
         out.clear();
         let chunks = std::iter::once(&f.first).chain(&f.more);
-        let lens: Vec<(Framing, (usize, usize))> = chunks.clone().map(|c| {
-            let frame: Framing = self.framing[&c.key].each_ref().map(Vec::as_slice);
-            (frame, chunk_lens(&frame, c.bytes))
-        }).collect();
-        out.reserve(lens.iter().map(|(_, l)| field_len(l.1)).sum());
-        for (c, (frame, lens)) in chunks.zip(&lens) {
-            put_chunk(out, frame, *lens, |out| {
+        let frame = |c: &Chunk| -> Framing { self.framing[&c.key].each_ref().map(Vec::as_slice) };
+        out.reserve(chunks.clone().map(|c| field_len(chunk_lens(&frame(c), c.bytes).1)).sum());
+        for c in chunks {
+            let framing = frame(c);
+            put_chunk(out, &framing, chunk_lens(&framing, c.bytes), |out| {
                 let mut at = c.head;
                 while at != usize::MAX {
                     let (raw, next) = self.links[at];
@@ -128,19 +126,13 @@ pub fn split_with<'a>(body: &'a [u8], oldest_ns: u64, mut each: impl FnMut(&Head
         let bytes = field_len(span.raw.len());
         let trace_id: [u8; 16] = span.trace_id.try_into().unwrap();
         let fresh = Chunk { key, head: at, tail: at, bytes };
-        let f = match index.get(&trace_id) {
-            Some(&i) => &mut fragments[i],
+        let (f, new) = match index.get(&trace_id) {
+            Some(&i) => (&mut fragments[i], false),
             None => {
                 index.insert(trace_id, fragments.len());
                 fragments.push(Fragment { trace_id, spans: 0, start: span.start, end: span.end, error: false,
                                           root: None, first: fresh, more: Vec::new() });
-                let f = fragments.last_mut().unwrap();
-                f.spans = 1;
-                f.error = span.code == 2;
-                if span.parent.is_empty() {
-                    f.root = Some(Root { resource: resource.index, name: span.name, start: span.start, end: span.end });
-                }
-                return Ok(());
+                (fragments.last_mut().expect("pushed"), true)
             }
         };
         f.spans += 1;
@@ -149,6 +141,9 @@ pub fn split_with<'a>(body: &'a [u8], oldest_ns: u64, mut each: impl FnMut(&Head
         f.error |= span.code == 2;
         if span.parent.is_empty() {
             f.root = Some(Root { resource: resource.index, name: span.name, start: span.start, end: span.end });
+        }
+        if new {
+            return Ok(()); // its first chunk is this span
         }
         let chunk = if f.first.key == key { Some(&mut f.first) } else { f.more.iter_mut().find(|c| c.key == key) };
         match chunk {
