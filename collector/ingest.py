@@ -1,4 +1,4 @@
-"""The ingress stage both receivers share: decode → redact → normalise → validate and split → queue → count.
+"""The ingress stage both receivers share: validate → redact → normalise → split → queue → count.
 
 Receivers only speak their protocol (read bodies, map errors to codes); everything that
 must be identical for gRPC and HTTP happens here, once. Redaction runs first, so a secret
@@ -6,6 +6,10 @@ never reaches the queue (and so never Kafka, disk or logs); span names are norma
 (:mod:`processors.cardinality`), so what is queued, stored and counted agrees. Span metrics
 count a request only once the queue accepted it, so a client's retry after a 429 is not
 counted twice.
+
+A protobuf body is validated by the extension (:class:`processors.wire.WireRequest`), not
+decoded: most requests need no change, and the rest of the hot path reads bytes. It is
+decoded (by upb, into objects) only when a processor must change it or read it as objects.
 
 No request may stall the others (or /healthz). A body of :data:`LARGE_BODY` bytes or more
 is decoded on a worker thread (decoding is a pure function, so nothing is shared), and a
@@ -44,7 +48,7 @@ from processors.contract import RequestProcessor
 from processors.fragment import Fragment
 from processors.redaction import Redactor
 from processors.spanmetrics import SpanMetrics
-from processors.wire import MetricGroup
+from processors.wire import MetricGroup, WireRequest
 
 T = TypeVar("T")
 LogSink = Callable[[list[list[Any]]], Awaitable[None]]
@@ -70,8 +74,23 @@ class Accepted:
     error_message: str
 
 
-def span_count(request: ExportTraceServiceRequest) -> int:
+def span_count(request: Any) -> int:
+    if isinstance(request, WireRequest):
+        return request.span_count
     return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+
+
+def read_protobuf(body: bytes) -> Any:
+    """A protobuf trace request: validated and surveyed by the extension, to be decoded only
+    if something must read it as objects; decoded now if it is large (this runs on a worker
+    thread then, and a later decode would not) or if the survey leaves it to upb (a group, an
+    odd encoding: :class:`InvalidRequest` if upb refuses it too)."""
+    if len(body) < LARGE_BODY:
+        try:
+            return WireRequest(body, decode_protobuf)
+        except ValueError:
+            pass
+    return decode_protobuf(body)
 
 
 def slices(request: ExportTraceServiceRequest, size: int) -> Iterator[ExportTraceServiceRequest]:
@@ -172,7 +191,7 @@ class Ingest:
             if as_json:
                 request, dropped = await _off_loop(len(body), decode_json, body)
             else:
-                request = await _off_loop(len(body), decode_protobuf, body)
+                request = await _off_loop(len(body), read_protobuf, body)
             return await self.export(request, None if as_json else body, dropped, tenant)
 
     @contextmanager
@@ -210,7 +229,7 @@ class Ingest:
                 await self.store_logs(rows)
             self.stats["log_records_stored"] += len(rows)
 
-    def _process(self, request: ExportTraceServiceRequest, raw: bytes | None, now: int, tenant: str | None) -> tuple[
+    def _process(self, request: Any, raw: bytes | None, now: int, tenant: str | None) -> tuple[
             list[Fragment], int, str, Counted]:  # fmt: skip
         """Redact, normalise, stamp the tenant and split; the span metrics' sums come from
         split's own walk, to be counted once the queue took the request."""
@@ -220,12 +239,12 @@ class Ingest:
         if tenant is not None and stamp_tenant(request.resource_spans, tenant):
             raw = None
         oldest = now - self.retention_ns if self.retention_ns else 0
-        spec, services = self.metrics.walk_spec(request) if self.metrics is not None else (None, [])
+        spec, services = self.metrics.walk_spec(request, raw) if self.metrics is not None else (None, [])
         split = split_by_trace(request, now, oldest, raw, spec)
         self.stats["spans_rejected_expired"] += split.expired_spans
         return split.fragments, split.rejected_spans, split.error_message, (split.groups, services, raw)
 
-    def _count(self, request: ExportTraceServiceRequest, counted: Counted) -> None:
+    def _count(self, request: Any, counted: Counted) -> None:
         """Span metrics for an accepted request: the sums split made on its way, or (if the
         extension refused the body) the processor's own walk."""
         assert self.metrics is not None
@@ -236,9 +255,10 @@ class Ingest:
         else:
             run_processor(self.metrics, request, raw, done)
 
-    async def export(self, request: ExportTraceServiceRequest, raw: bytes | None, dropped: int = 0,
+    async def export(self, request: Any, raw: bytes | None, dropped: int = 0,
                      tenant: str | None = None) -> Accepted:  # fmt: skip
-        """Take one decoded request. Raises :class:`PipelineError` (mapped by the receiver).
+        """Take one request, decoded or a :class:`WireRequest`. Raises :class:`PipelineError`
+        (mapped by the receiver).
 
         ``raw`` is the request as the client sent it (protobuf), if at hand: processors scan
         it to skip requests they have nothing to do in. ``dropped`` spans were left out by the decoder (no valid

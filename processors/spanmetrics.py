@@ -32,8 +32,8 @@ from prometheus_client.samples import Exemplar
 from processors.cardinality import OVERFLOW, CardinalitySettings, LabelLimiter
 from processors.genai import (CACHE_READ, CACHE_WRITE, INPUT, MAX_TOKENS, OUTPUT, USAGE_KEYS, PriceTable, Usage,
                               model_of, parse_count)
-from processors.otlp_values import STATUS_NAMES, service_name, value_as_string
-from processors.wire import MetricGroup, MetricSpec, metric_groups
+from processors.otlp_values import STATUS_NAMES, value_as_string
+from processors.wire import MetricGroup, MetricSpec, metric_groups, resource_services
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Duration histogram bounds, seconds: from a cache hit to a long LLM call."""
@@ -143,15 +143,15 @@ class SpanMetrics:
         """Count one request. The compiled walk (:func:`processors.wire.metric_groups`) sums
         spans per distinct label set; here each label set is read once per request, and the
         limiter and the shared series see it once per request, not per span."""
-        spec, services = self.walk_spec(request)
+        spec, services = self.walk_spec(request, raw)
         return self.count(metric_groups(request, raw, *spec), services)
 
-    def walk_spec(self, request: Any) -> tuple[MetricSpec, list[str]]:
+    def walk_spec(self, request: Any, raw: bytes | None = None) -> tuple[MetricSpec, list[str]]:
         """What the compiled walk needs to sum ``request``'s spans (the service slot of each
         resource, the wanted keys, which are summable, the bucket bounds), and the service
         of each slot. The receiver hands it to split, which counts in its own walk."""
         slots: dict[str, int] = {}
-        resources = [slots.setdefault(service_name(rs.resource.attributes), len(slots)) for rs in request.resource_spans]
+        resources = [slots.setdefault(service, len(slots)) for service in resource_services(request, raw)]
         return (resources, self._keys, self._summable, list(BUCKETS)), list(slots)
 
     def count(self, groups: list[MetricGroup], services: list[str]) -> Counter[str]:

@@ -18,11 +18,13 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from processors import _wire, reference
 from processors.fragment import Fragment, RootInfo
-from processors.otlp_values import service_name
+from processors.otlp_values import any_value, service_name
 
 log = logging.getLogger("tailsift")
 FALLBACKS: Counter[str] = Counter()
@@ -30,8 +32,8 @@ FALLBACKS: Counter[str] = Counter()
 updated on the event loop only)."""
 EXPIRED = reference.EXPIRED
 
-__all__ = ["EXPIRED", "FALLBACKS", "MetricGroup", "MetricSpec", "SplitResult", "metric_groups", "span_names",
-           "split_by_trace"]
+__all__ = ["EXPIRED", "FALLBACKS", "MetricGroup", "MetricSpec", "SplitResult", "WireRequest", "metric_groups",
+           "resource_services", "span_names", "split_by_trace", "surveyed"]
 
 
 MetricGroup = tuple[int, str, int, list[bytes | int | None], int, int, int, list[int]]
@@ -47,6 +49,58 @@ class SplitResult:
     expired_spans: int = 0
     groups: list[MetricGroup] | None = None
     """:func:`metric_groups` of the same body, when split was asked to count (``counting``)."""
+
+
+class WireRequest:
+    """An OTLP/protobuf trace request known by its bytes, decoded only when read as objects.
+
+    Most requests need no change (no secret to redact, no span name to normalise), and
+    everything else on the hot path reads bytes. So the receiver validates a body with the
+    extension's ``survey`` (at least as strict as upb: what it accepts, upb accepts) instead
+    of decoding it, and keeps what the processors ask before they know whether to change
+    anything: the span count, the distinct span names, each resource's service. Reading any
+    other attribute (``resource_spans``, ``SerializeToString``, ...) decodes the request
+    once, with ``decode``, and forwards to the decoded message, so a processor that must
+    change the request does so as it always did.
+
+    The surveyed facts describe ``raw``; once a processor has changed the request (the
+    caller then holds ``raw`` None, see ``run_processor``), they are not used. Raises
+    ValueError for a body the survey refuses (the caller decodes it with upb then). Not
+    shared between threads: made and used on one.
+    """
+
+    __slots__ = ("raw", "span_count", "names", "services", "_decode", "_message")
+
+    def __init__(self, raw: bytes, decode: Callable[[bytes], Any]):
+        self._message: Any = None
+        self._decode = decode
+        self.raw = raw
+        self.span_count, self.names, services = _wire.survey(raw)
+        self.services = [s if isinstance(s, str) else str(any_value(AnyValue.FromString(s))) for s in services]
+
+    @property
+    def message(self) -> Any:
+        """The decoded ``ExportTraceServiceRequest`` (decoded on first use)."""
+        if self._message is None:
+            self._message = self._decode(self.raw)
+        return self._message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.message, name)
+
+
+def surveyed(request: Any, raw: bytes | None) -> WireRequest | None:
+    """``request`` as a :class:`WireRequest` whose survey still holds (``raw`` is its
+    unchanged body), else None."""
+    return request if isinstance(request, WireRequest) and raw is not None and raw is request.raw else None
+
+
+def resource_services(request: Any, raw: bytes | None) -> list[str]:
+    """The service name of each resource of ``request``, in order."""
+    known = surveyed(request, raw)
+    if known is not None:
+        return known.services
+    return [service_name(rs.resource.attributes) for rs in request.resource_spans]
 
 
 def _fallback(what: str, exc: ValueError) -> None:
@@ -70,7 +124,11 @@ def split_by_trace(request: Any, received_ns: int | None = None, oldest_ns: int 
     now = received_ns or time.time_ns()
     body = raw if raw is not None else request.SerializeToString()
 
+    known = surveyed(request, raw)
+
     def service(at: int) -> str:
+        if known is not None:
+            return known.services[at]  # without decoding the request
         return service_name(request.resource_spans[at].resource.attributes)
 
     groups = None
@@ -104,6 +162,9 @@ def _from_reference(request: Any, oldest_ns: int, now: int) -> tuple[list[Fragme
 
 def span_names(request: Any, raw: bytes | None) -> list[str]:
     """The distinct span names of a request, in order of first use."""
+    known = surveyed(request, raw)
+    if known is not None:
+        return list(known.names)
     body = raw if raw is not None else request.SerializeToString()
     try:
         return _wire.span_names(body)

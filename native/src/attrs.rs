@@ -107,12 +107,13 @@ pub struct Typed<'a> {
 /// thousands of attributes must not cost a quadratic scan).
 pub struct Ordered<'a, V> {
     pub items: Vec<(&'a [u8], V)>,
-    index: Map<&'a [u8], usize>,
+    /// Made only past `INDEX_FROM` pairs: a hasher's random state costs more than the scan.
+    index: Option<Map<&'a [u8], usize>>,
 }
 
 impl<V> Default for Ordered<'_, V> {
     fn default() -> Self {
-        Ordered { items: Vec::new(), index: Map::default() }
+        Ordered { items: Vec::new(), index: None }
     }
 }
 
@@ -120,10 +121,9 @@ const INDEX_FROM: usize = 16;
 
 impl<'a, V> Ordered<'a, V> {
     fn position(&self, key: &[u8]) -> Option<usize> {
-        if self.items.len() > INDEX_FROM {
-            self.index.get(key).copied()
-        } else {
-            self.items.iter().position(|(k, _)| *k == key)
+        match &self.index {
+            Some(index) => index.get(key).copied(),
+            None => self.items.iter().position(|(k, _)| *k == key),
         }
     }
 
@@ -132,12 +132,15 @@ impl<'a, V> Ordered<'a, V> {
             Some(i) => self.items[i].1 = value,
             None => {
                 self.items.push((key, value));
-                if self.items.len() > INDEX_FROM {
-                    if self.index.is_empty() {
-                        self.index.extend(self.items.iter().enumerate().map(|(i, (k, _))| (*k, i)));
-                    } else {
-                        self.index.insert(key, self.items.len() - 1);
+                let at = self.items.len() - 1;
+                match &mut self.index {
+                    Some(index) => {
+                        index.insert(key, at);
                     }
+                    None if self.items.len() > INDEX_FROM => {
+                        self.index = Some(self.items.iter().enumerate().map(|(i, (k, _))| (*k, i)).collect());
+                    }
+                    None => {}
                 }
             }
         }

@@ -25,6 +25,7 @@ mod rows;
 mod rules;
 mod split;
 mod stored;
+mod survey;
 mod syncer;
 mod wire;
 
@@ -130,6 +131,29 @@ fn span_names(py: Python<'_>, body: &[u8]) -> PyResult<Vec<String>> {
     py.detach(|| metrics::span_names(body)).map_err(malformed)
 }
 
+/// survey(body) -> (span count, distinct span names in order of first use, each resource's
+/// `service.name`: a str, or the `AnyValue` bytes of one that is not a string). Raises
+/// ValueError for a body upb would refuse, and for some it would not (see `survey.rs`).
+#[pyfunction(name = "survey")]
+fn survey_request<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
+    let (spans, names, services) = py
+        .detach(|| -> wire::Result<_> {
+            let s = survey::survey(body)?;
+            let services = s.resources.iter().map(|rs| survey::service(rs)).collect::<wire::Result<Vec<_>>>()?;
+            Ok((s.spans, s.names, services))
+        })
+        .map_err(malformed)?;
+    let names = names.iter().map(|n| Ok(PyString::new(py, std::str::from_utf8(n)?))).collect::<PyResult<Vec<_>>>()?;
+    let out = PyList::empty(py);
+    for service in services {
+        match service {
+            Ok(text) => out.append(PyString::new(py, std::str::from_utf8(&text)?))?,
+            Err(raw) => out.append(PyBytes::new(py, &raw))?,
+        }
+    }
+    (spans, names, out).into_pyobject(py)
+}
+
 /// metric_groups(body, services, keys, summable, bounds) -> [(service slot, name, code,
 /// values, calls, errors, duration_ns, buckets)]; values[k] is None (absent), bytes (an
 /// `AnyValue`) or, for a summable key holding integers, their clamped sum.
@@ -216,6 +240,7 @@ fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_fragments, m)?)?;
     m.add_function(wrap_pyfunction!(split_counting, m)?)?;
     m.add_function(wrap_pyfunction!(span_names, m)?)?;
+    m.add_function(wrap_pyfunction!(survey_request, m)?)?;
     m.add_function(wrap_pyfunction!(metric_groups, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
     m.add_function(wrap_pyfunction!(ot_upstream, m)?)?;

@@ -25,13 +25,19 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-fn put_hex(out: &mut Vec<u8>, b: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    put_varint(out, 2 * b.len() as u64);
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_into(out: &mut Vec<u8>, b: &[u8]) {
+    out.reserve(2 * b.len());
     for byte in b {
         out.push(HEX[(byte >> 4) as usize]);
         out.push(HEX[(byte & 15) as usize]);
     }
+}
+
+fn put_hex(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, 2 * b.len() as u64);
+    hex_into(out, b);
 }
 
 fn put_map<V: AsRef<[u8]>>(out: &mut Vec<u8>, pairs: &[(&[u8], V)]) {
@@ -43,7 +49,9 @@ fn put_map<V: AsRef<[u8]>>(out: &mut Vec<u8>, pairs: &[(&[u8], V)]) {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let mut out = Vec::with_capacity(2 * b.len());
+    hex_into(&mut out, b);
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 struct Event<'a> {

@@ -51,6 +51,7 @@ impl<'a> Reader<'a> {
         Err(WireError("varint longer than 10 bytes"))
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).ok_or(WireError("length overflows"))?;
         let out = self.buf.get(self.pos..end).ok_or(WireError("truncated field"))?;
@@ -91,6 +92,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next (field number, value), or None at the end.
+    #[inline]
     pub fn next(&mut self) -> Result<Option<(u32, Value<'a>)>> {
         if self.pos >= self.buf.len() {
             return Ok(None);
