@@ -160,7 +160,7 @@ pub fn survey(body: &[u8]) -> Result<Survey<'_>> {
 /// A resource's `service.name` as `processors.otlp_values.service_name` reads it: the first
 /// such key, its text if it is a string (Ok), else the `AnyValue` bytes for Python to render
 /// (Err); `unknown_service` without one.
-pub fn service<'a>(resource_spans: &'a [u8]) -> Result<std::result::Result<Vec<u8>, Vec<u8>>> {
+pub fn service(resource_spans: &[u8]) -> Result<std::result::Result<Vec<u8>, Vec<u8>>> {
     let (resource, _, _) = parts(resource_spans)?;
     let mut first = None;
     attributes(resource.bytes(), 1, |key, value| {
