@@ -193,3 +193,12 @@ def test_a_request_with_a_secret_is_decoded_and_redacted() -> None:
     assert isinstance(request, WireRequest) and request._message is not None
     assert b"bob@example.com" not in queued and b"GET /users/12345" not in queued and b"GET /users/" in queued
     assert ingest.redactions and ingest.processed["cardinality"]["span_names_normalized"] == 1
+
+
+def test_a_body_the_survey_leaves_to_upb_is_decoded_and_taken() -> None:
+    """A group (legal protobuf, refused by the survey) takes the old path: decoded by upb."""
+    body = ODD["unknown fields and a group"]()
+    request = read_protobuf(body)
+    assert isinstance(request, ExportTraceServiceRequest)
+    ingest, queue = _ingest()
+    assert _queued(ingest, queue, request, body) and ingest.stats["spans_accepted"] == 1
