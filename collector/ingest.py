@@ -48,7 +48,7 @@ from processors.contract import RequestProcessor
 from processors.fragment import Fragment
 from processors.redaction import Redactor
 from processors.spanmetrics import SpanMetrics
-from processors.wire import MetricGroup, WireRequest
+from processors.wire import FALLBACKS, MetricGroup, WireRequest
 
 T = TypeVar("T")
 LogSink = Callable[[list[list[Any]]], Awaitable[None]]
@@ -85,12 +85,14 @@ def read_protobuf(body: bytes) -> Any:
     if something must read it as objects; decoded now if it is large (this runs on a worker
     thread then, and a later decode would not) or if the survey leaves it to upb (a group, an
     odd encoding: :class:`InvalidRequest` if upb refuses it too)."""
-    if len(body) < LARGE_BODY:
-        try:
-            return WireRequest(body, decode_protobuf)
-        except ValueError:
-            pass
-    return decode_protobuf(body)
+    if len(body) >= LARGE_BODY:
+        return decode_protobuf(body)
+    try:
+        return WireRequest(body, decode_protobuf)
+    except ValueError:
+        request = decode_protobuf(body)
+        FALLBACKS["survey"] += 1  # on the event loop (small bodies): a valid body the survey left to upb
+        return request
 
 
 def slices(request: ExportTraceServiceRequest, size: int) -> Iterator[ExportTraceServiceRequest]:

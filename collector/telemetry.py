@@ -42,8 +42,9 @@ class PipelineCollector(Collector):
                                 value=time.time())  # fmt: skip
         if p.ingest is not None:
             yield from self._ingest(p.ingest)
-            fallbacks = CounterMetricFamily("tailsift_wire_fallbacks", "Request bodies the compiled hot path refused "
-                                            "and the Python reference handled (expected: none)", labels=["function"])  # fmt: skip
+            fallbacks = CounterMetricFamily("tailsift_wire_fallbacks",
+                                            "Request bodies the compiled hot path refused and the Python reference "
+                                            "(or upb's decode) handled (expected: none)", labels=["function"])  # fmt: skip
             for function, count in sorted(wire.FALLBACKS.items()):
                 fallbacks.add_metric([function], count)
             yield fallbacks

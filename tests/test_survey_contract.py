@@ -31,7 +31,7 @@ from processors import _wire, reference
 from processors.cardinality import CardinalityProcessor
 from processors.otlp_values import service_name
 from processors.redaction import Redactor
-from processors.wire import WireRequest
+from processors.wire import FALLBACKS, WireRequest
 from tests.test_wire_contract import ODD, _ld, _varint, requests
 
 
@@ -198,7 +198,8 @@ def test_a_request_with_a_secret_is_decoded_and_redacted() -> None:
 def test_a_body_the_survey_leaves_to_upb_is_decoded_and_taken() -> None:
     """A group (legal protobuf, refused by the survey) takes the old path: decoded by upb."""
     body = ODD["unknown fields and a group"]()
+    before = FALLBACKS["survey"]
     request = read_protobuf(body)
-    assert isinstance(request, ExportTraceServiceRequest)
+    assert isinstance(request, ExportTraceServiceRequest) and FALLBACKS["survey"] == before + 1
     ingest, queue = _ingest()
     assert _queued(ingest, queue, request, body) and ingest.stats["spans_accepted"] == 1
