@@ -35,7 +35,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Tr
 from collector.auth import TENANT_KEY
 from processors import _wire
 from processors.genai import MAX_TOKENS, USAGE_KEYS, PriceTable, Usage, parse_count
-from processors.otlp_values import (KIND_NAMES, STATUS_NAMES, any_value, attributes_map, service_name,
+from processors.otlp_values import (KIND_NAMES, STATUS_NAMES, attributes_map, service_name, service_text,
                                     typed_attributes, value_as_string)
 from processors.sampling import otep235
 from processors.sampling.sampler import Decision
@@ -201,11 +201,6 @@ def _render(raw: bytes) -> str:
     return value_as_string(AnyValue.FromString(raw))
 
 
-def _service(raw: bytes) -> str:
-    """A ``service.name`` that is not a string, as :func:`service_name` reads it."""
-    return str(any_value(AnyValue.FromString(raw)))
-
-
 class NativeRowBuilder(RowBuilder):
     """:class:`RowBuilder`'s rows, with span rows as ``(RowBinary bytes, trace id hex, span id
     hex)`` built by the extension. ``span_keys``: attributes ``on_span`` reads besides the
@@ -221,7 +216,7 @@ class NativeRowBuilder(RowBuilder):
         th = self.threshold(d)
         built, tenant, clamped = _wire.span_rows(
             [f.payload for f in d.fragments], trace_hex, d.sample_rate, d.rule, TENANT_KEY.encode(), self._wanted,
-            lambda state: otep235.with_threshold(state, th), _render, _service)  # fmt: skip
+            lambda state: otep235.with_threshold(state, th), _render, service_text)  # fmt: skip
         if clamped:
             self.clamped["timestamp"] += clamped
         on_span = self.on_span

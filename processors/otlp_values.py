@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 STATUS_NAMES = {0: "Unset", 1: "Ok", 2: "Error"}
 KIND_NAMES = {0: "Unspecified", 1: "Internal", 2: "Server", 3: "Client", 4: "Producer", 5: "Consumer"}
@@ -103,6 +104,12 @@ def service_name(resource_attributes: Iterable[Any]) -> str:
     """A resource's ``service.name``, or the SDKs' own fallback ``unknown_service``."""
     found, value = find_attribute(resource_attributes, "service.name")
     return str(value) if found else "unknown_service"
+
+
+def service_text(raw: bytes) -> str:
+    """A ``service.name`` that is not a string, from its ``AnyValue`` bytes (the compiled
+    walks hand those over), as :func:`service_name` reads it."""
+    return str(any_value(AnyValue.FromString(raw)))
 
 
 def add_attributes(attributes: Any, values: dict[str, Any]) -> None:

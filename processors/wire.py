@@ -20,11 +20,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-
 from processors import _wire, reference
 from processors.fragment import Fragment, RootInfo
-from processors.otlp_values import any_value, service_name
+from processors.otlp_values import service_name, service_text
 
 log = logging.getLogger("tailsift")
 FALLBACKS: Counter[str] = Counter()
@@ -76,7 +74,7 @@ class WireRequest:
         self._decode = decode
         self.raw = raw
         self.span_count, self.names, services = _wire.survey(raw)
-        self.services = [s if isinstance(s, str) else str(any_value(AnyValue.FromString(s))) for s in services]
+        self.services = [s if isinstance(s, str) else service_text(s) for s in services]
 
     @property
     def message(self) -> Any:

@@ -55,20 +55,12 @@ impl<'py> Helpers<'py> {
         Ok(f.call1((arg,))?.cast::<PyString>()?.to_str()?.as_bytes().to_vec())
     }
 
-    /// A resource's `service.name` as the reference reads it: the first such key, its value as
-    /// Python's `str` of it (through `service` for anything but a string), else `unknown_service`.
+    /// A resource's `service.name` as the reference reads it (see [`service_name`]), a
+    /// value that is not a string rendered by Python's `str` of it (through `service`).
     pub fn service_of(&self, resource: &[u8]) -> PyResult<Vec<u8>> {
-        let mut first: Option<Merged<'_>> = None;
-        attributes(resource, 1, |key, value| {
-            if first.is_none() && key == b"service.name" {
-                first = Some(value);
-            }
-        })
-        .map_err(crate::malformed)?;
-        let Some(value) = first else { return Ok(b"unknown_service".to_vec()) };
-        match any(value.bytes()).map_err(crate::malformed)? {
-            Any::Str(s) => Ok(s.to_vec()),
-            _ => self.text(&self.service, PyBytes::new(self.py, value.bytes()).into_any()),
+        match service_name(resource).map_err(crate::malformed)? {
+            Ok(text) => Ok(text),
+            Err(raw) => self.text(&self.service, PyBytes::new(self.py, &raw).into_any()),
         }
     }
 
@@ -171,6 +163,23 @@ impl<'a> Typed<'a> {
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.values.position(key).map(|i| self.values.items[i].1.as_ref())
     }
+}
+
+/// A resource's `service.name` as `processors.otlp_values.service_name` reads it: the first
+/// such key, its text if it is a string (Ok), else its `AnyValue` bytes for Python to render
+/// (Err); `unknown_service` without one.
+pub fn service_name(resource: &[u8]) -> Result<std::result::Result<Vec<u8>, Vec<u8>>> {
+    let mut first: Option<Merged<'_>> = None;
+    attributes(resource, 1, |key, value| {
+        if first.is_none() && key == b"service.name" {
+            first = Some(value);
+        }
+    })?;
+    let Some(value) = first else { return Ok(Ok(b"unknown_service".to_vec())) };
+    Ok(match any(value.bytes())? {
+        Any::Str(text) => Ok(text.to_vec()),
+        _ => Err(value.bytes().to_vec()),
+    })
 }
 
 pub fn helpers<'py>(py: Python<'py>, state: Bound<'py, PyAny>, render: Bound<'py, PyAny>, service: Bound<'py, PyAny>) -> Helpers<'py> {

@@ -139,7 +139,9 @@ fn survey_request<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, PyTu
     let (spans, names, services) = py
         .detach(|| -> wire::Result<_> {
             let s = survey::survey(body)?;
-            let services = s.resources.iter().map(|rs| survey::service(rs)).collect::<wire::Result<Vec<_>>>()?;
+            let services = s.resources.iter()
+                .map(|rs| attrs::service_name(otlp::parts(rs)?.0.bytes()))
+                .collect::<wire::Result<Vec<_>>>()?;
             Ok((s.spans, s.names, services))
         })
         .map_err(malformed)?;

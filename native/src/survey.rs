@@ -12,8 +12,6 @@
 //! accepts, upb accepts; the converse is not promised. `tests/test_wire_contract.py` holds
 //! it to that, and to giving what the decoded request gives.
 
-use crate::attrs::{any, Any};
-use crate::otlp::{attributes, parts};
 use crate::wire::{Result, WireError};
 use crate::Map;
 
@@ -155,22 +153,4 @@ pub fn survey(body: &[u8]) -> Result<Survey<'_>> {
     let mut s = Survey { spans: 0, names: Vec::new(), seen: Map::default(), resources: Vec::new() };
     check(body, Msg::Request, 0, &mut s)?;
     Ok(s)
-}
-
-/// A resource's `service.name` as `processors.otlp_values.service_name` reads it: the first
-/// such key, its text if it is a string (Ok), else the `AnyValue` bytes for Python to render
-/// (Err); `unknown_service` without one.
-pub fn service(resource_spans: &[u8]) -> Result<std::result::Result<Vec<u8>, Vec<u8>>> {
-    let (resource, _, _) = parts(resource_spans)?;
-    let mut first = None;
-    attributes(resource.bytes(), 1, |key, value| {
-        if first.is_none() && key == b"service.name" {
-            first = Some(value.bytes().to_vec());
-        }
-    })?;
-    let Some(value) = first else { return Ok(Ok(b"unknown_service".to_vec())) };
-    Ok(match any(&value)? {
-        Any::Str(text) => Ok(text.to_vec()),
-        _ => Err(value),
-    })
 }
