@@ -56,7 +56,9 @@ class WireRequest:
     everything else on the hot path reads bytes. So the receiver validates a body with the
     extension's ``survey`` (at least as strict as upb: what it accepts, upb accepts) instead
     of decoding it, and keeps what the processors ask before they know whether to change
-    anything: the span count, the distinct span names, each resource's service. Reading any
+    anything: the span count, the distinct span names, each resource's service, and the text
+    the redactor's prefilter scans (every string and ``bytes_value`` field, without the ids,
+    timestamps and framing around them: half the bytes of a typical body). Reading any
     other attribute (``resource_spans``, ``SerializeToString``, ...) decodes the request
     once, with ``decode``, and forwards to the decoded message, so a processor that must
     change the request does so as it always did.
@@ -67,13 +69,13 @@ class WireRequest:
     shared between threads: made and used on one.
     """
 
-    __slots__ = ("raw", "span_count", "names", "services", "_decode", "_message")
+    __slots__ = ("raw", "span_count", "names", "services", "text", "_decode", "_message")
 
     def __init__(self, raw: bytes, decode: Callable[[bytes], Any]):
         self._message: Any = None
         self._decode = decode
         self.raw = raw
-        self.span_count, self.names, services = _wire.survey(raw)
+        self.span_count, self.names, services, self.text = _wire.survey(raw)
         self.services = [s if isinstance(s, str) else service_text(s) for s in services]
 
     @property

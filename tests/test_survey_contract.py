@@ -45,7 +45,7 @@ def _upb(body: bytes) -> ExportTraceServiceRequest | None:
 def assert_survey_holds(body: bytes) -> bool:
     """If the survey accepts ``body``, upb does, and they say the same; True if accepted."""
     try:
-        count, names, services = _wire.survey(body)
+        count, names, services, text = _wire.survey(body)
     except ValueError:
         return False
     request = _upb(body)
@@ -55,7 +55,23 @@ def assert_survey_holds(body: bytes) -> bool:
     surveyed = WireRequest(body, decode_protobuf).services
     assert surveyed == [service_name(rs.resource.attributes) for rs in request.resource_spans]
     assert len(services) == len(request.resource_spans)
+    missing = [t for t in _texts(request) if t not in text]
+    assert not missing, f"the redactor's prefilter would not scan {missing[:3]}"
     return True
+
+
+def _texts(message: Any) -> Iterator[bytes]:
+    """Every string field of a decoded message, and every ``AnyValue.bytes_value``: where a
+    secret can be, which the survey's text must hold, each in one piece."""
+    for field, value in message.ListFields():
+        values = value if field.is_repeated else [value]
+        for v in values:
+            if field.type == FieldDescriptor.TYPE_STRING:
+                yield v.encode()
+            elif field.type == FieldDescriptor.TYPE_BYTES and field.containing_type.name == "AnyValue":
+                yield v
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                yield from _texts(v)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -152,6 +168,34 @@ def test_a_service_name_that_is_not_a_string_reads_as_upb_reads_it() -> None:
     body = _ld(1, _ld(1, resource) + _ld(1, _ld(1, _ld(1, b"service.name") + _ld(2, _ld(1, b"later")))))
     assert WireRequest(body, decode_protobuf).services == ["42"]
     assert assert_survey_holds(body)
+
+
+def _with_secret(path: str | None, secret: bytes) -> bytes:
+    """A request with ``secret`` at ``path`` (a key of STRING_PATHS; None: a ``bytes_value``),
+    in a span with valid ids, so that what the redactor missed would be queued."""
+    if path is None:
+        req = ExportTraceServiceRequest()
+        req.resource_spans.add().scope_spans.add().spans.add().attributes.add(key="b").value.bytes_value = secret
+    else:
+        req = ExportTraceServiceRequest.FromString(_nested(STRING_PATHS[path], secret))
+    rs = req.resource_spans[0]
+    ss = rs.scope_spans[0] if rs.scope_spans else rs.scope_spans.add()
+    span = ss.spans[0] if ss.spans else ss.spans.add()
+    span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, span.name or "ok"
+    return req.SerializeToString()
+
+
+@pytest.mark.parametrize("path", [*STRING_PATHS, None])
+def test_a_secret_in_any_field_is_seen_by_the_prefilter_and_never_queued(path: str | None) -> None:
+    """The redactor's prefilter scans the survey's text, not the body: a field missing from
+    the text would let a secret through unredacted."""
+    body = _with_secret(path, b"mail bob@example.com")
+    request = read_protobuf(body)
+    assert isinstance(request, WireRequest)
+    ingest, queue = _ingest()
+    queued = _queued(ingest, queue, request, body)
+    assert queued and b"bob@example.com" not in queued
+    assert ingest.redactions
 
 
 # --- end to end: a request with nothing to change is never decoded

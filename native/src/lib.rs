@@ -11,6 +11,22 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// No transparent huge pages for the extension's memory. mimalloc asks for them on its
+/// arenas; the collector's allocations churn (a request's scratch, the buffer's payloads),
+/// and after mimalloc hands freed memory back, the next touch faults in a whole 2 MiB page
+/// that the kernel zeroes first: `clear_page_erms` under huge-page faults was ~3.8% of the
+/// pinned collector's CPU under `benchmarks/peer`'s load. Set before the extension's first
+/// allocation maps an arena. Other libraries' memory (chDB's) is left as it was; mimalloc's
+/// own switch, `MIMALLOC_ALLOW_THP=0`, would turn huge pages off for the whole process.
+fn no_huge_pages() {
+    const ALLOW_THP: std::ffi::c_int = 43; // `mi_option_allow_thp` in mimalloc v3's mimalloc.h (pinned in Cargo.toml)
+    extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    // SAFETY: sets one integer option, which mimalloc reads whenever it maps memory.
+    unsafe { mi_option_set(ALLOW_THP, 0) }
+}
+
 mod attrs;
 mod buffer;
 mod cache;
@@ -132,17 +148,18 @@ fn span_names(py: Python<'_>, body: &[u8]) -> PyResult<Vec<String>> {
 }
 
 /// survey(body) -> (span count, distinct span names in order of first use, each resource's
-/// `service.name`: a str, or the `AnyValue` bytes of one that is not a string). Raises
+/// `service.name`: a str, or the `AnyValue` bytes of one that is not a string, the text
+/// every string and `bytes_value` field holds, newline after each). Raises
 /// ValueError for a body upb would refuse, and for some it would not (see `survey.rs`).
 #[pyfunction(name = "survey")]
 fn survey_request<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
-    let (spans, names, services) = py
+    let (spans, names, services, text) = py
         .detach(|| -> wire::Result<_> {
             let s = survey::survey(body)?;
             let services = s.resources.iter()
                 .map(|rs| attrs::service_name(otlp::parts(rs)?.0.bytes()))
                 .collect::<wire::Result<Vec<_>>>()?;
-            Ok((s.spans, s.names, services))
+            Ok((s.spans, s.names, services, s.text))
         })
         .map_err(malformed)?;
     let names = names.iter().map(|n| Ok(PyString::new(py, std::str::from_utf8(n)?))).collect::<PyResult<Vec<_>>>()?;
@@ -153,7 +170,7 @@ fn survey_request<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, PyTu
             Err(raw) => out.append(PyBytes::new(py, &raw))?,
         }
     }
-    (spans, names, out).into_pyobject(py)
+    (spans, names, out, PyBytes::new(py, &text)).into_pyobject(py)
 }
 
 /// metric_groups(body, services, keys, summable, bounds) -> [(service slot, name, code,
@@ -238,6 +255,7 @@ fn span_rows<'py>(py: Python<'py>, payloads: &Bound<'py, PyList>, trace_hex: &st
 
 #[pymodule]
 fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    no_huge_pages();
     m.add_function(wrap_pyfunction!(split_request, m)?)?;
     m.add_function(wrap_pyfunction!(split_fragments, m)?)?;
     m.add_function(wrap_pyfunction!(split_counting, m)?)?;

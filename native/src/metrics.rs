@@ -133,11 +133,11 @@ impl<'a, 's> Groups<'a, 's> {
             }
         };
         let g = &mut self.out[at];
-        let ns = (i128::from(span.end) - i128::from(span.start)).max(0) as u128;
-        let seconds = ns as f64 / 1e9;
+        let ns = span.end.saturating_sub(span.start); // both u64: a negative duration is 0
+        let seconds = ns as f64 / 1e9; // from u64, one instruction (from u128, a library call)
         g.calls += 1;
         g.errors += u64::from(span.code == 2);
-        g.duration_ns += ns;
+        g.duration_ns += u128::from(ns);
         g.buckets[self.bounds.partition_point(|&b| b < seconds)] += 1;
         for (part, n) in g.parts.iter_mut().zip(&self.ints) {
             if let (Part::Int(sum), Some(n)) = (part, n) {

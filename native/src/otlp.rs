@@ -49,7 +49,7 @@ fn read_span(raw: &[u8]) -> Result<Span<'_>> {
             Ok(())
         })?;
     }
-    if std::str::from_utf8(s.name).is_err() {
+    if !s.name.is_ascii() && std::str::from_utf8(s.name).is_err() {
         return Err(WireError("span name is not valid UTF-8"));
     }
     Ok(s)

@@ -33,6 +33,7 @@ from processors.otlp_values import value_as_string
 from processors.redaction.patterns import BUILTIN, SENSITIVE_KEYS, ValuePattern
 from processors.redaction.prefilter import Candidate, Prefilter
 from processors.redaction.settings import Action, KeyRule, RedactionSettings
+from processors.wire import surveyed
 
 _CACHE_LIMIT = 10_000  # distinct attribute keys remembered per lookup table
 
@@ -174,8 +175,14 @@ class Redactor:
         return result
 
     def _start(self, request: Any, raw: bytes | None) -> tuple[_Walk | None, RedactionResult]:
-        """The prefilter's verdict: no walk when no rule could match this request."""
-        active = self._prefilter(raw if raw is not None else request.SerializeToString())
+        """The prefilter's verdict: no walk when no rule could match this request. A request
+        the receiver surveyed is known by its text (every field a secret can be in, see
+        :class:`processors.wire.WireRequest`), half the bytes of its body; else the body is scanned."""
+        known = surveyed(request, raw)
+        if known is not None:
+            active = self._prefilter(known.text)
+        else:
+            active = self._prefilter(raw if raw is not None else request.SerializeToString())
         result = RedactionResult(Counter(), scanned=bool(active))
         if not active:
             return None, result
