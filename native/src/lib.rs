@@ -16,10 +16,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// and after mimalloc hands freed memory back, the next touch faults in a whole 2 MiB page
 /// that the kernel zeroes first: `clear_page_erms` under huge-page faults was ~3.8% of the
 /// pinned collector's CPU under `benchmarks/peer`'s load. Set before the extension's first
-/// allocation maps an arena. Other libraries' memory (chDB's) is left as it was; mimalloc's
-/// own switch, `MIMALLOC_ALLOW_THP=0`, would turn huge pages off for the whole process.
+/// allocation maps an arena (`tests/test_native_memory.py` checks that none is huge). Other
+/// libraries' memory (chDB's) is left as it was; mimalloc's own switch, `MIMALLOC_ALLOW_THP=0`,
+/// is read at load time and turns huge pages off for the whole process.
 fn no_huge_pages() {
-    const ALLOW_THP: std::ffi::c_int = 43; // `mi_option_allow_thp` in mimalloc v3's mimalloc.h (pinned in Cargo.toml)
+    const ALLOW_THP: std::ffi::c_int = 43; // `mi_option_allow_thp` in mimalloc v3's mimalloc.h (pinned by Cargo.toml and Cargo.lock)
     extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     }

@@ -90,7 +90,7 @@ impl<'a, 's> Groups<'a, 's> {
         }
         let span_values = &mut self.span_values;
         span_values.iter_mut().for_each(|v| *v = None);
-        wanted_values(span.raw, 9, keys, span_values)?;
+        wanted_values(span.attributes, 9, keys, span_values)?;
         let (span_values, resource_values) = (&self.span_values, &self.resource_values);
         let value = |k: usize| span_values[k].as_ref().map(|m| m.bytes()).or(resource_values[k].as_deref());
         let service = *self.services.get(resource.index).unwrap_or(&u32::MAX);

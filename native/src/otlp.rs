@@ -22,12 +22,20 @@ pub struct Span<'a> {
     pub end: u64,
     pub code: i32,
     pub trace_state: &'a [u8],
+    /// The stretch of `raw` from its first attribute (field 9) to the end of its last: the
+    /// span metrics read attributes there, without walking the other fields again.
+    pub attributes: &'a [u8],
 }
 
 fn read_span(raw: &[u8]) -> Result<Span<'_>> {
-    let mut s = Span { raw, trace_id: &[], span_id: &[], parent: &[], name: &[], start: 0, end: 0, code: 0, trace_state: &[] };
+    let mut s = Span { raw, trace_id: &[], span_id: &[], parent: &[], name: &[], start: 0, end: 0, code: 0, trace_state: &[],
+                       attributes: &[] };
     let mut status = Merged::default();
-    each(raw, |field, value| {
+    let mut attributes = (usize::MAX, 0);
+    let mut r = Reader::new(raw);
+    loop {
+        let at = r.position();
+        let Some((field, value)) = r.next()? else { break };
         match (field, value) {
             (1, Value::Bytes(b)) => s.trace_id = b,
             (2, Value::Bytes(b)) => s.span_id = b,
@@ -37,10 +45,13 @@ fn read_span(raw: &[u8]) -> Result<Span<'_>> {
             (7, Value::Fixed64(v)) => s.start = v,
             (8, Value::Fixed64(v)) => s.end = v,
             (15, Value::Bytes(b)) => status.push(b),
+            (9, Value::Bytes(_)) => attributes = (attributes.0.min(at), r.position()),
             _ => {}
         }
-        Ok(())
-    })?;
+    }
+    if attributes.0 != usize::MAX {
+        s.attributes = &raw[attributes.0..attributes.1];
+    }
     if status.present() {
         each(status.bytes(), |field, value| {
             if let (3, Value::Varint(v)) = (field, value) {

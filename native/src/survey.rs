@@ -131,9 +131,9 @@ fn check<'a>(buf: &'a [u8], m: Msg, depth: u32, s: &mut Survey<'a>) -> Result<()
                 let value = &buf[pos..end];
                 pos = end;
                 match kind(m, field) {
-                    Kind::Text => {
+                    text @ (Kind::Text | Kind::Bytes) => {
                         // ASCII (most text) is checked a word at a time, without from_utf8's call
-                        if !value.is_ascii() {
+                        if matches!(text, Kind::Text) && !value.is_ascii() {
                             std::str::from_utf8(value).map_err(|_| WireError("a string field is not valid UTF-8"))?;
                         }
                         s.text.extend_from_slice(value);
@@ -141,10 +141,6 @@ fn check<'a>(buf: &'a [u8], m: Msg, depth: u32, s: &mut Survey<'a>) -> Result<()
                         if m == Msg::Span && field == 5 {
                             name = value; // the last occurrence wins
                         }
-                    }
-                    Kind::Bytes => {
-                        s.text.extend_from_slice(value);
-                        s.text.push(b'\n');
                     }
                     Kind::Message(sub) => {
                         if depth + 1 > MAX_DEPTH {

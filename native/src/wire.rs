@@ -29,6 +29,12 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
+    /// Where the next field starts.
+    #[inline]
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     #[inline]
     fn varint(&mut self) -> Result<u64> {
         if let Some(&byte) = self.buf.get(self.pos) {
