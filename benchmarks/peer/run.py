@@ -3,12 +3,19 @@
 
     python -m benchmarks.peer.run                        # 3 pairs, 20 s each, collector pinned to CPU 0
     python -m benchmarks.peer.run --unpinned --pairs 3   # the collector may use both cores
+    python -m benchmarks.peer.run --against ../base       # A/B: tailsift built from another checkout
 
 Each run starts a fresh collector, drives it with ``tailsift bench --endpoint`` (client-side
 figures only, the same for both) and counts the collector's CPU seconds from the start of
 the load until it is idle again after the load (so tailsift's decisions and inserts after
 the last request, and the peer's, are included). The figure compared is accepted spans per
 CPU-second; the ratio is tailsift's over the peer's, so above 1 means tailsift is cheaper.
+
+With ``--against TREE`` the other side is tailsift too, imported from TREE (a checkout of
+another commit with its extension built: ``pip install -e`` there, or ``cargo build`` and
+copy the library): the change's own share under the same load, the load generator being
+this checkout's for both. Each run checks, from the process's memory map, that its
+extension was loaded from the tree it names, so both sides can never be the same build.
 
 The peer runs tailsift's default rules as tail_sampling policies (otelcol.yaml), with a nop
 exporter: it stores nothing. tailsift runs its defaults: redaction, span metrics, the
@@ -78,14 +85,21 @@ class Peer:
 
 
 class Tailsift:
-    """``tailsift run`` on its defaults, in a fresh data directory."""
+    """``tailsift run`` on its defaults, in a fresh data directory; from ``tree`` if given
+    (else this checkout)."""
 
-    def __init__(self, workdir: Path, cpus: set[int] | None):
+    def __init__(self, workdir: Path, cpus: set[int] | None, tree: Path | None = None):
         self.own = OwnCollector({}, workdir / "tailsift")
         self.own.cpus = cpus
+        self.own.tree = tree
         self.own.start()
         assert self.own.proc is not None
         self.proc = self.own.proc
+        expected = (tree or HERE.parents[1]).resolve()
+        loaded = _extension_of(self.proc.pid)
+        if expected not in loaded.parents:
+            self.stop()
+            raise RuntimeError(f"the collector loaded {loaded}, not the build in {expected}")
 
     @property
     def endpoint(self) -> str:
@@ -93,6 +107,15 @@ class Tailsift:
 
     def stop(self) -> None:
         self.own.stop()
+
+
+def _extension_of(pid: int) -> Path:
+    """Where the running collector's compiled extension (``processors._wire``) was loaded from."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split(maxsplit=5)[-1]
+        if "/processors/_wire." in path:
+            return Path(path).resolve()
+    raise RuntimeError(f"process {pid} has not loaded processors._wire")
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -129,7 +152,8 @@ def _until_idle(p: psutil.Process, at_least: float, timeout: float = 120.0) -> N
 def measure(kind: str, args: argparse.Namespace, workdir: Path) -> Run:
     cpus = {0} if args.pin else None
     workdir.mkdir(parents=True, exist_ok=True)
-    collector: Peer | Tailsift = Peer(workdir, cpus) if kind == "otelcol" else Tailsift(workdir, cpus)
+    collector: Peer | Tailsift = (Peer(workdir, cpus) if kind == "otelcol"
+                                  else Tailsift(workdir, cpus, args.against if kind == "baseline" else None))  # fmt: skip
     try:
         proc = psutil.Process(collector.proc.pid)
         peak = [0.0]
@@ -161,27 +185,32 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20)
     parser.add_argument("--shape", choices=("llm", "fanout", "deep"), default="llm")
     parser.add_argument("--unpinned", dest="pin", action="store_false", help="let the collector use every core")
+    parser.add_argument("--against", type=Path, metavar="TREE",
+                        help="the other side is tailsift from this checkout (its extension built), not otelcol")
     parser.add_argument("--json", help="write every run and the medians here")
     args = parser.parse_args()
-    build()
+    other = "baseline" if args.against else "otelcol"
+    if args.against is None:
+        build()
     runs: list[tuple[Run, Run]] = []
     with tempfile.TemporaryDirectory(prefix="tailsift-peer-") as tmp:
         for pair in range(args.pairs):
-            order = ("otelcol", "tailsift") if pair % 2 == 0 else ("tailsift", "otelcol")  # A B, B A, ...
+            order = (other, "tailsift") if pair % 2 == 0 else ("tailsift", other)  # A B, B A, ...
             got = {kind: measure(kind, args, Path(tmp) / f"{pair}-{kind}") for kind in order}
-            runs.append((got["tailsift"], got["otelcol"]))
-            for r in (got["tailsift"], got["otelcol"]):
+            runs.append((got["tailsift"], got[other]))
+            for r in (got["tailsift"], got[other]):
                 print(f"pair {pair + 1} {r.name:>8}: {r.spans_per_second:>9,.0f} spans/s  {r.cpu_seconds:6.1f} CPU-s  "
                       f"{r.per_cpu_second:>9,.0f} spans/CPU-s  peak RSS {r.peak_rss_mb:,.0f} MB", flush=True)
-            print(f"pair {pair + 1} ratio (tailsift / otelcol spans per CPU-second): "
-                  f"{got['tailsift'].per_cpu_second / got['otelcol'].per_cpu_second:.2f}", flush=True)
+            print(f"pair {pair + 1} ratio (tailsift / {other} spans per CPU-second): "
+                  f"{got['tailsift'].per_cpu_second / got[other].per_cpu_second:.2f}", flush=True)
     ratio = statistics.median(t.per_cpu_second / o.per_cpu_second for t, o in runs)
+    against = f"against {args.against}" if args.against else f"otelcol-contrib {RELEASE}"
     print(f"\n{args.shape}, {args.duration:.0f} s, {'collector pinned to CPU 0, load on CPU 1' if args.pin else 'unpinned'}, "
-          f"otelcol-contrib {RELEASE}, {args.pairs} pairs")
-    for name, index in (("tailsift", 0), ("otelcol", 1)):
+          f"{against}, {args.pairs} pairs")
+    for name, index in (("tailsift", 0), (other, 1)):
         print(f"  {name:>8}: median {statistics.median(p[index].spans_per_second for p in runs):>9,.0f} spans/s, "
               f"{statistics.median(p[index].per_cpu_second for p in runs):>9,.0f} spans per CPU-second")
-    print(f"  ratio tailsift / otelcol, spans per CPU-second: median {ratio:.2f}")
+    print(f"  ratio tailsift / {other}, spans per CPU-second: median {ratio:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"ratio_median": ratio, "runs": [[t.__dict__, o.__dict__] for t, o in runs]},
                                               indent=2))  # fmt: skip

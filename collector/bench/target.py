@@ -68,6 +68,9 @@ class OwnCollector:
         """More ``tailsift run`` arguments (``--watch``)."""
         self.cpus: set[int] | None = None
         """CPUs the process (all its threads) may run on, for per-core benchmarks."""
+        self.tree: Path | None = None
+        """Run tailsift from this checkout (its extension built) instead of the installed one:
+        one side of an A/B of two builds (``benchmarks.peer.run --against``)."""
 
     @property
     def http_url(self) -> str:
@@ -83,6 +86,8 @@ class OwnCollector:
 
     def start(self, timeout: float = 60.0) -> OwnCollector:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.tree is not None:
+            env["PYTHONPATH"] = str(self.tree)  # before the editable install on sys.path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collector.cli", "run", "--config", str(self.config_path), "--role", self.role,
              *self.args],

@@ -4,10 +4,9 @@
 
 /// The extension's own allocations (payloads, buffer entries, per-request scratch) come
 /// from mimalloc, not glibc's malloc: a request makes a few allocations per trace, and with
-/// glibc they were about a tenth of the collector's CPU (`_int_malloc`, `unlink_chunk`).
-/// Alone, under `benchmarks/peer`'s load, pinned, three A/B pairs: medians 102,712 ->
-/// 118,007 spans per CPU-second (benchmarks/README.md, step 7). Python objects still come
-/// from Python's allocator.
+/// glibc they were about a tenth of the collector's CPU (`_int_malloc`, `unlink_chunk`); libc
+/// fell from 14% to 4% of a `perf` profile's samples under `benchmarks/peer`'s load
+/// (benchmarks/README.md, step 7). Python objects still come from Python's allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
