@@ -57,6 +57,9 @@ def assert_survey_holds(body: bytes) -> bool:
     assert len(services) == len(request.resource_spans)
     missing = [t for t in _texts(request) if t not in text]
     assert not missing, f"the redactor's prefilter would not scan {missing[:3]}"
+    # each field takes a tag and a length in the body, one newline in the text: the text is
+    # held within the memory the receiver reserves for the body
+    assert len(text) <= len(body)
     return True
 
 

@@ -179,10 +179,8 @@ class Redactor:
         the receiver surveyed is known by its text (every field a secret can be in, see
         :class:`processors.wire.WireRequest`), half the bytes of its body; else the body is scanned."""
         known = surveyed(request, raw)
-        if known is not None:
-            active = self._prefilter(known.text)
-        else:
-            active = self._prefilter(raw if raw is not None else request.SerializeToString())
+        data = known.text if known is not None else raw if raw is not None else request.SerializeToString()
+        active = self._prefilter(data)
         result = RedactionResult(Counter(), scanned=bool(active))
         if not active:
             return None, result
