@@ -4,12 +4,16 @@
     python -m benchmarks.peer.run                        # 3 pairs, 20 s each, collector pinned to CPU 0
     python -m benchmarks.peer.run --unpinned --pairs 3   # the collector may use both cores
     python -m benchmarks.peer.run --against ../base       # A/B: tailsift built from another checkout
+    python -m benchmarks.peer.run --unpinned --rate 74000  # ack latency of both at a fixed rate
 
 Each run starts a fresh collector, drives it with ``tailsift bench --endpoint`` (client-side
 figures only, the same for both) and counts the collector's CPU seconds from the start of
 the load until it is idle again after the load (so tailsift's decisions and inserts after
 the last request, and the peer's, are included). The figure compared is accepted spans per
 CPU-second; the ratio is tailsift's over the peer's, so above 1 means tailsift is cheaper.
+With ``--rate`` both get the same fixed rate instead of all they take, and the ack latency
+percentiles (client side, the same client) are printed too: the load generator's and this
+machine's share of a latency figure is what the peer measures.
 
 With ``--against TREE`` the other side is tailsift too, imported from TREE (a checkout of
 another commit with its extension built: ``pip install -e`` there, or ``cargo build`` and
@@ -53,6 +57,8 @@ class Run:
     accepted_spans: int
     cpu_seconds: float
     peak_rss_mb: float
+    p50_ms: float  # ack latency, client side
+    p99_ms: float
 
     @property
     def per_cpu_second(self) -> float:
@@ -167,14 +173,16 @@ def measure(kind: str, args: argparse.Namespace, workdir: Path) -> Run:
         out = workdir / f"{kind}.json"
         cpu_before = _cpu(proc)
         subprocess.run([sys.executable, "-m", "collector.cli", "bench", "--endpoint", collector.endpoint,
-                        "--duration", str(args.duration), "--shape", args.shape, "--json", str(out)],
+                        "--duration", str(args.duration), "--shape", args.shape, "--json", str(out),
+                        *(["--rate", str(args.rate)] if args.rate else [])],
                        check=True, stdout=subprocess.DEVNULL,
                        preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if args.pin else None)  # fmt: skip
         _until_idle(proc, DECISION_WAIT + 2)
         cpu = _cpu(proc) - cpu_before
         done.set()
         report: dict[str, Any] = json.loads(out.read_text())
-        return Run(kind, report["spans_per_second"], report["accepted_spans"], cpu, peak[0])
+        return Run(kind, report["spans_per_second"], report["accepted_spans"], cpu, peak[0],
+                   report["ack_latency_ms_p50"], report["ack_latency_ms_p99"])  # fmt: skip
     finally:
         collector.stop()
 
@@ -187,6 +195,8 @@ def main() -> None:
     parser.add_argument("--unpinned", dest="pin", action="store_false", help="let the collector use every core")
     parser.add_argument("--against", type=Path, metavar="TREE",
                         help="the other side is tailsift from this checkout (its extension built), not otelcol")
+    parser.add_argument("--rate", type=float, help="offer both this many spans/s (default: all they take) and "
+                                                   "compare ack latency too")
     parser.add_argument("--json", help="write every run and the medians here")
     args = parser.parse_args()
     other = "baseline" if args.against else "otelcol"
@@ -200,16 +210,19 @@ def main() -> None:
             runs.append((got["tailsift"], got[other]))
             for r in (got["tailsift"], got[other]):
                 print(f"pair {pair + 1} {r.name:>8}: {r.spans_per_second:>9,.0f} spans/s  {r.cpu_seconds:6.1f} CPU-s  "
-                      f"{r.per_cpu_second:>9,.0f} spans/CPU-s  peak RSS {r.peak_rss_mb:,.0f} MB", flush=True)
+                      f"{r.per_cpu_second:>9,.0f} spans/CPU-s  peak RSS {r.peak_rss_mb:,.0f} MB"
+                      f"  ack p50 / p99 {r.p50_ms:.1f} / {r.p99_ms:.1f} ms", flush=True)
             print(f"pair {pair + 1} ratio (tailsift / {other} spans per CPU-second): "
                   f"{got['tailsift'].per_cpu_second / got[other].per_cpu_second:.2f}", flush=True)
     ratio = statistics.median(t.per_cpu_second / o.per_cpu_second for t, o in runs)
     against = f"against {args.against}" if args.against else f"otelcol-contrib {RELEASE}"
-    print(f"\n{args.shape}, {args.duration:.0f} s, {'collector pinned to CPU 0, load on CPU 1' if args.pin else 'unpinned'}, "
+    offered = f"{args.rate:,.0f} spans/s offered" if args.rate else "as fast as each takes"
+    print(f"\n{args.shape}, {args.duration:.0f} s, {offered}, {'collector pinned to CPU 0, load on CPU 1' if args.pin else 'unpinned'}, "
           f"{against}, {args.pairs} pairs")
     for name, index in (("tailsift", 0), (other, 1)):
         print(f"  {name:>8}: median {statistics.median(p[index].spans_per_second for p in runs):>9,.0f} spans/s, "
-              f"{statistics.median(p[index].per_cpu_second for p in runs):>9,.0f} spans per CPU-second")
+              f"{statistics.median(p[index].per_cpu_second for p in runs):>9,.0f} spans per CPU-second, "
+              f"ack p99 {statistics.median(p[index].p99_ms for p in runs):.1f} ms")
     print(f"  ratio tailsift / {other}, spans per CPU-second: median {ratio:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"ratio_median": ratio, "runs": [[t.__dict__, o.__dict__] for t, o in runs]},
