@@ -40,7 +40,8 @@ bounded by its OTLP bytes.
 Thread safety: ``_pending`` and the counters are touched only on the event loop; the
 storage thread receives each batch as its own list and reports back by return value (a row
 job's result through its ``Future``, read on the storage thread after the job ran: the
-executor has one thread and runs jobs in order).
+executor has one thread and runs jobs in order). It drops a stored batch's row jobs itself
+(``_Kept.rows``); the event loop reads only the decisions of a batch it handed over.
 """
 
 from __future__ import annotations
@@ -93,9 +94,8 @@ class _Kept:
     built them (None: built at insert time)."""
 
     decision: Decision
-    span_rows: int
+    span_rows: int  # and payload bytes it adds (_size, counted once)
     size: int
-    """Span rows and payload bytes it adds (:func:`_size`, counted once)."""
     rows: Future[Built] | None = None
     index: int = 0
 
@@ -300,11 +300,7 @@ class StorageWriter:
         if rejected:
             self._dead_letter(rejected)
         del items, built_now
-        for k in batch:
-            # Stored: its rows are freed here, one row job's at a time. Left to the event loop
-            # (where the batch dies), a second's rows were freed in one piece that held the
-            # loop for 5-15 ms after every insert; here the GIL can pass between the pieces.
-            # (The loop reads only ``decision`` once the batch is handed over.)
+        for k in batch:  # rows freed here, a job at a time: on the loop, with the batch, they held it 5-15 ms
             k.rows = None
         return sum(r.spans for r in rejected), already
 

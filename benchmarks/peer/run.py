@@ -217,8 +217,8 @@ def main() -> None:
     ratio = statistics.median(t.per_cpu_second / o.per_cpu_second for t, o in runs)
     against = f"against {args.against}" if args.against else f"otelcol-contrib {RELEASE}"
     offered = f"{args.rate:,.0f} spans/s offered" if args.rate else "as fast as each takes"
-    print(f"\n{args.shape}, {args.duration:.0f} s, {offered}, {'collector pinned to CPU 0, load on CPU 1' if args.pin else 'unpinned'}, "
-          f"{against}, {args.pairs} pairs")
+    where = "collector pinned to CPU 0, load on CPU 1" if args.pin else "unpinned"
+    print(f"\n{args.shape}, {args.duration:.0f} s, {offered}, {where}, {against}, {args.pairs} pairs")
     for name, index in (("tailsift", 0), (other, 1)):
         print(f"  {name:>8}: median {statistics.median(p[index].spans_per_second for p in runs):>9,.0f} spans/s, "
               f"{statistics.median(p[index].per_cpu_second for p in runs):>9,.0f} spans per CPU-second, "

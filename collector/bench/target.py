@@ -236,7 +236,7 @@ class Probes:
 
     def _served(self, trace_id: str, sent: float) -> bool:
         """True (and the latency noted) if the query API serves the probe's trace; a probe
-        unserved after ``timeout`` is given up (counted as lost by :meth:`finish`)."""
+        unserved after ``timeout`` is given up and counted in ``lost``."""
         try:
             with urllib.request.urlopen(f"{self.api}/api/traces/{trace_id}", timeout=10) as resp:
                 if resp.status == 200:
