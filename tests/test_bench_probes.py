@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -66,10 +67,21 @@ def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_only_the_oldest_unserved_probe_is_polled(api: FakeApi) -> None:
-    probes = Probes(api.url + "/v1/traces", api.url, every=0.1, timeout=2.0)
+@contextmanager
+def probing(api: FakeApi, timeout: float) -> Iterator[Probes]:
+    """Probes sent to ``api`` every 0.1 s while the block runs; finished (waited for, then
+    given up) after it, so ``lost`` is final."""
+    probes = Probes(api.url + "/v1/traces", api.url, every=0.1, timeout=timeout)
     probes.start()
     try:
+        yield probes
+    finally:
+        probes.stop_sending()
+        probes.finish()
+
+
+def test_only_the_oldest_unserved_probe_is_polled(api: FakeApi) -> None:
+    with probing(api, timeout=2.0) as probes:
         _until(lambda: len(api.sent) >= 4)
         first = api.sent[0]
         assert set(api.asked) == {first}, "a younger probe was polled while the oldest was not served"
@@ -79,23 +91,15 @@ def test_only_the_oldest_unserved_probe_is_polled(api: FakeApi) -> None:
         assert set(api.asked) <= set(api.sent[:3])
         assert probes.latencies_ms and len(probes.latencies_ms) == 2
         pending = len(api.sent) - 2
-    finally:
-        probes.stop_sending()
-        probes.finish()
     # Every probe the collector took is either served or given up at the timeout and counted.
     assert probes.lost >= pending and probes.lost == probes.accepted - len(probes.latencies_ms)
 
 
 def test_an_unserved_probe_is_given_up_at_the_timeout_and_the_next_is_polled(api: FakeApi) -> None:
-    probes = Probes(api.url + "/v1/traces", api.url, every=0.1, timeout=0.5)
-    probes.start()
-    try:
+    with probing(api, timeout=0.5) as probes:
         _until(lambda: len(api.sent) >= 2)
         second = api.sent[1]
         api.served.add(second)
         _until(lambda: len(probes.latencies_ms) >= 1)  # after the first was given up
         assert second in api.asked
-    finally:
-        probes.stop_sending()
-        probes.finish()
     assert probes.lost >= 1 and probes.lost == probes.accepted - len(probes.latencies_ms)
