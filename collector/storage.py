@@ -81,12 +81,13 @@ def _typed(values: dict[str, str], types: dict[str, str]) -> dict[str, Any]:
     return {key: typed(value, types.get(key)) for key, value in values.items()} if types else dict(values)
 
 
-def block_token(rows: list[Any], columns: tuple[int, ...]) -> str:
-    """The deduplication token of a block of rows: the given columns of every row, in
-    order (spans: trace and span id). The same block sent again gets the same token, and
-    ClickHouse stores it once."""
-    text = "".join(":".join([str(row[i]) for i in columns]) + ";" for row in rows)
-    return hashlib.sha256(text.encode()).hexdigest()
+def block_token(keys: list[str]) -> str:
+    """The deduplication token of a block of rows, from each row's key in order (spans:
+    ``"<trace id>:<span id>;"``). The same block sent again gets the same token, and
+    ClickHouse stores it once. The callers make the keys with an f-string: on the storage
+    thread, holding the GIL, that is ~0.2 µs a row where joining ``str()`` of each column
+    was ~1 µs (20,000 rows an insert)."""
+    return hashlib.sha256("".join(keys).encode()).hexdigest()
 
 
 class ClickHouseStore:
@@ -155,10 +156,10 @@ class ClickHouseStore:
                 # deduplication to every inserted block, half the engine's cost of an insert
                 # (measured: 7,168 LLM span rows, 165 -> 82 ms on chDB). Readers deduplicate
                 # anyway (LIMIT 1 BY), as they must for copies in different blocks.
-                data = b"".join(r[0] if isinstance(r, tuple) else encode_span_row(r) for r in rows.spans)
+                data = b"".join([r[0] if isinstance(r, tuple) else encode_span_row(r) for r in rows.spans])
+                token = block_token([f"{r[1]}:{r[2]};" for r in rows.spans])  # trace and span id
                 self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, data, fmt="RowBinary",
-                                        settings={"insert_deduplication_token": block_token(rows.spans, (1, 2)),
-                                                  "optimize_on_insert": 0})  # fmt: skip
+                                        settings={"insert_deduplication_token": token, "optimize_on_insert": 0})
             if rows.traces:
                 self._client.insert(sql.TRACES_TABLE, rows.traces, column_names=sql.TRACE_COLUMNS)
         finally:
@@ -177,8 +178,9 @@ class ClickHouseStore:
     def insert_logs(self, rows: list[list[Any]]) -> None:
         """Log records, with a token (time, trace, span, body) so that a request retried
         after a lost answer is stored once."""
+        token = block_token([f"{r[0]}:{r[1]}:{r[2]}:{r[7]};" for r in rows])
         self._client.insert(sql.LOGS_TABLE, rows, column_names=sql.LOG_COLUMNS,
-                            settings={"insert_deduplication_token": block_token(rows, (0, 1, 2, 7))})  # fmt: skip
+                            settings={"insert_deduplication_token": token})
 
     def trace_logs(self, trace_id_hex: str, tenant: str | None = None) -> list[dict[str, Any]]:
         """The log records of a trace (only ``tenant``'s, when given), oldest first."""
