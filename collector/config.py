@@ -113,10 +113,12 @@ class ClickHouseSettings(_Strict):
     """Days spans are kept (at most 5 years); 0 keeps them forever."""
     batch_rows: int = Field(default=20_000, ge=1)
     flush_interval: int = 1_000_000_000
-    """How often pending rows are inserted (1s). Each insert costs ClickHouse a new part and
-    later merges: on chDB ~25 ms of CPU per insert into the spans table whatever its size, so
-    four inserts a second instead of one cost the embedded collector about a third of its
-    throughput (benchmarks/README.md, step 3). chDB runs an insert without the GIL."""
+    """How often pending rows are inserted (1s). Each insert is a new part in three tables,
+    merged again soon after, so larger inserts cost chDB less per row: 44 µs of CPU per span
+    row at 5,000 rows an insert, 31 at 10,000, 20.5 at 20,000, merges included (``python -m
+    benchmarks.storage``). 2s saved ~3% of the CPU at half the maximum rate, but each insert
+    was then a longer burst of engine work beside the event loop, and the ack p99 rose by
+    3-10 ms (benchmarks/README.md, issue 15 step 11). chDB runs an insert without the GIL."""
     max_pending_rows: int = Field(default=200_000, ge=1)
     """Rows waiting for insert before the sampler is made to wait (which fills the queue)."""
     batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
