@@ -47,7 +47,7 @@ from processors.cardinality import CardinalityProcessor
 from processors.contract import RequestProcessor
 from processors.fragment import Fragment
 from processors.redaction import Redactor
-from processors.spanmetrics import SpanMetrics
+from processors.spanmetrics import LATENCY_BUCKETS, Histogram, SpanMetrics
 from processors.wire import FALLBACKS, MetricGroup, WireRequest
 
 T = TypeVar("T")
@@ -174,6 +174,10 @@ class Ingest:
         self.retention_ns = retention_days * DAY_NS
         self.stats: Counter[str] = Counter()
         self.processed: dict[str, Counter[str]] = {p.name: Counter() for p in (redactor, cardinality, metrics) if p}
+        self.export_latency = Histogram.with_bounds(LATENCY_BUCKETS)
+        """Each trace export, from its whole body to the answer, refusals included: the
+        collector's own share of a client's ack latency (the rest is the network, the
+        client, and the wait for the event loop to read the request)."""
 
     def set_redactor(self, redactor: Redactor | None) -> None:
         """New redaction rules (a configuration reload); requests from now on use them."""
@@ -188,13 +192,17 @@ class Ingest:
 
     async def export_body(self, body: bytes, as_json: bool, tenant: str | None = None) -> Accepted:
         """Decode a protobuf or JSON request body and take it; see :meth:`export`."""
-        with self._reserving(len(body) * DECODED_FACTOR):
-            dropped = 0
-            if as_json:
-                request, dropped = await _off_loop(len(body), decode_json, body)
-            else:
-                request = await _off_loop(len(body), read_protobuf, body)
-            return await self.export(request, None if as_json else body, dropped, tenant)
+        started = time.perf_counter()
+        try:
+            with self._reserving(len(body) * DECODED_FACTOR):
+                dropped = 0
+                if as_json:
+                    request, dropped = await _off_loop(len(body), decode_json, body)
+                else:
+                    request = await _off_loop(len(body), read_protobuf, body)
+                return await self.export(request, None if as_json else body, dropped, tenant)
+        finally:
+            self.export_latency.observe(time.perf_counter() - started)
 
     @contextmanager
     def _reserving(self, size: int) -> Iterator[None]:

@@ -42,6 +42,8 @@ class PipelineCollector(Collector):
                                 value=time.time())  # fmt: skip
         if p.ingest is not None:
             yield from self._ingest(p.ingest)
+            yield _histogram("tailsift_receiver_export_seconds", "Each trace export request (gRPC or HTTP), from "
+                             "its whole body to the answer, refusals included", p.ingest.export_latency)  # fmt: skip
             fallbacks = CounterMetricFamily("tailsift_wire_fallbacks",
                                             "Request bodies the compiled hot path refused and the Python reference "
                                             "(or upb's decode) handled (expected: none)", labels=["function"])  # fmt: skip
@@ -147,7 +149,7 @@ class PipelineCollector(Collector):
             decisions.add_metric([rule, "kept" if keep else "dropped"], count)
         yield decisions
 
-    def _queue(self, queue: Queue) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def _queue(self, queue: Queue) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         yield GaugeMetricFamily("tailsift_queue_bytes",
                                 "Bytes in the in-process queue, or sent to Kafka and not yet acknowledged",
                                 value=queue.depth_bytes)  # fmt: skip
@@ -156,6 +158,8 @@ class PipelineCollector(Collector):
             yield GaugeMetricFamily("tailsift_wal_replay_pending_records", "Logged requests still to replay after a "
                                     "restart", value=queue.replay_pending)  # fmt: skip
             yield CounterMetricFamily("tailsift_wal_syncs", "fdatasync calls (one per group commit)", value=queue.wal.syncs)
+            yield _histogram("tailsift_wal_sync_seconds", "Each group commit, from asking for the fdatasync to the "
+                             "event loop seeing it done", queue.wal.sync_latency)  # fmt: skip
         if isinstance(queue, KafkaQueue):
             events = CounterMetricFamily("tailsift_kafka_events", "Kafka transport events", labels=["event"])
             for event, count in sorted(queue.stats.items()):

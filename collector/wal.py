@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Literal
 
 from processors._wire import Syncer, crc32
+from processors.spanmetrics import LATENCY_BUCKETS, Histogram
 
 log = logging.getLogger("tailsift.wal")
 HEADER = struct.Struct(">IIQI")  # payload length, CRC-32, sequence, fragments
@@ -85,6 +86,9 @@ class WriteAheadLog:
         self._timer: asyncio.Task[None] | None = None
         self.bytes_written = 0
         self.syncs = 0
+        self.sync_latency = Histogram.with_bounds(LATENCY_BUCKETS)
+        """Each group commit, from asking for its fdatasync to the event loop seeing it done."""
+        self._commit_started = 0.0
 
     # --- start: what to replay
     def open(self) -> list[Entry]:
@@ -164,6 +168,7 @@ class WriteAheadLog:
         """Group commit: one fdatasync for every request that appended while the previous one
         ran. Its waiters are answered by :meth:`_on_synced` itself, which starts the next."""
         waiters, self._waiters = self._waiters, []
+        self._commit_started = time.perf_counter()
         self._committing = self._request(fd=self._fd)
         self._watch()
         self._pending[self._committing] = waiters
@@ -209,6 +214,7 @@ class WriteAheadLog:
         for ticket, errno in self._syncer.take_finished():
             if ticket == self._committing:
                 self._committing = None
+                self.sync_latency.observe(time.perf_counter() - self._commit_started)
                 if not errno:
                     self.syncs += 1
             for future in self._pending.pop(ticket, []):

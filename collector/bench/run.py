@@ -236,6 +236,10 @@ def _drive(args: Any, target: Target, api: str | None, scraper: Scraper | None, 
     gc_pauses = [(float(lab["le"]), v) for n, lab, v in scraper.samples() if n == "tailsift_gc_pause_seconds_bucket"]
     report.update({
         "event_loop_lag_ms_p99": (_histogram_quantile(scraper, "tailsift_event_loop_lag_seconds", 0.99) or 0) * 1000,
+        # The collector's own share of the ack latency (the rest: the wait for the loop to
+        # read a request, the network, the senders): from its /metrics, bucket bounds.
+        "export_ms_p99": (_histogram_quantile(scraper, "tailsift_receiver_export_seconds", 0.99) or 0) * 1000,
+        "wal_sync_ms_p99": (_histogram_quantile(scraper, "tailsift_wal_sync_seconds", 0.99) or 0) * 1000,
         "gc_pauses_over_10ms": sum(v for le, v in gc_pauses if le == float("inf"))
         - sum(v for le, v in gc_pauses if le == 0.01),
         "spans_per_second_sampled": sampled / drained,
@@ -280,6 +284,8 @@ def _print(r: dict[str, Any]) -> None:
                                             f"{r['queryable_latency_ms_max'] / 1000:.2f} s ({r['probes_lost']} probes lost)"),
             ("event loop lag p99 (bucket)", f"<= {r['event_loop_lag_ms_p99']:.0f} ms; "
                                             f"{r['gc_pauses_over_10ms']:.0f} GC pauses over 10 ms"),
+            ("collector's own p99 (bucket)", f"export <= {r['export_ms_p99']:g} ms; the log's group commit "
+                                             + (f"<= {r['wal_sync_ms_p99']:g} ms" if r["wal_sync_ms_p99"] else "(no log)")),
         ]  # fmt: skip
     if r["cpu_percent"]:
         rows.append(("collector CPU / peak RSS", f"{r['cpu_percent']:.0f}% / {r['peak_rss_mb']:.0f} MB"))
