@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,21 @@ def test_bench_measures_any_otlp_collector_from_the_client_side(tmp_path: Path) 
     assert report["error_traces_stored"] is None and "kept_fraction_by_rule" not in report
     assert report["spans_per_second_counted_by_collector"] is None
     assert "not checked: not our collector" in stdout and "through sampling" not in stdout
+
+
+def test_the_bench_reads_the_cpu_the_hypervisor_stole() -> None:
+    """On a virtual machine the hypervisor may give its CPUs to someone else; that time is a
+    pause of the collector, so the bench reports it beside every figure (Linux: /proc/stat)."""
+    from collector.bench.run import Watcher, _cpu_stat
+
+    got = _cpu_stat()
+    assert got is not None
+    stolen, total = got
+    assert total > 0 and 0 <= stolen <= total
+    watcher = Watcher(None)
+    watcher.cpu_percent()
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # let the machine's tick counters move
+        pass
+    watcher.cpu_percent()
+    assert watcher.steal_percent is not None and 0.0 <= watcher.steal_percent <= 100.0

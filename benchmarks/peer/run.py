@@ -59,6 +59,7 @@ class Run:
     peak_rss_mb: float
     p50_ms: float  # ack latency, client side
     p99_ms: float
+    steal_percent: float | None  # of the machine's CPU, taken by the hypervisor during the load
 
     @property
     def per_cpu_second(self) -> float:
@@ -182,7 +183,7 @@ def measure(kind: str, args: argparse.Namespace, workdir: Path) -> Run:
         done.set()
         report: dict[str, Any] = json.loads(out.read_text())
         return Run(kind, report["spans_per_second"], report["accepted_spans"], cpu, peak[0],
-                   report["ack_latency_ms_p50"], report["ack_latency_ms_p99"])  # fmt: skip
+                   report["ack_latency_ms_p50"], report["ack_latency_ms_p99"], report.get("cpu_steal_percent"))  # fmt: skip
     finally:
         collector.stop()
 
@@ -211,7 +212,8 @@ def main() -> None:
             for r in (got["tailsift"], got[other]):
                 print(f"pair {pair + 1} {r.name:>8}: {r.spans_per_second:>9,.0f} spans/s  {r.cpu_seconds:6.1f} CPU-s  "
                       f"{r.per_cpu_second:>9,.0f} spans/CPU-s  peak RSS {r.peak_rss_mb:,.0f} MB"
-                      f"  ack p50 / p99 {r.p50_ms:.1f} / {r.p99_ms:.1f} ms", flush=True)
+                      f"  ack p50 / p99 {r.p50_ms:.1f} / {r.p99_ms:.1f} ms"
+                      + (f"  steal {r.steal_percent:.1f}%" if r.steal_percent is not None else ""), flush=True)
             print(f"pair {pair + 1} ratio (tailsift / {other} spans per CPU-second): "
                   f"{got['tailsift'].per_cpu_second / got[other].per_cpu_second:.2f}", flush=True)
     ratio = statistics.median(t.per_cpu_second / o.per_cpu_second for t, o in runs)

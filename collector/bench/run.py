@@ -66,14 +66,30 @@ def _configured_keep(config: dict[str, Any]) -> dict[str, float | None]:
     return {r.name: r.keep for r in settings.sampling.rules}
 
 
+def _cpu_stat() -> tuple[int, int] | None:
+    """(stolen, total) CPU time of the whole machine, in ticks, from /proc/stat (None where
+    there is none). Stolen is the time the hypervisor gave this virtual machine's CPUs to
+    someone else: a collector loses it as if it were paused."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
+
+
 class Watcher:
-    """Peak RSS and CPU % of the collector process, sampled 5 times a second."""
+    """Peak RSS and CPU % of the collector process, sampled 5 times a second; and the share
+    of the machine's CPU the hypervisor stole, which on a busy host moves every figure here
+    (throughput, latency, GC pauses: benchmarks/README.md, step 12)."""
 
     def __init__(self, pid: int | None):
         import psutil
 
         self.proc = psutil.Process(pid) if pid else None
         self.peak_rss_mb = 0.0
+        self.steal_percent: float | None = None
+        self._stat = _cpu_stat()
         self._stop = threading.Event()
         if self.proc is not None:
             self.proc.cpu_percent(None)
@@ -88,6 +104,12 @@ class Watcher:
                 return
 
     def cpu_percent(self) -> float:
+        """The collector's CPU % since the previous call; :attr:`steal_percent` becomes the
+        machine's CPU stolen over the same time."""
+        stat = _cpu_stat()
+        if stat is not None and self._stat is not None and stat[1] > self._stat[1]:
+            self.steal_percent = 100.0 * (stat[0] - self._stat[0]) / (stat[1] - self._stat[1])
+        self._stat = stat
         return float(self.proc.cpu_percent(None)) if self.proc is not None else 0.0
 
     def stop(self) -> None:
@@ -212,6 +234,7 @@ def _drive(args: Any, target: Target, api: str | None, scraper: Scraper | None, 
         "refused_requests": total.refused_requests, "failed_requests": total.failed_requests,
         "unfinished_requests": total.unfinished_requests, "failures": total.failures,
         "cpu_percent": cpu, "peak_rss_mb": watcher.peak_rss_mb, "error_traces_sent": total.error_traces,
+        "cpu_steal_percent": watcher.steal_percent,
         "timeline": [{"second": s, "spans_per_second": row[0], "refused": row[1],
                       "ack_latency_ms_p99": _percentile(sorted(row[2]), 99)} for s, row in total.timeline.items()],
     }  # fmt: skip
@@ -289,6 +312,9 @@ def _print(r: dict[str, Any]) -> None:
         ]  # fmt: skip
     if r["cpu_percent"]:
         rows.append(("collector CPU / peak RSS", f"{r['cpu_percent']:.0f}% / {r['peak_rss_mb']:.0f} MB"))
+    if (stolen := r.get("cpu_steal_percent")) is not None:
+        rows.append(("CPU stolen by the hypervisor", f"{stolen:.1f}% of the machine's CPU time during the load"
+                     + ("   (a noisy host: compare runs with little)" if stolen >= 5 else "")))
     for rule, fraction in r.get("kept_fraction_by_rule", {}).items():
         want = r["configured_keep_by_rule"].get(rule)
         rows.append((f"kept by rule {rule!r}", f"{fraction:.2%} of {r['decisions_by_rule'][rule]:,.0f} traces"
