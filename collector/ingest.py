@@ -177,7 +177,7 @@ class Ingest:
         self.export_latency = Histogram.with_bounds(LATENCY_BUCKETS)
         """Each trace export, from its whole body to the answer, refusals included: the
         collector's own share of a client's ack latency (the rest is the network, the
-        client, and the wait for the event loop to read the request)."""
+        client, and the wait for the event loop to read the request). Event loop only."""
 
     def set_redactor(self, redactor: Redactor | None) -> None:
         """New redaction rules (a configuration reload); requests from now on use them."""

@@ -214,6 +214,10 @@ LOOKUP_EXISTS = f"EXISTS TABLE {LOOKUP_TABLE}"
 DEDUPLICATION_WINDOW = f"ALTER TABLE {SPANS_TABLE} MODIFY SETTING non_replicated_deduplication_window = 10000"
 # Run once when the lookup is created on a database that already holds spans.
 LOOKUP_BACKFILL = f"INSERT INTO {LOOKUP_TABLE} {_lookup_select(SPANS_TABLE)}"
+# A replay found these traces' spans stored: their lookup rows, again, in case a crash came
+# between the spans' part and the view's (an insert and its view are not one transaction).
+LOOKUP_REFILL = (f"INSERT INTO {LOOKUP_TABLE} SELECT TraceId, min(Timestamp) AS Start, max(Timestamp) AS End "
+                 f"FROM {SPANS_TABLE} WHERE TraceId IN {{trace_ids:Array(String)}} GROUP BY TraceId")
 
 
 def cluster_ddl(cluster: str, database: str, ttl_days: int) -> list[str]:

@@ -267,6 +267,13 @@ class ClickHouseStore:
             found.update((str(t), str(s)) for t, s in result.result_rows)
         return found
 
+    def refill_lookup(self, trace_ids: list[str]) -> None:
+        """The trace-id lookup's rows for traces whose spans are stored (min/max: a row that is
+        there already changes nothing). Grafana's and the exporter's trace queries find a
+        trace's time range there, so a trace without its row is not found by id."""
+        for i in range(0, len(trace_ids), STORED_SPANS_CHUNK):
+            self._client.command(sql.LOOKUP_REFILL, parameters={"trace_ids": trace_ids[i : i + STORED_SPANS_CHUNK]})
+
     def recent_kept(self, window_seconds: int, limit: int) -> list[tuple[TraceSummary, str, float]]:
         result = self._client.query(sql.RECENT_KEPT, parameters={"window_seconds": window_seconds, "limit": limit})
         return [summary_from_row(row) for row in result.result_rows]

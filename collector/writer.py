@@ -320,6 +320,12 @@ class StorageWriter:
             return 0
         if not stored:
             return 0
+        try:  # their lookup rows may be what a crash left out (see sql.LOOKUP_REFILL)
+            self.store.refill_lookup(sorted({trace for trace, _ in stored}))
+        except OperationalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the spans are stored; only Grafana's by-id lookup may miss them
+            log.warning("replay: could not refill the trace-id lookup (%s)", exc)
         dropped = 0
         for item in items:
             before = len(item.spans)

@@ -9,7 +9,9 @@
 Each run starts a fresh collector, drives it with ``tailsift bench --endpoint`` (client-side
 figures only, the same for both) and counts the collector's CPU seconds from the start of
 the load until it is idle again after the load (so tailsift's decisions and inserts after
-the last request, and the peer's, are included). The figure compared is accepted spans per
+the last request, and the peer's, are included). Each run's line ends with the share of the
+machine's CPU the hypervisor stole during its load: on a virtual machine it moves every
+figure, so compare pairs with little stolen. The figure compared is accepted spans per
 CPU-second; the ratio is tailsift's over the peer's, so above 1 means tailsift is cheaper.
 With ``--rate`` both get the same fixed rate instead of all they take, and the ack latency
 percentiles (client side, the same client) are printed too: the load generator's and this
