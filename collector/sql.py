@@ -200,8 +200,8 @@ SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1
 """
 
 
-def _lookup_select(spans: str) -> str:
-    return f"SELECT TraceId, min(Timestamp) AS Start, max(Timestamp) AS End FROM {spans} WHERE TraceId != '' GROUP BY TraceId"
+def _lookup_select(spans: str, where: str = "TraceId != ''") -> str:
+    return f"SELECT TraceId, min(Timestamp) AS Start, max(Timestamp) AS End FROM {spans} WHERE {where} GROUP BY TraceId"
 
 
 # Fills the lookup on every insert into the spans table (min/max: replays change nothing).
@@ -216,8 +216,7 @@ DEDUPLICATION_WINDOW = f"ALTER TABLE {SPANS_TABLE} MODIFY SETTING non_replicated
 LOOKUP_BACKFILL = f"INSERT INTO {LOOKUP_TABLE} {_lookup_select(SPANS_TABLE)}"
 # A replay found these traces' spans stored: their lookup rows, again, in case a crash came
 # between the spans' part and the view's (an insert and its view are not one transaction).
-LOOKUP_REFILL = (f"INSERT INTO {LOOKUP_TABLE} SELECT TraceId, min(Timestamp) AS Start, max(Timestamp) AS End "
-                 f"FROM {SPANS_TABLE} WHERE TraceId IN {{trace_ids:Array(String)}} GROUP BY TraceId")
+LOOKUP_REFILL = f"INSERT INTO {LOOKUP_TABLE} {_lookup_select(SPANS_TABLE, 'TraceId IN {trace_ids:Array(String)}')}"
 
 
 def cluster_ddl(cluster: str, database: str, ttl_days: int) -> list[str]:
