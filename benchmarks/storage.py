@@ -4,6 +4,7 @@ database, then the merges that follow, all in the process's CPU time:
 
     python -m benchmarks.storage                                  # 10k, 20k, 40k rows an insert
     python -m benchmarks.storage --batch 5000 15000 --repeat 5 --shape deep
+    python -m benchmarks.storage --batch 10000 --format native rowbinary   # the spans insert's format
 
 Each insert is a new part in three tables (spans, trace summaries, the trace-id lookup the
 materialized view fills), and ClickHouse merges small parts soon after: both cost per part
@@ -51,14 +52,17 @@ def batches(shape: str, batch: int, total: int) -> list[list[TraceRows]]:
     return out + [current] if current else out
 
 
-def measure(shape: str, batch: int, total: int) -> tuple[float, float]:
+def measure(shape: str, batch: int, total: int, fmt: str = "native") -> tuple[float, float]:
     """CPU µs per span row (the process's: chDB's threads too), while inserting, and with
-    the merges until they settle."""
+    the merges until they settle. ``fmt``: the spans insert as one ``Native`` block (the
+    writer's way) or as its ``RowBinary`` rows."""
     inserts = batches(shape, batch, total)
     rows = sum(len(i.spans) for part in inserts for i in part)
     with tempfile.TemporaryDirectory() as tmp:
         store = ClickHouseStore(ClickHouseSettings(dsn=SecretStr(f"chdb://{Path(tmp) / 'db'}")))
         store.connect()
+        if fmt == "rowbinary":
+            store._native = None
         try:
             start = time.process_time()
             for part in inserts:
@@ -76,15 +80,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=240_000, help="span rows in all, per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per batch size, alternating")
     parser.add_argument("--shape", choices=SHAPES, default="llm")
+    parser.add_argument("--format", nargs="+", choices=["native", "rowbinary"], default=["native"],
+                        help="how span rows are inserted (several: compared, alternating)")  # fmt: skip
     args = parser.parse_args()
-    results: dict[int, list[tuple[float, float]]] = {b: [] for b in args.batch}
-    for _ in range(args.repeat):
-        for batch in args.batch:
-            results[batch].append(measure(args.shape, batch, args.rows))
+    cases = [(batch, fmt) for batch in args.batch for fmt in args.format]
+    results: dict[tuple[int, str], list[tuple[float, float]]] = {c: [] for c in cases}
+    for run in range(args.repeat):
+        for batch, fmt in cases if run % 2 == 0 else cases[::-1]:
+            results[batch, fmt].append(measure(args.shape, batch, args.rows, fmt))
     print(f"{args.shape}, {args.rows:,} span rows a run, medians of {args.repeat} (CPU µs per span row)")
-    for batch, runs in results.items():
+    for (batch, fmt), runs in results.items():
         inserting, settled = (statistics.median(r[i] for r in runs) for i in (0, 1))
-        print(f"  {batch:>7,} rows an insert: {inserting:5.1f} inserting, {settled:5.1f} with the merges after")
+        print(f"  {batch:>7,} rows an insert, {fmt:9s}: {inserting:5.1f} inserting, {settled:5.1f} with the merges after"
+              f"  (runs: {', '.join(f'{r[1]:.1f}' for r in runs)})")
 
 
 if __name__ == "__main__":

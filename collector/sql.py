@@ -254,6 +254,8 @@ SPAN_COLUMNS = [
     "SampleRate", "SampledBy", "CostUsd", "SpanAttributeTypes", "ResourceAttributeTypes",
 ]  # fmt: skip
 
+COLUMN_TYPES = "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {table:String}"
+
 TRACE_COLUMNS = [
     "TraceId", "Start", "End", "DurationNs", "RootService", "RootName", "RootStart", "RootEnd",
     "SpanCount", "HasError", "SampleRate", "SampledBy", "Tenant", "SourcePartition", "SourceOffset",

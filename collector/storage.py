@@ -27,6 +27,7 @@ from processors.fragment import RootInfo
 from processors.otlp_values import typed
 from collector.config import ClickHouseSettings
 from collector.rows import Rejected, encode_span_row
+from processors._wire import NativeEncoder
 from processors.sampling.sampler import TraceSummary
 
 
@@ -97,6 +98,9 @@ class ClickHouseStore:
         self.settings = settings
         self.dsn = normalize_dsn(settings.dsn.get_secret_value())
         self._client: Any = None
+        self._native: NativeEncoder | None = None
+        """Span rows into one ``Native`` block at insert (see native/src/block.rs); None:
+        inserted as ``RowBinary``. Immutable, made at connect; used on the storage thread."""
 
     def connect(self) -> None:
         """Open the client and create tables if they are missing (idempotent)."""
@@ -114,6 +118,7 @@ class ClickHouseStore:
         except Exception as exc:  # noqa: BLE001 - e.g. a Distributed table: its shards have their own
             log.warning("could not turn on insert deduplication for %s: %s", sql.SPANS_TABLE, exc)
         self._create_lookup()
+        self._native = self._span_encoder()
         # clickhouse-connect imports pandas (if installed) at the first insert, to check
         # whether the rows are a DataFrame: ~0.7 s of the storage thread, in the middle of the
         # first batch of traffic. Done here, it is part of starting up.
@@ -128,6 +133,16 @@ class ClickHouseStore:
         self._client.command(sql.CREATE_LOOKUP_VIEW)
         if not existed:
             self._client.command(sql.LOOKUP_BACKFILL)
+
+    def _span_encoder(self) -> NativeEncoder | None:
+        """An encoder for the spans table's columns as the database declares them (a
+        table made by an older version, or by hand, may differ), or None (RowBinary)."""
+        declared = dict(self._client.query(sql.COLUMN_TYPES, parameters={"table": sql.SPANS_TABLE}).result_rows)
+        try:
+            return NativeEncoder([(name, declared[name]) for name in sql.SPAN_COLUMNS])
+        except (KeyError, ValueError) as exc:
+            log.info("span rows are inserted as RowBinary: no Native block for %s (%s)", sql.SPANS_TABLE, exc)
+            return None
 
     def _tls_options(self) -> dict[str, Any]:
         """TLS for https:// DSNs, the certificate verified by default (``verify``/``ca_file``).
@@ -158,7 +173,10 @@ class ClickHouseStore:
                 # anyway (LIMIT 1 BY), as they must for copies in different blocks.
                 data = b"".join([r[0] if isinstance(r, tuple) else encode_span_row(r) for r in rows.spans])
                 token = block_token([f"{r[1]}:{r[2]};" for r in rows.spans])  # trace and span id
-                self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, data, fmt="RowBinary",
+                fmt = "RowBinary"
+                if self._native is not None:  # the same rows, column by column: half the engine's CPU
+                    data, fmt = self._native.encode(data, len(rows.spans)), "Native"
+                self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, data, fmt=fmt,
                                         settings={"insert_deduplication_token": token, "optimize_on_insert": 0})
             if rows.traces:
                 self._client.insert(sql.TRACES_TABLE, rows.traces, column_names=sql.TRACE_COLUMNS)

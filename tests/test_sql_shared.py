@@ -37,9 +37,12 @@ def _expected_statements() -> set[str]:
     insert = "INSERT INTO {table} ({cols}) FORMAT Native"
     return {_normalise(s) for s in (
         sql.create_spans_table(7), sql.create_traces_table(7), sql.create_rejected_table(7), sql.GET_TRACE, sql.SEARCH_TRACES, sql.PING,
-        sql.RECENT_KEPT, sql.TRACE_COSTS, sql.STATS, *sql.MIGRATIONS,
+        sql.RECENT_KEPT, sql.TRACE_COSTS, sql.STATS, *sql.MIGRATIONS, sql.COLUMN_TYPES,
         sql.create_lookup_table(7), sql.create_logs_table(7), sql.TRACE_LOGS, sql.CREATE_LOOKUP_VIEW, sql.LOOKUP_EXISTS, sql.LOOKUP_BACKFILL, sql.DEDUPLICATION_WINDOW,
-        # span rows are built as RowBinary in compiled code (collector.rows.NativeRowBuilder)
+        # span rows are built as RowBinary in compiled code (collector.rows.NativeRowBuilder), and
+        # inserted as one Native block converted from them (or as they are, if the table has a
+        # column type the converter does not know)
+        insert.format(table=sql.SPANS_TABLE, cols=", ".join(sql.SPAN_COLUMNS)),
         insert.replace("Native", "RowBinary").format(table=sql.SPANS_TABLE, cols=", ".join(sql.SPAN_COLUMNS)),
         insert.format(table=sql.TRACES_TABLE, cols=", ".join(sql.TRACE_COLUMNS)),
         insert.format(table=sql.REJECTED_TABLE, cols=", ".join(sql.REJECTED_COLUMNS)),

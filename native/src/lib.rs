@@ -28,6 +28,7 @@ fn no_huge_pages() {
 }
 
 mod attrs;
+mod block;
 mod buffer;
 mod cache;
 mod entry;
@@ -269,6 +270,7 @@ fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(crc32, m)?)?;
     m.add_function(wrap_pyfunction!(fragment::total_size, m)?)?;
     m.add_function(wrap_pyfunction!(fragment::stamp_source, m)?)?;
+    m.add_class::<block::NativeEncoder>()?;
     m.add_class::<buffer::TraceBuffer>()?;
     m.add_class::<fragment::Fragment>()?;
     m.add_class::<fragment::RootInfo>()?;

@@ -1,0 +1,112 @@
+"""The spans insert's ``Native`` block (``processors._wire.NativeEncoder``,
+native/src/block.rs), held to ClickHouse itself: for rows the writer builds, the block is
+byte for byte what the engine writes for the same rows, and inserting it stores exactly
+what inserting the ``RowBinary`` rows stores. Malformed rows are a ValueError, not a crash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from collector import sql
+from collector.bench.shapes import SHAPES, build_set
+from collector.config import ClickHouseSettings
+from collector.otlp import decode_protobuf, split_by_trace
+from collector.rows import NativeRowBuilder
+from collector.storage import ClickHouseStore, Rows
+from processors._wire import NativeEncoder
+from processors.sampling.sampler import Decision, TraceSummary
+from tests.test_rows_contract import decisions
+
+SPAN_ORDER = f"SELECT * FROM {sql.SPANS_TABLE} ORDER BY TraceId, SpanId, Timestamp"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    dsn = SecretStr(f"chdb://{tmp_path_factory.mktemp('native') / 'db'}")
+    s = ClickHouseStore(ClickHouseSettings(dsn=dsn, ttl_days=0))
+    s.connect()
+    assert s._native is not None, "the spans table's columns should all have a Native encoding"
+    yield s
+    s.close()
+
+
+def _span_rows(kept: list[Decision]) -> list[Any]:
+    build = NativeRowBuilder()
+    return [row for d in kept for row in build(d, 7).spans]
+
+
+def _shape_rows() -> list[Any]:
+    kept = []
+    for shape in SHAPES:
+        for f in split_by_trace(decode_protobuf(build_set(shape)[0].fresh())).fragments[:30]:
+            summary = TraceSummary(f.trace_id, f.span_count, f.start_ns, f.end_ns, f.has_error, f.root)
+            kept.append(Decision(summary, True, "errors", 1.0, [f]))
+    return _span_rows(kept)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(st.lists(decisions(), min_size=1, max_size=4))
+def test_the_block_is_what_clickhouse_writes_for_the_same_rows(store: Any, kept: list[Decision]) -> None:
+    """Every value kind, events, links, empty maps and arrays: the engine reads the rows
+    as ``RowBinary`` into a table of the block's declared types and writes them back as
+    ``Native``; that must be the encoder's block, byte for byte."""
+    rows = _span_rows(kept)
+    data = b"".join(r[0] for r in rows)
+    declared = store._native.declared()
+    client = store._client
+    client.command("DROP TABLE IF EXISTS native_check")
+    client.command("CREATE TABLE native_check (" + ", ".join(f"`{n}` {t}" for n, t in declared) + ") ENGINE = Memory")
+    client.raw_insert("native_check", [n for n, _ in declared], data, fmt="RowBinary")
+    assert store._native.encode(data, len(rows)) == client.raw_query("SELECT * FROM native_check", fmt="Native")
+
+
+def test_inserting_the_block_stores_what_the_rows_store(store: Any) -> None:
+    """The bench's shapes, inserted once as the ``RowBinary`` rows and once as the block
+    (through ``ClickHouseStore.insert``, its token and settings): the same table contents."""
+    rows = _shape_rows()
+    assert len(rows) > 100
+    encoder, stored = store._native, []
+    try:
+        for native in (None, encoder):
+            store._client.command(f"TRUNCATE TABLE {sql.SPANS_TABLE}")
+            store._native = native
+            store.insert(Rows(list(rows), []))
+            stored.append(store._client.query(SPAN_ORDER).result_rows)
+    finally:
+        store._native = encoder
+    assert len(stored[0]) == len(rows)
+    assert stored[1] == stored[0]
+
+
+def test_malformed_rows_are_a_value_error() -> None:
+    encoder = NativeEncoder([("s", "String"), ("a", "Array(Map(LowCardinality(String), String))"), ("n", "UInt32")])
+    row = b"\x02ab" + b"\x01\x01\x01k\x01v" + b"\x07\x00\x00\x00"
+    counts = b"".join(n.to_bytes(8, "little") for n in (1, 2, 3))  # running totals, one per row
+    assert encoder.encode(row * 3, 3) == (
+        b"\x03\x03"  # columns, rows; then each column: name, type, every row's value
+        + b"\x01s\x06String" + b"\x02ab" * 3
+        + b"\x01a\x1aArray(Map(String, String))" + counts + counts + b"\x01k" * 3 + b"\x01v" * 3
+        + b"\x01n\x06UInt32" + b"\x07\x00\x00\x00" * 3
+    )
+    for data, count, why in [
+        (row[:-1], 1, "end inside a value"),
+        (row * 2, 1, "bytes left"),
+        (row, 2, "end inside a length"),
+        (b"\x02a", 1, "end inside a value"),
+        (b"\xff" * 11, 1, "more than 64 bits"),
+        (b"\x00" + b"\xff\xff\xff\xff\x0f", 1, "end inside"),  # an array of 2**32 - 1 maps, and no bytes for them
+    ]:
+        with pytest.raises(ValueError, match=why):
+            encoder.encode(data, count)
+
+
+@pytest.mark.parametrize("kind", ["Nullable(String)", "Tuple(String, UInt8)", "Decimal(10, 2)", "Map(String)", "FixedString(4)"])
+def test_a_type_without_a_native_encoding_is_refused_up_front(kind: str) -> None:
+    with pytest.raises(ValueError):
+        NativeEncoder([("x", kind)])
