@@ -183,7 +183,9 @@ impl NativeEncoder {
         let mut out = Vec::with_capacity(rows.len() + rows.len() / 8 + 64);
         put_varint(&mut out, self.columns.len() as u64);
         put_varint(&mut out, count as u64);
-        for ((name, declared, _), column) in self.columns.iter().zip(&columns) {
+        // Each column is freed once written, so the block and the columns together stay
+        // about the size of the rows (the writer's INSERT_GROWTH counts on it).
+        for ((name, declared, _), column) in self.columns.iter().zip(columns) {
             put_name(&mut out, name);
             put_name(&mut out, declared);
             column.write(&mut out);
