@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 import clickhouse_connect.driver.options
+from clickhouse_connect.driver.exceptions import OperationalError
 from collector import sql
 from processors.fragment import RootInfo
 from processors.otlp_values import typed
@@ -82,6 +83,12 @@ def _typed(values: dict[str, str], types: dict[str, str]) -> dict[str, Any]:
     return {key: typed(value, types.get(key)) for key, value in values.items()} if types else dict(values)
 
 
+def _joined(spans: list[Any]) -> bytes:
+    """Span rows (compiled ``(RowBinary, trace, span)`` tuples or reference value lists) as
+    one RowBinary body."""
+    return b"".join([r[0] if isinstance(r, tuple) else encode_span_row(r) for r in spans])
+
+
 def block_token(keys: list[str]) -> str:
     """The deduplication token of a block of rows, from each row's key in order (spans:
     ``"<trace id>:<span id>;"``). The same block sent again gets the same token, and
@@ -100,7 +107,8 @@ class ClickHouseStore:
         self._client: Any = None
         self._native: NativeEncoder | None = None
         """Span rows into one ``Native`` block at insert (see native/src/block.rs); None:
-        inserted as ``RowBinary``. Immutable, made at connect; used on the storage thread."""
+        inserted as ``RowBinary``. Set at connect and dropped by an insert the database
+        refused as Native, both on the storage thread (the only one that uses it)."""
 
     def connect(self) -> None:
         """Open the client and create tables if they are missing (idempotent)."""
@@ -137,10 +145,10 @@ class ClickHouseStore:
     def _span_encoder(self) -> NativeEncoder | None:
         """An encoder for the spans table's columns as the database declares them (a
         table made by an older version, or by hand, may differ), or None (RowBinary)."""
-        declared = dict(self._client.query(sql.COLUMN_TYPES, parameters={"table": sql.SPANS_TABLE}).result_rows)
-        try:
+        try:  # a user without access to system.columns gets RowBinary, not a failed start
+            declared = dict(self._client.query(sql.COLUMN_TYPES, parameters={"table": sql.SPANS_TABLE}).result_rows)
             return NativeEncoder([(name, declared[name]) for name in sql.SPAN_COLUMNS])
-        except (KeyError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - KeyError (a column missing), ValueError (a type), refusals
             log.info("span rows are inserted as RowBinary: no Native block for %s (%s)", sql.SPANS_TABLE, exc)
             return None
 
@@ -167,17 +175,7 @@ class ClickHouseStore:
     def insert(self, rows: Rows) -> None:
         try:
             if rows.spans:
-                # optimize_on_insert 0: ClickHouse would otherwise apply ReplacingMergeTree's
-                # deduplication to every inserted block, half the engine's cost of an insert
-                # (measured: 7,168 LLM span rows, 165 -> 82 ms on chDB). Readers deduplicate
-                # anyway (LIMIT 1 BY), as they must for copies in different blocks.
-                data = b"".join([r[0] if isinstance(r, tuple) else encode_span_row(r) for r in rows.spans])
-                token = block_token([f"{r[1]}:{r[2]};" for r in rows.spans])  # trace and span id
-                fmt = "RowBinary"
-                if self._native is not None:  # the same rows, column by column: half the engine's CPU
-                    data, fmt = self._native.encode(data, len(rows.spans)), "Native"
-                self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, data, fmt=fmt,
-                                        settings={"insert_deduplication_token": token, "optimize_on_insert": 0})
+                self._insert_spans(rows.spans)
             if rows.traces:
                 self._client.insert(sql.TRACES_TABLE, rows.traces, column_names=sql.TRACE_COLUMNS)
         finally:
@@ -186,6 +184,34 @@ class ClickHouseStore:
             # live until a full garbage collection (see collector.runtime).
             rows.spans.clear()
             rows.traces.clear()
+
+    def _insert_spans(self, spans: list[Any]) -> None:
+        """One insert of span rows: as one Native block (half the engine's CPU), else as
+        their RowBinary. A database that refuses the block and takes the same rows as
+        RowBinary (an older server may not convert the block's plain types) gets RowBinary
+        from then on; if it refuses both, the RowBinary error is raised, for the writer to
+        isolate the row at fault."""
+        # optimize_on_insert 0: ClickHouse would otherwise apply ReplacingMergeTree's
+        # deduplication to every inserted block, half the engine's cost of an insert
+        # (measured: 7,168 LLM span rows, 165 -> 82 ms on chDB). Readers deduplicate anyway
+        # (LIMIT 1 BY), as they must for copies in different blocks.
+        settings = {"insert_deduplication_token": block_token([f"{r[1]}:{r[2]};" for r in spans]),  # trace, span id
+                    "optimize_on_insert": 0}  # fmt: skip
+        native, refused = self._native, None
+        if native is not None:
+            try:  # the joined rows are freed once encoded: the writer's INSERT_GROWTH counts on it
+                block = native.encode(_joined(spans), len(spans))
+                self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, block, fmt="Native", settings=settings)
+                return
+            except OperationalError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - tried again as RowBinary just below
+                refused = exc
+        self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, _joined(spans), fmt="RowBinary", settings=settings)
+        if refused is not None:
+            log.warning("%s refused span rows as a Native block and took them as RowBinary; RowBinary from now "
+                        "on: %s", safe_dsn(self.dsn), str(refused).split("\n")[0])  # fmt: skip
+            self._native = None
 
     def insert_rejected(self, rejected: list[Rejected]) -> None:
         """Dead letters: rows ClickHouse refused, with the span and the reason."""

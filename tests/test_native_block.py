@@ -84,6 +84,29 @@ def test_inserting_the_block_stores_what_the_rows_store(store: Any) -> None:
     assert stored[1] == stored[0]
 
 
+class _Unreadable:
+    """An encoder whose block no database reads, as an older server may refuse ours."""
+
+    def encode(self, rows: bytes, count: int) -> bytes:
+        return b"\x01" + bytes(rows[:40])
+
+
+def test_rows_a_database_refuses_as_a_block_go_as_rowbinary_from_then_on(
+        store: Any, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    rows, encoder = _shape_rows()[:50], store._native
+    store._client.command(f"TRUNCATE TABLE {sql.SPANS_TABLE}")
+    try:
+        store._native = _Unreadable()
+        store.insert(Rows(list(rows), []))
+        assert store._native is None
+        assert "took them as RowBinary" in caplog.text
+        assert len(store._client.query(SPAN_ORDER).result_rows) == len(rows)
+        store.insert(Rows(list(rows), []))  # again, RowBinary: the same token, stored once
+        assert store._client.command(f"SELECT count() FROM {sql.SPANS_TABLE}") == len(rows)
+    finally:
+        store._native = encoder
+
+
 def test_malformed_rows_are_a_value_error() -> None:
     encoder = NativeEncoder([("s", "String"), ("a", "Array(Map(LowCardinality(String), String))"), ("n", "UInt32")])
     row = b"\x02ab" + b"\x01\x01\x01k\x01v" + b"\x07\x00\x00\x00"
