@@ -17,7 +17,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::wire::put_varint;
+use crate::rows::put_str;
+use crate::wire::{get_varint, put_varint};
 
 /// How a column's values are laid out, in `RowBinary` and in `Native` alike, except that
 /// `Native` puts every row's value of one column together and an array's sizes first.
@@ -143,22 +144,12 @@ fn take<'a>(rows: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], String
     Ok(out)
 }
 
+/// A length at `at` (moved past it).
 fn varint(rows: &[u8], at: &mut usize) -> Result<usize, String> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *rows.get(*at).ok_or("the rows end inside a length")?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return usize::try_from(value).map_err(|_| "a length does not fit in memory".to_owned());
-        }
-    }
-    Err("a length of more than 64 bits".to_owned())
-}
-
-fn put_name(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+    let value = get_varint(rows, at).ok_or_else(|| {
+        if *at >= rows.len() { "the rows end inside a length" } else { "a length of more than 64 bits" }.to_owned()
+    })?;
+    usize::try_from(value).map_err(|_| "a length does not fit in memory".to_owned())
 }
 
 /// Converts `RowBinary` rows of one table's columns into a `Native` block. Immutable once
@@ -186,8 +177,8 @@ impl NativeEncoder {
         // Each column is freed once written, so the block and the columns together stay
         // about the size of the rows (the writer's INSERT_GROWTH counts on it).
         for ((name, declared, _), column) in self.columns.iter().zip(columns) {
-            put_name(&mut out, name);
-            put_name(&mut out, declared);
+            put_str(&mut out, name.as_bytes());
+            put_str(&mut out, declared.as_bytes());
             column.write(&mut out);
         }
         Ok(out)

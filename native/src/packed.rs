@@ -18,7 +18,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use crate::cache::TraceId;
-use crate::wire::{chunk_lens, field_len, put_chunk, put_field, put_header, put_varint, varint_len, Framing};
+use crate::wire::{chunk_lens, field_len, get_varint as varint, put_chunk, put_field, put_header, put_varint, varint_len, Framing};
 
 /// A framing as `Frames::intern` keys it, shared: a thin pointer (8 bytes in each packed
 /// payload, where an `Arc<[u8]>` would take 16), equal and hashed as its bytes.
@@ -86,20 +86,6 @@ impl Frames {
 pub struct Packed {
     frame: Option<Frame>, // None: `bytes` is the payload as it came
     bytes: Box<[u8]>,     // else per span: varint(length << 1 | trace id left out), the span's bytes
-}
-
-/// The varint at `at` (moved past it), or None if it is cut short or over 64 bits long.
-fn varint(buf: &[u8], at: &mut usize) -> Option<u64> {
-    let mut out = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*at)?;
-        *at += 1;
-        out |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(out);
-        }
-    }
-    None
 }
 
 /// Reads field `tag` (a one-byte tag of a length-delimited field) at `at`, its length a

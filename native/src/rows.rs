@@ -20,7 +20,8 @@ use crate::wire::{each, put_varint, Merged, Reader, Value};
 pub const MAX_TIMESTAMP_NS: u64 = 4_102_444_800 * 1_000_000_000;
 const KIND_NAMES: [&str; 6] = ["Unspecified", "Internal", "Server", "Client", "Producer", "Consumer"];
 
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+/// A ClickHouse `String` (in `RowBinary` and `Native` alike): its length, then its bytes.
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     put_varint(out, s.len() as u64);
     out.extend_from_slice(s);
 }

@@ -139,6 +139,20 @@ pub fn each<'a>(buf: &'a [u8], mut f: impl FnMut(u32, Value<'a>) -> Result<()>) 
     Ok(())
 }
 
+/// The varint at `at` (moved past it), or None if it is cut short or over 64 bits long.
+pub fn get_varint(buf: &[u8], at: &mut usize) -> Option<u64> {
+    let mut out = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*at)?;
+        *at += 1;
+        out |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(out);
+        }
+    }
+    None
+}
+
 pub fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n > 0x7f {
         out.push((n as u8 & 0x7f) | 0x80);
