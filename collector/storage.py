@@ -83,12 +83,6 @@ def _typed(values: dict[str, str], types: dict[str, str]) -> dict[str, Any]:
     return {key: typed(value, types.get(key)) for key, value in values.items()} if types else dict(values)
 
 
-def _joined(spans: list[Any]) -> bytes:
-    """Span rows (compiled ``(RowBinary, trace, span)`` tuples or reference value lists) as
-    one RowBinary body."""
-    return b"".join([r[0] if isinstance(r, tuple) else encode_span_row(r) for r in spans])
-
-
 def block_token(keys: list[str]) -> str:
     """The deduplication token of a block of rows, from each row's key in order (spans:
     ``"<trace id>:<span id>;"``). The same block sent again gets the same token, and
@@ -197,17 +191,18 @@ class ClickHouseStore:
         # (LIMIT 1 BY), as they must for copies in different blocks.
         settings = {"insert_deduplication_token": block_token([f"{r[1]}:{r[2]};" for r in spans]),  # trace, span id
                     "optimize_on_insert": 0}  # fmt: skip
+        parts = [r[0] if isinstance(r, tuple) else encode_span_row(r) for r in spans]  # the rows' own bytes, not copies
         native, refused = self._native, None
         if native is not None:
-            try:  # the joined rows are freed once encoded: the writer's INSERT_GROWTH counts on it
-                block = native.encode(_joined(spans), len(spans))
+            try:  # read where they are, not joined: the writer's INSERT_GROWTH counts on one copy
+                block = native.encode(parts)
                 self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, block, fmt="Native", settings=settings)
                 return
             except OperationalError:
                 raise
             except Exception as exc:  # noqa: BLE001 - tried again as RowBinary just below
                 refused = exc
-        self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, _joined(spans), fmt="RowBinary", settings=settings)
+        self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, b"".join(parts), fmt="RowBinary", settings=settings)
         if refused is not None:
             log.warning("%s refused span rows as a Native block and took them as RowBinary; RowBinary from now "
                         "on: %s", safe_dsn(self.dsn), str(refused).split("\n")[0])  # fmt: skip

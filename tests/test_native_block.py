@@ -63,7 +63,7 @@ def test_the_block_is_what_clickhouse_writes_for_the_same_rows(store: Any, kept:
     client.command("DROP TABLE IF EXISTS native_check")
     client.command("CREATE TABLE native_check (" + ", ".join(f"`{n}` {t}" for n, t in declared) + ") ENGINE = Memory")
     client.raw_insert("native_check", [n for n, _ in declared], data, fmt="RowBinary")
-    assert store._native.encode(data, len(rows)) == client.raw_query("SELECT * FROM native_check", fmt="Native")
+    assert store._native.encode([r[0] for r in rows]) == client.raw_query("SELECT * FROM native_check", fmt="Native")
 
 
 def test_inserting_the_block_stores_what_the_rows_store(store: Any) -> None:
@@ -87,8 +87,8 @@ def test_inserting_the_block_stores_what_the_rows_store(store: Any) -> None:
 class _Unreadable:
     """An encoder whose block no database reads, as an older server may refuse ours."""
 
-    def encode(self, rows: bytes, count: int) -> bytes:
-        return b"\x01" + bytes(rows[:40])
+    def encode(self, rows: list[bytes]) -> bytes:
+        return b"\x01" + rows[0][:40]
 
 
 def test_rows_a_database_refuses_as_a_block_go_as_rowbinary_from_then_on(
@@ -111,22 +111,22 @@ def test_malformed_rows_are_a_value_error() -> None:
     encoder = NativeEncoder([("s", "String"), ("a", "Array(Map(LowCardinality(String), String))"), ("n", "UInt32")])
     row = b"\x02ab" + b"\x01\x01\x01k\x01v" + b"\x07\x00\x00\x00"
     counts = b"".join(n.to_bytes(8, "little") for n in (1, 2, 3))  # running totals, one per row
-    assert encoder.encode(row * 3, 3) == (
+    assert encoder.encode([row] * 3) == (
         b"\x03\x03"  # columns, rows; then each column: name, type, every row's value
         + b"\x01s\x06String" + b"\x02ab" * 3
         + b"\x01a\x1aArray(Map(String, String))" + counts + counts + b"\x01k" * 3 + b"\x01v" * 3
         + b"\x01n\x06UInt32" + b"\x07\x00\x00\x00" * 3
     )
-    for data, count, why in [
-        (row[:-1], 1, "end inside a value"),
-        (row * 2, 1, "bytes left"),
-        (row, 2, "end inside a length"),
-        (b"\x02a", 1, "end inside a value"),
-        (b"\xff" * 11, 1, "more than 64 bits"),
-        (b"\x00" + b"\xff\xff\xff\xff\x0f", 1, "end inside"),  # an array of 2**32 - 1 maps, and no bytes for them
+    for rows, why in [
+        ([row[:-1]], "end inside a value"),
+        ([row, row * 2], "bytes left after the values of row 1"),
+        ([row, b""], "end inside a length"),
+        ([b"\x02a"], "end inside a value"),
+        ([b"\xff" * 11], "more than 64 bits"),
+        ([b"\x00" + b"\xff\xff\xff\xff\x0f"], "end inside"),  # an array of 2**32 - 1 maps, and no bytes for them
     ]:
         with pytest.raises(ValueError, match=why):
-            encoder.encode(data, count)
+            encoder.encode(rows)
 
 
 @pytest.mark.parametrize("kind", ["Nullable(String)", "Tuple(String, UInt8)", "Decimal(10, 2)", "Map(String)", "FixedString(4)"])
