@@ -17,7 +17,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
@@ -35,6 +35,12 @@ from processors.sampling.sampler import TraceSummary
 log = logging.getLogger("tailsift.storage")
 STORED_SPANS_CHUNK = 2000
 """Trace ids per ``stored_spans`` query (70 kB of parameters)."""
+INSERT_CHUNK_BYTES = 2 * 2**20
+"""Span rows are encoded for an insert this many bytes at a time, and each piece is freed
+as soon as the client has written it, before the engine reads it. Encoding a whole 32 MiB
+batch of huge spans at once held the rows, the block and the encoder's columns together
+(tests/test_overload.py's 512 KiB spans went up to 29 MB over their bound). The engine squashes
+the pieces back into one block: one part and one deduplication token per insert, as before."""
 
 def normalize_dsn(dsn: str) -> str:
     """Make ``chdb://./data`` and ``chdb://data`` mean a path relative to the working
@@ -81,6 +87,28 @@ def summary_from_row(row: tuple[Any, ...]) -> tuple[TraceSummary, str, float]:
 def _typed(values: dict[str, str], types: dict[str, str]) -> dict[str, Any]:
     """Attribute values as their types (``502``, ``true``, ``["a", "b"]``), not strings."""
     return {key: typed(value, types.get(key)) for key, value in values.items()} if types else dict(values)
+
+
+def insert_pieces(parts: list[bytes], encode: Callable[[list[bytes]], bytes]) -> Iterator[bytes]:
+    """``encode`` of consecutive runs of ``parts`` of about :data:`INSERT_CHUNK_BYTES`,
+    all made before the first is yielded (an encoder's error is raised here, before the
+    insert starts, not in the middle of a client's upload), and each dropped once yielded.
+    clickhouse-connect never sends a generator twice: a connection lost during the upload
+    is an OperationalError, and the writer retries the batch, encoding it again."""
+    pieces: list[bytes] = []
+    start, size = 0, 0
+    for i, part in enumerate(parts):
+        size += len(part)
+        if size >= INSERT_CHUNK_BYTES or i == len(parts) - 1:
+            pieces.append(encode(parts[start:i + 1]))
+            start, size = i + 1, 0
+    pieces.reverse()
+
+    def drain() -> Iterator[bytes]:
+        while pieces:
+            yield pieces.pop()
+
+    return drain()
 
 
 def block_token(keys: list[str]) -> str:
@@ -194,15 +222,16 @@ class ClickHouseStore:
         parts = [r[0] if isinstance(r, tuple) else encode_span_row(r) for r in spans]  # the rows' own bytes, not copies
         native, refused = self._native, None
         if native is not None:
-            try:  # read where they are, not joined: the writer's INSERT_GROWTH counts on one copy
-                block = native.encode(parts)
-                self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, block, fmt="Native", settings=settings)
+            try:
+                blocks = insert_pieces(parts, native.encode)
+                self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, blocks, fmt="Native", settings=settings)
                 return
             except OperationalError:
                 raise
             except Exception as exc:  # noqa: BLE001 - tried again as RowBinary just below
                 refused = exc
-        self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, b"".join(parts), fmt="RowBinary", settings=settings)
+        pieces = insert_pieces(parts, b"".join)
+        self._client.raw_insert(sql.SPANS_TABLE, sql.SPAN_COLUMNS, pieces, fmt="RowBinary", settings=settings)
         if refused is not None:
             log.warning("%s refused span rows as a Native block and took them as RowBinary; RowBinary from now "
                         "on: %s", safe_dsn(self.dsn), str(refused).split("\n")[0])  # fmt: skip

@@ -17,7 +17,8 @@ from collector.bench.shapes import SHAPES, build_set
 from collector.config import ClickHouseSettings
 from collector.otlp import decode_protobuf, split_by_trace
 from collector.rows import NativeRowBuilder
-from collector.storage import ClickHouseStore, Rows
+from collector import storage
+from collector.storage import ClickHouseStore, Rows, insert_pieces
 from processors._wire import NativeEncoder
 from processors.sampling.sampler import Decision, TraceSummary
 from tests.test_rows_contract import decisions
@@ -66,22 +67,54 @@ def test_the_block_is_what_clickhouse_writes_for_the_same_rows(store: Any, kept:
     assert store._native.encode([r[0] for r in rows]) == client.raw_query("SELECT * FROM native_check", fmt="Native")
 
 
-def test_inserting_the_block_stores_what_the_rows_store(store: Any) -> None:
+@pytest.mark.parametrize("piece_bytes", [storage.INSERT_CHUNK_BYTES, 4096])
+def test_inserting_the_block_stores_what_the_rows_store(
+        store: Any, piece_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """The bench's shapes, inserted once as the ``RowBinary`` rows and once as the block
-    (through ``ClickHouseStore.insert``, its token and settings): the same table contents."""
+    (through ``ClickHouseStore.insert``, its token and settings): the same table contents,
+    in one part, also when the insert is sent in many pieces; and the same rows sent again
+    (the writer's retry after a lost answer) are not stored twice."""
+    monkeypatch.setattr(storage, "INSERT_CHUNK_BYTES", piece_bytes)
     rows = _shape_rows()
     assert len(rows) > 100
     encoder, stored = store._native, []
+    parts = f"SELECT count() FROM system.parts WHERE active AND table = '{sql.SPANS_TABLE}' AND database = currentDatabase()"
     try:
         for native in (None, encoder):
             store._client.command(f"TRUNCATE TABLE {sql.SPANS_TABLE}")
             store._native = native
             store.insert(Rows(list(rows), []))
+            assert store._client.command(parts) == 1
             stored.append(store._client.query(SPAN_ORDER).result_rows)
+            store.insert(Rows(list(rows), []))  # again: the same pieces, the same token
+            assert store._client.command(f"SELECT count() FROM {sql.SPANS_TABLE}") == len(rows)
     finally:
         store._native = encoder
     assert len(stored[0]) == len(rows)
     assert stored[1] == stored[0]
+
+
+def test_an_insert_is_encoded_in_pieces_each_dropped_once_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces of about INSERT_CHUNK_BYTES, in order, all encoded before the first is sent
+    (an encoder's error comes before the upload starts), none kept once handed over."""
+    monkeypatch.setattr(storage, "INSERT_CHUNK_BYTES", 10)
+    parts = [bytes([i]) * n for i, n in enumerate([4, 4, 4, 30, 1, 1])]
+    encoded: list[int] = []
+
+    def encode(run: list[bytes]) -> bytes:
+        encoded.append(len(run))
+        return b"".join(run)
+
+    pieces = insert_pieces(parts, encode)
+    assert encoded == [3, 1, 2]  # 12 bytes, then the 30-byte part alone, then the rest
+    assert b"".join(pieces) == b"".join(parts)
+    assert list(insert_pieces([], encode)) == []
+
+    def refuse(run: list[bytes]) -> bytes:
+        raise ValueError("row 0: end inside a value")
+
+    with pytest.raises(ValueError, match="end inside"):
+        insert_pieces(parts, refuse)  # raised on the call, not when the client reads
 
 
 class _Unreadable:
