@@ -74,8 +74,8 @@ ROWS_CHUNK = 32
 INSERT_GROWTH = 3
 """An insert briefly needs about this many times its batch's payload (Python rows, then the
 Native block made from them in pieces, each freed once written, then the engine's block;
-measured with 512 KiB spans on chDB). It is held with the memory limiter while the insert runs, so new requests are
-refused rather than pushing the process past its limit."""
+measured with 512 KiB spans on chDB). It is held with the memory limiter while the insert
+runs, so new requests are refused rather than pushing the process past its limit."""
 AHEAD_SHARE = 4
 """Rows are built ahead only while less than ``batch_bytes / AHEAD_SHARE`` of payload is
 pending: rows cost about their payload again, and with huge spans building every pending

@@ -110,6 +110,24 @@ def test_an_insert_is_encoded_in_pieces_each_dropped_once_sent(monkeypatch: pyte
     assert b"".join(pieces) == b"".join(parts)
     assert list(insert_pieces([], encode)) == []
 
+    class Piece:
+        """Counts the pieces still held by anyone."""
+        alive = 0
+
+        def __init__(self, run: list[bytes]) -> None:
+            self.data = b"".join(run)
+            Piece.alive += 1
+
+        def __del__(self) -> None:
+            Piece.alive -= 1
+
+    held = insert_pieces(parts, Piece)  # type: ignore[arg-type]
+    sent = []
+    for left in (2, 1, 0):
+        sent.append(next(held).data)  # type: ignore[attr-defined]
+        assert Piece.alive == left  # the one just handed over is gone once the client is done with it
+    assert b"".join(sent) == b"".join(parts)
+
     def refuse(run: list[bytes]) -> bytes:
         raise ValueError("row 0: end inside a value")
 

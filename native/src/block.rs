@@ -176,7 +176,7 @@ impl NativeEncoder {
         put_varint(&mut out, self.columns.len() as u64);
         put_varint(&mut out, rows.len() as u64);
         // Each column is freed once written, so the block and the columns together stay
-        // about the size of the rows (the writer's INSERT_GROWTH counts on it).
+        // about the size of the rows (the caller encodes an insert in 2 MiB pieces).
         for ((name, declared, _), column) in self.columns.iter().zip(columns) {
             put_str(&mut out, name.as_bytes());
             put_str(&mut out, declared.as_bytes());
