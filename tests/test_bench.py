@@ -4,6 +4,7 @@ drives it, and checks the stored data against what it sent."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.collector import Collector
+from tests.support.collector import Collector, free_port
 
 KEYS = {"spans_per_second", "ack_latency_ms_p50", "ack_latency_ms_p95", "ack_latency_ms_p99", "peak_rss_mb",
         "refused_requests", "kept_fraction_by_rule"}  # fmt: skip
@@ -114,3 +115,20 @@ def test_the_bench_reads_the_cpu_the_hypervisor_stole() -> None:
         pass
     watcher.cpu_percent()
     assert watcher.steal_percent is not None and 0.0 <= watcher.steal_percent <= 100.0
+
+
+def test_a_port_taken_before_the_collector_binds_it_gets_new_ports(tmp_path: Path) -> None:
+    """CI once lost a test to this: a free port was taken (by another process's outgoing
+    connection) between choosing it and the collector's bind. The runner chooses again."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(free_port() < low for _ in range(20))  # never a port an outgoing connection can get
+    c = Collector(tmp_path)
+    taken = c.http_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with c.start():
+            assert c.http_port != taken
+            assert f"127.0.0.1:{c.http_port}" in c.config_path.read_text()
+            assert c.get("/metrics").status_code == 200
+            assert "tailsift running" in c.log()

@@ -10,6 +10,7 @@ kept trace takes from send to queryable.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,7 +28,26 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.parser import text_string_to_metric_families
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port free right now, chosen below the kernel's ephemeral range when it can
+    be: a port the kernel handed out (``bind`` to 0) can be taken again as the source port
+    of any outgoing connection (a browser, a Kafka client) before the collector binds it."""
+    low = _ephemeral_low()
+    for _ in range(50):
+        port = random.randrange(20000, low) if low > 21000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -44,22 +64,10 @@ class OwnCollector:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tailsift-bench-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.role = role
-        self.grpc_port, self.http_port, self.api_port = free_port(), free_port(), free_port()
-        config = dict(config)
-        otlp = dict(config.get("receivers", {}).get("otlp", {}))
-        otlp["grpc"] = {**(otlp.get("grpc") or {}), "endpoint": f"127.0.0.1:{self.grpc_port}"}
-        otlp["http"] = {**(otlp.get("http") or {}), "endpoint": f"127.0.0.1:{self.http_port}"}
-        config["receivers"] = {"otlp": otlp}
-        config["query"] = {**config.get("query", {}), "endpoint": f"127.0.0.1:{self.api_port}"}
-        self._schemes = {key: "https" if (otlp[key] if key != "query" else config["query"]).get("tls") else "http"
-                         for key in ("http", "query")}  # fmt: skip
-        storage = dict(config.get("storage", {}).get("clickhouse", {}))
-        storage.setdefault("dsn", f"chdb://{data_dir or self.workdir / 'data'}")
-        config["storage"] = {**config.get("storage", {}), "clickhouse": storage}
-        self.dsn = str(storage["dsn"])
-        self.config = config
+        self._given = config
+        self._data_dir = data_dir
         self.config_path = self.workdir / "tailsift.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+        self._choose_ports()
         self.log_path = self.workdir / "collector.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.nofile: int | None = None
@@ -71,6 +79,25 @@ class OwnCollector:
         self.tree: Path | None = None
         """Run tailsift from this checkout (its extension built) instead of the installed one:
         one side of an A/B of two builds (``benchmarks.peer.run --against``)."""
+
+    def _choose_ports(self) -> None:
+        """Free ports for the three endpoints, written into the config file (again on a retry
+        of :meth:`start`)."""
+        self.grpc_port, self.http_port, self.api_port = free_port(), free_port(), free_port()
+        config = dict(self._given)
+        otlp = dict(config.get("receivers", {}).get("otlp", {}))
+        otlp["grpc"] = {**(otlp.get("grpc") or {}), "endpoint": f"127.0.0.1:{self.grpc_port}"}
+        otlp["http"] = {**(otlp.get("http") or {}), "endpoint": f"127.0.0.1:{self.http_port}"}
+        config["receivers"] = {"otlp": otlp}
+        config["query"] = {**config.get("query", {}), "endpoint": f"127.0.0.1:{self.api_port}"}
+        self._schemes = {key: "https" if (otlp[key] if key != "query" else config["query"]).get("tls") else "http"
+                         for key in ("http", "query")}  # fmt: skip
+        storage = dict(config.get("storage", {}).get("clickhouse", {}))
+        storage.setdefault("dsn", f"chdb://{self._data_dir or self.workdir / 'data'}")
+        config["storage"] = {**config.get("storage", {}), "clickhouse": storage}
+        self.dsn = str(storage["dsn"])
+        self.config = config
+        self.config_path.write_text(yaml.safe_dump(config))
 
     @property
     def http_url(self) -> str:
@@ -84,7 +111,20 @@ class OwnCollector:
     def api(self) -> str:
         return f"{self._schemes['query']}://127.0.0.1:{self.api_port}"
 
-    def start(self, timeout: float = 60.0) -> OwnCollector:
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> OwnCollector:
+        """Start the process and wait until it runs. A port taken between :func:`free_port`
+        and the collector's bind (by any other process) is not the collector's fault: up to
+        ``attempts`` times, new ports are chosen and it starts again."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError as exc:
+                if "cannot listen" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self._choose_ports()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> OwnCollector:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.tree is not None:
             env["PYTHONPATH"] = str(self.tree)  # before the editable install on sys.path

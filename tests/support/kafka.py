@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from collector.bench.target import free_port
+
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "kafka.sh"
 
 
@@ -30,9 +32,7 @@ def _free(port: int) -> bool:
 def free_port_pair() -> int:
     """A free port whose three successors (KRaft controller, TLS, SASL_SSL) are free too."""
     for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = free_port()  # below the ephemeral range: no client's source port takes it
         if port < 65532 and all(_free(port + i) for i in (1, 2, 3)):
             return port
     raise RuntimeError("no free pair of ports")
