@@ -115,14 +115,14 @@ class OwnCollector:
         """Start the process and wait until it runs. A port taken between :func:`free_port`
         and the collector's bind (by any other process) is not the collector's fault: up to
         ``attempts`` times, new ports are chosen and it starts again."""
-        for attempt in range(attempts):
+        for _ in range(attempts - 1):
             try:
                 return self._start_once(timeout)
             except RuntimeError as exc:
-                if "cannot listen" not in str(exc) or attempt == attempts - 1:
+                if "cannot listen" not in str(exc):
                     raise
-                self._choose_ports()
-        raise AssertionError("unreachable")
+            self._choose_ports()
+        return self._start_once(timeout)
 
     def _start_once(self, timeout: float) -> OwnCollector:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
