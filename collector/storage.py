@@ -27,7 +27,7 @@ from collector import sql
 from processors.fragment import RootInfo
 from processors.otlp_values import typed
 from collector.config import ClickHouseSettings
-from collector.rows import Rejected, encode_span_row
+from collector.rows import Rejected, encode_span_row, span_keys
 from processors._wire import NativeEncoder
 from processors.sampling.sampler import TraceSummary
 
@@ -71,7 +71,8 @@ class Rows:
     values (the reference builder's, encoded at insert)."""
 
     spans: list[Any]
-    traces: list[list[Any]]
+    traces: list[bytes]  # RowBinary (collector.rows.encode_trace_row)
+    keys: str | None = None  # collector.rows.span_keys of ``spans``, if made already
 
 
 def summary_from_row(row: tuple[Any, ...]) -> tuple[TraceSummary, str, float]:
@@ -111,13 +112,13 @@ def insert_pieces(parts: list[bytes], encode: Callable[[list[bytes]], bytes]) ->
     return drain()
 
 
-def block_token(keys: list[str]) -> str:
-    """The deduplication token of a block of rows, from each row's key in order (spans:
-    ``"<trace id>:<span id>;"``). The same block sent again gets the same token, and
-    ClickHouse stores it once. The callers make the keys with an f-string: on the storage
-    thread, holding the GIL, that is ~0.2 µs a row where joining ``str()`` of each column
-    was ~1 µs (20,000 rows an insert)."""
-    return hashlib.sha256("".join(keys).encode()).hexdigest()
+def block_token(keys: str) -> str:
+    """The deduplication token of a block of rows, from each row's key in order, joined (spans:
+    ``"<trace id>:<span id>;"``, :func:`collector.rows.span_keys`). The same block sent again
+    gets the same token, and ClickHouse stores it once. The keys are made with an f-string:
+    on the storage thread, holding the GIL, that is ~0.2 µs a row where joining ``str()`` of
+    each column was ~1 µs; span keys are made with each trace's rows, not at insert."""
+    return hashlib.sha256(keys.encode()).hexdigest()
 
 
 class ClickHouseStore:
@@ -197,9 +198,9 @@ class ClickHouseStore:
     def insert(self, rows: Rows) -> None:
         try:
             if rows.spans:
-                self._insert_spans(rows.spans)
+                self._insert_spans(rows.spans, rows.keys)
             if rows.traces:
-                self._client.insert(sql.TRACES_TABLE, rows.traces, column_names=sql.TRACE_COLUMNS)
+                self._client.raw_insert(sql.TRACES_TABLE, sql.TRACE_COLUMNS, b"".join(rows.traces), fmt="RowBinary")
         finally:
             # clickhouse-connect's insert context keeps the rows and sits in a reference cycle
             # (it stores a bound method of itself), so without this every inserted row would
@@ -207,7 +208,7 @@ class ClickHouseStore:
             rows.spans.clear()
             rows.traces.clear()
 
-    def _insert_spans(self, spans: list[Any]) -> None:
+    def _insert_spans(self, spans: list[Any], keys: str | None = None) -> None:
         """One insert of span rows: as one Native block (half the engine's CPU), else as
         their RowBinary. A database that refuses the block and takes the same rows as
         RowBinary (an older server may not convert the block's plain types) gets RowBinary
@@ -217,7 +218,7 @@ class ClickHouseStore:
         # deduplication to every inserted block, half the engine's cost of an insert
         # (measured: 7,168 LLM span rows, 165 -> 82 ms on chDB). Readers deduplicate anyway
         # (LIMIT 1 BY), as they must for copies in different blocks.
-        settings = {"insert_deduplication_token": block_token([f"{r[1]}:{r[2]};" for r in spans]),  # trace, span id
+        settings = {"insert_deduplication_token": block_token(span_keys(spans) if keys is None else keys),
                     "optimize_on_insert": 0}  # fmt: skip
         parts = [r[0] if isinstance(r, tuple) else encode_span_row(r) for r in spans]  # the rows' own bytes, not copies
         native, refused = self._native, None
@@ -246,7 +247,7 @@ class ClickHouseStore:
     def insert_logs(self, rows: list[list[Any]]) -> None:
         """Log records, with a token (time, trace, span, body) so that a request retried
         after a lost answer is stored once."""
-        token = block_token([f"{r[0]}:{r[1]}:{r[2]}:{r[7]};" for r in rows])
+        token = block_token("".join([f"{r[0]}:{r[1]}:{r[2]}:{r[7]};" for r in rows]))
         self._client.insert(sql.LOGS_TABLE, rows, column_names=sql.LOG_COLUMNS,
                             settings={"insert_deduplication_token": token})
 

@@ -44,7 +44,8 @@ def _expected_statements() -> set[str]:
         # column type the converter does not know)
         insert.format(table=sql.SPANS_TABLE, cols=", ".join(sql.SPAN_COLUMNS)),
         insert.replace("Native", "RowBinary").format(table=sql.SPANS_TABLE, cols=", ".join(sql.SPAN_COLUMNS)),
-        insert.format(table=sql.TRACES_TABLE, cols=", ".join(sql.TRACE_COLUMNS)),
+        # trace summaries are RowBinary, made with each trace's rows (collector.rows.encode_trace_row)
+        insert.replace("Native", "RowBinary").format(table=sql.TRACES_TABLE, cols=", ".join(sql.TRACE_COLUMNS)),
         insert.format(table=sql.REJECTED_TABLE, cols=", ".join(sql.REJECTED_COLUMNS)),
         insert.format(table=sql.LOGS_TABLE, cols=", ".join(sql.LOG_COLUMNS)),
     )}  # fmt: skip
