@@ -17,7 +17,6 @@ from collector.storage import ClickHouseStore, Rows
 log = logging.getLogger("tailsift.storage")
 
 
-
 def drop_stored(store: ClickHouseStore, items: list[TraceRows]) -> int:
     """Remove the span rows of replayed traces that are stored already; their summary
     rows stay (a summary is what was missing)."""
@@ -25,8 +24,8 @@ def drop_stored(store: ClickHouseStore, items: list[TraceRows]) -> int:
         return 0
     try:
         stored = store.stored_spans(sorted({i.decision.summary.trace_id.hex() for i in items}),
-                                         min(i.decision.summary.start_ns for i in items),
-                                         max(i.decision.summary.end_ns for i in items))  # fmt: skip
+                                    min(i.decision.summary.start_ns for i in items),
+                                    max(i.decision.summary.end_ns for i in items))  # fmt: skip
     except OperationalError:
         raise
     except Exception as exc:  # noqa: BLE001 - a duplicate row is better than a stalled writer
@@ -52,6 +51,9 @@ def drop_stored(store: ClickHouseStore, items: list[TraceRows]) -> int:
 
 
 def insert_isolated(store: ClickHouseStore, items: list[TraceRows], rejected: list[Rejected]) -> None:
+    """Insert the items; if ClickHouse refuses them for their data, insert halves, down to
+    one trace and then one span row, and add what it refuses even alone to ``rejected``.
+    An unreachable database (OperationalError) is raised: the writer keeps the batch."""
     if not items:
         return
     try:
@@ -87,6 +89,8 @@ def insert_isolated(store: ClickHouseStore, items: list[TraceRows], rejected: li
 
 
 def dead_letter(store: ClickHouseStore, rejected: list[Rejected]) -> None:
+    """Store refused rows in ``tailsift_rejected``; if even that fails for their payloads,
+    store them without (the reason says why), so the count and the reason are never lost."""
     log.error("%d span rows refused by ClickHouse, stored in tailsift_rejected: %s",
               len(rejected), rejected[0].reason)  # fmt: skip
     try:

@@ -56,7 +56,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-
 from collector import isolation
 from collector.config import ClickHouseSettings
 from collector.errors import Unavailable
@@ -71,12 +70,12 @@ from processors.sampling.sampler import Decision
 log = logging.getLogger("tailsift.storage")
 T = TypeVar("T")
 ROWS_CHUNK = 32
+"""Kept traces per row-building job: a few milliseconds of Python for LLM traces."""
 SETTLE_CHUNK = 256
 """Kept traces settled in one step of the event loop (each 1-3 µs of Python)."""
 FREE_CHUNK, YIELD_SECONDS = 512, 0.0005
 """After freeing this many kept traces' rows the storage thread sleeps, so that the event
 loop, which answers clients, gets the GIL (with both busy it would get every other ms)."""
-"""Kept traces per row-building job: a few milliseconds of Python for LLM traces."""
 INSERT_GROWTH = 3
 """An insert briefly needs about this many times its batch's payload (Python rows, then the
 Native block made from them in pieces, each freed once written, then the engine's block;
