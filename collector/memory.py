@@ -5,9 +5,11 @@ every ``check_interval`` and refuses new requests (429 / RESOURCE_EXHAUSTED with
 hint) once RSS plus the requests being received would pass the *soft limit*
 (``limit - spike``). What is already accepted flows on: the sampler decides, storage
 inserts, and memory goes down. Above the soft limit it gives free heap pages back to the
-operating system (``malloc_trim``, about a millisecond) at every check and runs a full
-garbage collection at most once per second, so that RSS reflects what is really in use:
-under 512 KiB spans the heap otherwise kept 30-100 MiB of freed rows and request copies.
+operating system (``malloc_trim``, and mimalloc's purge for the extension's memory: about
+a millisecond) at every check and runs a full garbage collection at most once per second,
+so that RSS reflects what is really in use: under 512 KiB spans the heap otherwise kept
+30-100 MiB of freed rows and request copies, and mimalloc for a second the payloads of
+each wave of decided traces, which are then in Python's memory as well.
 
 Requests count before they are in RSS: a receiver reserves a body's size before reading
 it and the decoded request's estimated size (:data:`DECODED_FACTOR` times the wire size)
@@ -36,6 +38,7 @@ import psutil
 
 from collector.errors import Backpressure
 from collector.runtime import stop_task
+from processors._wire import release_memory
 
 log = logging.getLogger("tailsift.memory")
 DECODED_FACTOR = 4
@@ -55,10 +58,12 @@ _TRIM = _load_trim()
 subprocess. ctypes releases the GIL around the call."""
 
 
-def _malloc_trim() -> None:
-    """Return free heap memory to the OS (glibc); a no-op elsewhere."""
+def _give_back() -> None:
+    """Return freed memory to the OS now: glibc's heap (``malloc_trim``; a no-op elsewhere)
+    and the extension's mimalloc pages, which it would otherwise keep for a second."""
     if _TRIM is not None:
         _TRIM()
+    release_memory()
 
 
 def default_limit() -> int:
@@ -114,7 +119,7 @@ class MemoryLimiter:
             if now - self._last_collect >= 1.0:
                 self._last_collect = now
                 gc.collect()
-            _malloc_trim()
+            _give_back()
             self.rss = self._process.memory_info().rss
 
     @property

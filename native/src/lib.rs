@@ -27,6 +27,23 @@ fn no_huge_pages() {
     unsafe { mi_option_set(ALLOW_THP, 0) }
 }
 
+/// release_memory(): give the extension's freed memory back to the operating system now.
+///
+/// mimalloc keeps freed pages for a second (`purge_delay`) before it returns them, so that
+/// memory churned by requests is reused without page faults. When the trace buffer decides
+/// a wave of traces, their payloads are copied into Python and freed here, and for that
+/// second they count twice in RSS: 512 KiB spans took the collector over its memory limit
+/// that way. The memory limiter calls this above its soft limit (`collector/memory.py`).
+#[pyfunction]
+fn release_memory(py: Python<'_>) {
+    extern "C" {
+        fn mi_collect(force: bool);
+    }
+    // SAFETY: mimalloc's own entry point, safe from any thread; with `force` it purges the
+    // freed pages of every arena (the whole process's extension memory), not only this thread's.
+    py.detach(|| unsafe { mi_collect(true) })
+}
+
 mod attrs;
 mod block;
 mod buffer;
@@ -268,6 +285,7 @@ fn _wire(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ot_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(span_rows, m)?)?;
     m.add_function(wrap_pyfunction!(crc32, m)?)?;
+    m.add_function(wrap_pyfunction!(release_memory, m)?)?;
     m.add_function(wrap_pyfunction!(fragment::total_size, m)?)?;
     m.add_function(wrap_pyfunction!(fragment::stamp_source, m)?)?;
     m.add_class::<block::NativeEncoder>()?;
